@@ -1,0 +1,78 @@
+"""Typed exceptions of the core.
+
+The edges map each to a dead-letter reason, an HTTP problem or a CLI exit code.
+"""
+
+from __future__ import annotations
+
+
+class LedgerError(Exception):
+    """Base of every error the core raises on purpose."""
+
+
+class Rejected(LedgerError):
+    """A command the rules refuse. `reason` is stable and machine-readable."""
+
+    reason: str = "rejected"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class UnknownSubscription(Rejected):
+    reason = "unknown_subscription"
+
+
+class SubscriptionExists(Rejected):
+    reason = "subscription_exists"
+
+
+class UnknownSeat(Rejected):
+    reason = "unknown_seat"
+
+
+class SeatNotInSubscription(Rejected):
+    reason = "seat_not_in_subscription"
+
+
+class SeatExists(Rejected):
+    reason = "seat_exists"
+
+
+class SeatIsRemoved(Rejected):
+    reason = "seat_removed"
+
+
+class UnknownModel(Rejected):
+    reason = "unknown_model"
+
+
+class DuplicateConflict(Rejected):
+    """The same event_id arrived with a different payload; the first one stands."""
+
+    reason = "duplicate_conflict"
+
+
+class PackExists(Rejected):
+    reason = "pack_exists"
+
+
+class InvalidCommand(Rejected):
+    reason = "invalid_command"
+
+
+class StoreError(LedgerError):
+    """The log store could not do what was asked."""
+
+
+class DuplicateUsageKey(StoreError):
+    """An append carried a usage idempotency key the log already holds; nothing was written."""
+
+
+class ClockWentBackwards(StoreError):
+    """An append's recorded time is earlier than the log head's."""
+
+
+class RateCardError(LedgerError):
+    """The rate card file is malformed or has no version in force."""

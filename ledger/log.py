@@ -1,0 +1,108 @@
+"""The append-only, hash-chained event log: its record, its hash rule and the store contract.
+
+Every store (SQLite now, PostgreSQL later) implements `EventStore`; callers never know which.
+A record's hash is SHA-256 over the previous record's hash and the record's canonical bytes:
+its position and recorded time as 8-byte big-endian integers, then its event's JSON bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+import msgspec
+
+from schemas.events import LogEvent
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+GENESIS_HASH = bytes(32)
+"""The `prev_hash` of the record at position 1."""
+
+MAX_APPEND_EVENTS = 100_000
+"""Most events one append (one transaction) may carry."""
+
+EVENT_ENCODER = msgspec.json.Encoder()
+EVENT_DECODER: msgspec.json.Decoder[LogEvent] = msgspec.json.Decoder(LogEvent)
+
+
+class StoredRecord(msgspec.Struct, frozen=True):
+    """A log record as stored: `data` is the event's canonical JSON, exactly as hashed."""
+
+    position: int
+    recorded_at_us: int
+    data: bytes
+    prev_hash: bytes
+    hash: bytes
+
+    @property
+    def recorded_at(self) -> datetime:
+        return datetime_from_us(self.recorded_at_us)
+
+    def event(self) -> LogEvent:
+        return EVENT_DECODER.decode(self.data)
+
+
+class Head(msgspec.Struct, frozen=True):
+    """The last record's position, hash and time; position 0 and the genesis hash when empty."""
+
+    position: int
+    hash: bytes
+    recorded_at_us: int
+
+
+class PriorCharge(msgspec.Struct, frozen=True):
+    """What the log already holds for one usage idempotency key."""
+
+    subscription_id: str
+    event_id: str
+    payload_digest: str
+    position: int
+
+
+def record_hash(prev_hash: bytes, position: int, recorded_at_us: int, data: bytes) -> bytes:
+    digest = hashlib.sha256(prev_hash)
+    digest.update(position.to_bytes(8, "big"))
+    digest.update(recorded_at_us.to_bytes(8, "big", signed=True))
+    digest.update(data)
+    return digest.digest()
+
+
+def us_from_datetime(instant: datetime) -> int:
+    delta = instant - EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def datetime_from_us(us: int) -> datetime:
+    return EPOCH + timedelta(microseconds=us)
+
+
+class EventStore(Protocol):
+    """The contract every log store keeps.
+
+    - `append` writes a batch in one transaction: positions are gap-free and equal to commit
+      order, each record chains to the previous one, and for every `usage.charged` event its
+      idempotency key (subscription_id, event_id) is written in that same transaction. A key
+      already present makes the whole append fail with `DuplicateUsageKey` and write nothing.
+    - `recorded_at_us` must not be earlier than the head's; the store refuses it otherwise.
+    """
+
+    def append(self, events: Sequence[LogEvent], recorded_at_us: int) -> list[StoredRecord]: ...
+
+    def read(self, after: int = 0, until: int | None = None) -> Iterator[StoredRecord]:
+        """Records with `after < position <= until` (no upper bound when None), in order."""
+        ...
+
+    def head(self) -> Head: ...
+
+    def prior_charges(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], PriorCharge]:
+        """The stored charges for these (subscription_id, event_id) keys; absent keys omitted."""
+        ...
+
+    def position_at(self, recorded_at_us: int) -> int:
+        """The last position recorded at or before the given instant (0 if none)."""
+        ...
+
+    def close(self) -> None: ...
