@@ -7,7 +7,7 @@ command first records what fell due by `at` for its subscription (cycle starts, 
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from ledger.catalog import PACK_CREDITS_UCR, PACK_VALIDITY_MONTHS, SEAT_QUOTA_UCR, TIER_RANK
 from ledger.cycles import add_months, cycle_bounds, cycle_index
@@ -197,7 +197,7 @@ def _charge(
         seat_id=seat.seat_id,
         event_id=usage.event_id,
         payload_digest=command.payload_digest,
-        occurred_at=usage.occurred_at,
+        occurred_at=usage.occurred_at.astimezone(UTC),
         model=usage.model,
         product=rates.product,
         usage=counts,

@@ -1,0 +1,85 @@
+"""Configuration from the environment (SPEC §3 "Configuration"); flags of `ledger` may override."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+ClockKind = Literal["system", "manual"]
+DEFAULT_DATA_DIR = "./var"
+DEFAULT_STREAM = "ledger.usage"
+DATABASE_FILE = "ledger.sqlite3"
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = Path(DEFAULT_DATA_DIR)
+    database_url: str | None = None
+    redis_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8080
+    usage_stream: str = DEFAULT_STREAM
+    admin_token: str | None = None
+    rate_card: Path | None = None
+    clock: ClockKind = "system"
+    clock_start: datetime | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        clock = env.get("LEDGER_CLOCK", "system")
+        if clock not in ("system", "manual"):
+            raise ConfigError(f"LEDGER_CLOCK must be 'system' or 'manual', not {clock!r}")
+        port_text = env.get("LEDGER_PORT", "8080")
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ConfigError(f"LEDGER_PORT must be a TCP port, not {port_text!r}")
+        start = env.get("LEDGER_CLOCK_START")
+        return cls(
+            data_dir=Path(env.get("LEDGER_DATA_DIR", DEFAULT_DATA_DIR)),
+            database_url=env.get("LEDGER_DATABASE_URL") or None,
+            redis_url=env.get("LEDGER_REDIS_URL") or None,
+            host=env.get("LEDGER_HOST", "127.0.0.1"),
+            port=int(port_text),
+            usage_stream=env.get("LEDGER_USAGE_STREAM", DEFAULT_STREAM),
+            admin_token=env.get("LEDGER_ADMIN_TOKEN") or None,
+            rate_card=Path(env["LEDGER_RATE_CARD"]) if env.get("LEDGER_RATE_CARD") else None,
+            clock=clock,  # type: ignore[arg-type]
+            clock_start=parse_instant(start, "LEDGER_CLOCK_START") if start else None,
+        )
+
+    def with_overrides(self, **changes: object) -> Settings:
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})  # type: ignore[arg-type]
+
+    @property
+    def dead_letter_stream(self) -> str:
+        return f"{self.usage_stream}.dead"
+
+    def sqlite_path(self) -> Path:
+        """The SQLite file of the log and read models."""
+        url = self.database_url
+        if url is None:
+            return self.data_dir / DATABASE_FILE
+        if url.startswith("sqlite:///"):
+            return Path(url.removeprefix("sqlite:///"))
+        if url.startswith(("postgresql://", "postgres://")):
+            raise ConfigError("LEDGER_DATABASE_URL: the PostgreSQL store has not landed yet")
+        raise ConfigError(f"LEDGER_DATABASE_URL must be sqlite:///PATH, not {url!r}")
+
+
+def parse_instant(text: str, what: str) -> datetime:
+    """An RFC 3339 instant with an offset ('Z' accepted)."""
+    try:
+        instant = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError as exc:
+        raise ConfigError(f"{what}: {text!r} is not an RFC 3339 instant") from exc
+    if instant.tzinfo is None:
+        raise ConfigError(f"{what}: {text!r} has no UTC offset")
+    return instant
