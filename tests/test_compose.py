@@ -1,0 +1,72 @@
+"""compose.yaml and the Dockerfile: what can be checked without a Docker engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    document = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    assert isinstance(document, dict)
+    return document
+
+
+@pytest.fixture(scope="module")
+def dockerfile_lines() -> list[str]:
+    return [line.strip() for line in (ROOT / "Dockerfile").read_text().splitlines()]
+
+
+def test_compose_runs_redis_and_the_ledger(compose: dict[str, Any]) -> None:
+    assert set(compose["services"]) == {"redis", "ledger"}
+
+
+def test_every_service_has_a_healthcheck(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        assert service["healthcheck"]["test"][0] == "CMD", name
+
+
+def test_redis_keeps_an_append_only_file_on_a_volume(compose: dict[str, Any]) -> None:
+    redis = compose["services"]["redis"]
+    command = redis["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert redis["image"].startswith("redis:7")
+    volume = redis["volumes"][0].split(":")[0]
+    assert volume in compose["volumes"]
+    assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+
+
+def test_the_ledger_waits_for_a_healthy_redis_and_uses_it(compose: dict[str, Any]) -> None:
+    ledger = compose["services"]["ledger"]
+    assert ledger["depends_on"]["redis"]["condition"] == "service_healthy"
+    environment = ledger["environment"]
+    assert environment["LEDGER_REDIS_URL"] == "redis://redis:6379/0"
+    assert environment["LEDGER_HOST"] == "0.0.0.0"
+    assert environment["LEDGER_DATA_DIR"] == "/data"
+    assert ledger["command"] == ["serve"]
+    assert any(str(port).endswith(":8080") for port in ledger["ports"])
+    assert any(str(volume).endswith(":/data") for volume in ledger["volumes"])
+
+
+def test_the_ledger_healthcheck_asks_healthz(compose: dict[str, Any]) -> None:
+    check = compose["services"]["ledger"]["healthcheck"]["test"]
+    assert "http://127.0.0.1:8080/healthz" in check[-1]
+    compile(check[-1], "healthcheck", "exec")
+
+
+def test_dockerfile_installs_the_package_and_runs_ledger(dockerfile_lines: list[str]) -> None:
+    assert "FROM python:3.11-slim" in dockerfile_lines
+    assert any(line.startswith("RUN pip install .") for line in dockerfile_lines)
+    assert 'ENTRYPOINT ["ledger"]' in dockerfile_lines
+
+
+def test_dockerfile_copies_every_package(dockerfile_lines: list[str]) -> None:
+    packages = {p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file()} - {"tests"}
+    copied = {line.split()[1] for line in dockerfile_lines if line.startswith("COPY ")}
+    assert packages <= copied
