@@ -74,6 +74,12 @@ class Settings:
         raise ConfigError(f"LEDGER_DATABASE_URL must be sqlite:///PATH, not {url!r}")
 
 
+    def read_model_path(self) -> Path:
+        """The read models' SQLite file: beside the log's, derived and disposable."""
+        log = self.sqlite_path()
+        return log.with_name(log.stem + ".readmodels" + log.suffix)
+
+
 def parse_instant(text: str, what: str) -> datetime:
     """An RFC 3339 instant with an offset ('Z' accepted)."""
     try:

@@ -1,0 +1,115 @@
+"""Audit: verify that the log was not altered and that every charge follows from the rules.
+
+One pass over the log checks, record by record: positions run 1, 2, 3… without a gap; each
+`prev_hash` is the previous record's hash and each hash is recomputed from the record's bytes;
+recorded times never go back; the bytes decode as a log event; and every `usage.charged`
+re-prices to the same components and credits under the rate card version it names, with an
+allocation that is what the deduction order gives on the state folded so far.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import msgspec
+
+from ledger.deduction import allocate
+from ledger.log import GENESIS_HASH, StoredRecord, datetime_from_us, record_hash
+from ledger.pricing import price
+from ledger.rate_card import RateCard
+from ledger.state import LedgerState, evolve, initial_state
+from schemas.events import UsageCharged
+
+AUDIT_PROGRESS_EVERY_RECORDS = 10_000
+
+
+class AuditFailure(msgspec.Struct, frozen=True):
+    position: int
+    reason: str
+
+
+class AuditReport(msgspec.Struct, frozen=True):
+    records: int
+    head_hash: str
+    failure: AuditFailure | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+
+def verify(
+    records: Iterable[StoredRecord],
+    rate_card: RateCard,
+    on_progress: Callable[[int], None] | None = None,
+) -> AuditReport:
+    state = initial_state()
+    checked, prev_hash, prev_time = 0, GENESIS_HASH, 0
+    for record in records:
+        problem = _record_problem(state, record, checked + 1, prev_hash, prev_time, rate_card)
+        if problem is not None:
+            failure = AuditFailure(min(record.position, checked + 1), problem)
+            return AuditReport(checked, prev_hash.hex(), failure)
+        checked, prev_hash, prev_time = record.position, record.hash, record.recorded_at_us
+        if on_progress is not None and checked % AUDIT_PROGRESS_EVERY_RECORDS == 0:
+            on_progress(checked)
+    return AuditReport(checked, prev_hash.hex())
+
+
+def _record_problem(
+    state: LedgerState,
+    record: StoredRecord,
+    expected_position: int,
+    prev_hash: bytes,
+    prev_time_us: int,
+    rate_card: RateCard,
+) -> str | None:
+    """What is wrong with this record, if anything; folds it into `state` when it is sound."""
+    if record.position != expected_position:
+        return f"expected position {expected_position}, found {record.position}"
+    if record.prev_hash != prev_hash:
+        return "prev_hash is not the previous record's hash"
+    if record_hash(prev_hash, record.position, record.recorded_at_us, record.data) != record.hash:
+        return "hash does not match the record's contents"
+    if record.recorded_at_us < prev_time_us:
+        return "recorded time goes backwards"
+    try:
+        event = record.event()
+    except msgspec.DecodeError as error:
+        return f"not a log event: {error}"
+    if isinstance(event, UsageCharged):
+        problem = charge_problem(state, event, record, rate_card)
+        if problem is not None:
+            return problem
+    try:
+        evolve(state, event)
+    except (AssertionError, KeyError) as error:
+        return f"event does not follow from the log before it: {error!r}"
+    return None
+
+
+def charge_problem(
+    state: LedgerState, charge: UsageCharged, record: StoredRecord, rate_card: RateCard
+) -> str | None:
+    """Why this charge does not follow from the rate card and the state before it, if it doesn't."""
+    version = rate_card.version(charge.rate_card_version)
+    if version is None:
+        return f"charge names rate card version {charge.rate_card_version!r}, which is unknown"
+    rates = version.models.get(charge.model)
+    if rates is None:
+        return f"model {charge.model!r} is not on rate card {version.version}"
+    if rates.coefficients != charge.coefficients or rates.product != charge.product:
+        return "coefficients differ from the rate card version the charge names"
+    components = price(charge.usage, rates.coefficients)
+    if components != charge.components:
+        return "components do not re-price to the recorded ones"
+    if components.total_ucr() != charge.credits_ucr:
+        return "credits are not the sum of the components"
+    sub = state.subscriptions.get(charge.subscription_id)
+    seat = sub.seats.get(charge.seat_id) if sub is not None else None
+    if sub is None or seat is None:
+        return "charge names a subscription or seat the log does not hold"
+    expected = allocate(sub, seat, charge.credits_ucr, datetime_from_us(record.recorded_at_us))
+    if expected != charge.allocation:
+        return "allocation differs from the deduction order"
+    return None

@@ -1,0 +1,123 @@
+"""The projection runner: folds the log into the read models batch by batch, each batch and its
+checkpoint committed together, and keeps the in-memory balances in step with the tables.
+
+At start the balances are loaded from the read model tables rather than replayed: loading costs
+one row per seat, pack and subscription, a replay one fold per event in the log, and the tables
+hold exactly the balances as of their checkpoint (the tests check that both agree).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Final, Protocol
+
+from ledger.log import Head, StoredRecord
+from projections.balances import Balances, apply_data, assert_conserved
+from projections.store import SqliteReadModelStore
+from projections.usage import UsageIndexRow
+
+DEFAULT_BATCH_EVENTS: Final = 10_000
+"""Events folded and committed per transaction while catching up."""
+REBUILD_BATCH_EVENTS: Final = 100_000
+"""Events per transaction in a rebuild: fewer, larger commits."""
+MAX_BATCH_EVENTS: Final = 1_000_000
+
+ProgressCallback = Callable[[int, int], None]
+"""Called after each committed batch with (position, head position)."""
+
+
+class RecordSource(Protocol):
+    """What the runner needs of an event store."""
+
+    def read(self, after: int = 0, until: int | None = None) -> Iterator[StoredRecord]: ...
+
+    def head(self) -> Head: ...
+
+
+class ProjectionRunner:
+    """Keeps the read store's tables (and `balances`) in step with the log.
+
+    One runner writes one read store: it is the single writer of its tables and checkpoint.
+    """
+
+    def __init__(self, event_store: RecordSource, read_store: SqliteReadModelStore) -> None:
+        self._events = event_store
+        self._store = read_store
+        self._balances, self._position = self._load()
+
+    @property
+    def balances(self) -> Balances:
+        """The balances as of `position`; folded in place by every catch-up."""
+        return self._balances
+
+    @property
+    def position(self) -> int:
+        return self._position
+
+    def _load(self) -> tuple[Balances, int]:
+        return self._store.load_balances(), self._store.checkpoint()
+
+    def catch_up(
+        self,
+        batch_size: int = DEFAULT_BATCH_EVENTS,
+        on_progress: ProgressCallback | None = None,
+    ) -> int:
+        """Fold and commit every record after the checkpoint up to the head as of this call."""
+        assert 1 <= batch_size <= MAX_BATCH_EVENTS
+        head = self._events.head().position
+        assert head >= self._position, "the log never shrinks below a checkpoint"
+        try:
+            while self._position < head:
+                until = min(self._position + batch_size, head)
+                usage_rows = self._fold(self._position, until)
+                subscriptions, seats, packs = self._balances.take_changes()
+                for sub in subscriptions:
+                    assert_conserved(self._balances, sub.subscription_id)
+                self._store.write_batch(until, subscriptions, seats, packs, usage_rows)
+                self._position = until
+                if on_progress is not None:
+                    on_progress(until, head)
+        except BaseException:
+            # Memory may hold folds the tables do not: take the tables' word again.
+            self._balances, self._position = self._load()
+            raise
+        return self._position
+
+    def _fold(self, after: int, until: int) -> list[UsageIndexRow]:
+        balances = self._balances
+        usage_rows: list[UsageIndexRow] = []
+        add_row = usage_rows.append
+        count = position = 0
+        for record in self._events.read(after=after, until=until):
+            position = record.position
+            charge = apply_data(balances, record.data)
+            if charge is not None:
+                add_row(
+                    (
+                        position,
+                        record.recorded_at_us,
+                        charge.subscription_id,
+                        charge.seat_id,
+                        charge.model,
+                    )
+                )
+            count += 1
+        # Positions only ever increase, so `count` records ending at `until` leave no gap.
+        assert count == until - after and position == until, "the log is gap-free to its head"
+        return usage_rows
+
+    def rebuild(
+        self,
+        batch_size: int = REBUILD_BATCH_EVENTS,
+        on_progress: ProgressCallback | None = None,
+    ) -> int:
+        """Drop every read model row, then fold the whole log again from position 0.
+
+        The usage indexes are built once after the bulk insert, not kept up to date row by row.
+        """
+        self._store.reset(drop_usage_indexes=True)
+        self._balances, self._position = Balances(), 0
+        try:
+            return self.catch_up(batch_size, on_progress)
+        finally:
+            self._store.create_usage_indexes()

@@ -1,0 +1,319 @@
+"""The SQLite read model store: balance tables, usage rows and projection checkpoints.
+
+Its tables are prefixed `rm_`, so it may share the log's SQLite file or live in its own (a file
+of its own keeps projection writes off the log's write lock). A batch's changed balance rows,
+new usage rows and checkpoint are written in one transaction: the tables always hold the read
+model exactly as of their checkpoint.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Final
+
+from ledger.log import datetime_from_us, us_from_datetime
+from projections.balances import Balances, PackRow, SeatRow, SubscriptionRow
+from projections.usage import (
+    INSERT_USAGE_SQL,
+    USAGE_INDEX_NAMES,
+    USAGE_INDEXES_SQL,
+    USAGE_TABLE_SQL,
+    RecordReader,
+    UsageIndexRow,
+    UsageQuery,
+    usage_page,
+)
+from schemas.read_models import UsagePage
+
+BUSY_TIMEOUT_MS: Final = 10_000
+"""How long a write waits for another connection's write lock (a shared file) before failing."""
+
+DEFAULT_CHECKPOINT: Final = "read_models"
+
+_TABLES_SQL: Final = (
+    """
+    CREATE TABLE IF NOT EXISTS rm_checkpoints (
+        name TEXT PRIMARY KEY,
+        position INTEGER NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS rm_subscriptions (
+        subscription_id TEXT PRIMARY KEY,
+        anchor_us INTEGER NOT NULL,
+        cycle INTEGER NOT NULL,
+        cycle_start_us INTEGER,
+        cycle_end_us INTEGER,
+        uncovered_cycle_ucr INTEGER NOT NULL,
+        uncovered_total_ucr INTEGER NOT NULL,
+        granted_ucr INTEGER NOT NULL,
+        used_ucr INTEGER NOT NULL,
+        expired_ucr INTEGER NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS rm_seats (
+        subscription_id TEXT NOT NULL,
+        seat_id TEXT NOT NULL,
+        tier TEXT NOT NULL,
+        pending_tier TEXT,
+        status TEXT NOT NULL,
+        cycle INTEGER NOT NULL,
+        quota_ucr INTEGER NOT NULL,
+        used_ucr INTEGER NOT NULL,
+        pack_used_ucr INTEGER NOT NULL,
+        uncovered_ucr INTEGER NOT NULL,
+        PRIMARY KEY (subscription_id, seat_id)
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS rm_packs (
+        subscription_id TEXT NOT NULL,
+        pack_id TEXT NOT NULL,
+        credits_ucr INTEGER NOT NULL,
+        remaining_ucr INTEGER NOT NULL,
+        expired_ucr INTEGER NOT NULL,
+        purchased_at_us INTEGER NOT NULL,
+        expires_at_us INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        PRIMARY KEY (subscription_id, pack_id)
+    )
+    """,
+    USAGE_TABLE_SQL,
+)
+_READ_MODEL_TABLES: Final = ("rm_subscriptions", "rm_seats", "rm_packs", "rm_usage")
+
+_SUBSCRIPTION_COLUMNS: Final = (
+    "subscription_id, anchor_us, cycle, cycle_start_us, cycle_end_us, uncovered_cycle_ucr,"
+    " uncovered_total_ucr, granted_ucr, used_ucr, expired_ucr"
+)
+_SEAT_COLUMNS: Final = (
+    "subscription_id, seat_id, tier, pending_tier, status, cycle, quota_ucr, used_ucr,"
+    " pack_used_ucr, uncovered_ucr"
+)
+_PACK_COLUMNS: Final = (
+    "subscription_id, pack_id, credits_ucr, remaining_ucr, expired_ucr, purchased_at_us,"
+    " expires_at_us, status"
+)
+_UPSERT_SUBSCRIPTION: Final = (
+    f"INSERT OR REPLACE INTO rm_subscriptions ({_SUBSCRIPTION_COLUMNS}) VALUES ({'?,' * 9}?)"
+)
+_UPSERT_SEAT: Final = f"INSERT OR REPLACE INTO rm_seats ({_SEAT_COLUMNS}) VALUES ({'?,' * 9}?)"
+_UPSERT_PACK: Final = f"INSERT OR REPLACE INTO rm_packs ({_PACK_COLUMNS}) VALUES ({'?,' * 7}?)"
+
+
+def _us_or_none(instant: datetime | None) -> int | None:
+    return None if instant is None else us_from_datetime(instant)
+
+
+class SqliteReadModelStore:
+    """The read model tables in the SQLite file at `path`; `events` is the log they index
+    (usage pages are decoded from its records)."""
+
+    def __init__(self, path: str | Path, events: RecordReader) -> None:
+        self.path = str(path)
+        self._events = events
+        self._db = sqlite3.connect(self.path, isolation_level=None)
+        self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        self._db.execute("PRAGMA journal_mode = WAL")
+        # Read models are rebuildable from the log: NORMAL may lose the last commits on power
+        # loss, never corrupt; the checkpoint goes back with them.
+        self._db.execute("PRAGMA synchronous = NORMAL")
+        with self._transaction():
+            self._create_tables()
+            self.create_usage_indexes()
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _create_tables(self) -> None:
+        for sql in _TABLES_SQL:
+            self._db.execute(sql)
+
+    def create_usage_indexes(self) -> None:
+        for sql in USAGE_INDEXES_SQL:
+            self._db.execute(sql)
+
+    def checkpoint(self, name: str = DEFAULT_CHECKPOINT) -> int:
+        row = self._db.execute("SELECT position FROM rm_checkpoints WHERE name = ?", (name,))
+        found = row.fetchone()
+        return int(found[0]) if found else 0
+
+    def reset(self, name: str = DEFAULT_CHECKPOINT, *, drop_usage_indexes: bool = False) -> None:
+        """Empty every read model table and set the checkpoint to 0, in one transaction.
+
+        With `drop_usage_indexes`, the usage table is left without its indexes, so a rebuild's
+        bulk insert is cheaper; `create_usage_indexes` (or reopening the store) restores them.
+        """
+        with self._transaction():
+            for table in _READ_MODEL_TABLES:
+                self._db.execute(f"DROP TABLE IF EXISTS {table}")
+            self._create_tables()
+            if not drop_usage_indexes:
+                self.create_usage_indexes()
+            self._set_checkpoint(name, 0)
+
+    def write_batch(
+        self,
+        position: int,
+        subscriptions: Sequence[SubscriptionRow],
+        seats: Sequence[SeatRow],
+        packs: Sequence[PackRow],
+        usage_rows: Sequence[UsageIndexRow],
+        name: str = DEFAULT_CHECKPOINT,
+    ) -> None:
+        """Upsert the changed balance rows, insert the new usage rows and move the checkpoint."""
+        with self._transaction():
+            self._db.executemany(
+                _UPSERT_SUBSCRIPTION,
+                [
+                    (
+                        s.subscription_id,
+                        us_from_datetime(s.anchor),
+                        s.cycle,
+                        _us_or_none(s.cycle_start),
+                        _us_or_none(s.cycle_end),
+                        s.uncovered_cycle_ucr,
+                        s.uncovered_total_ucr,
+                        s.granted_ucr,
+                        s.used_ucr,
+                        s.expired_ucr,
+                    )
+                    for s in subscriptions
+                ],
+            )
+            self._db.executemany(
+                _UPSERT_SEAT,
+                [
+                    (
+                        s.subscription_id,
+                        s.seat_id,
+                        s.tier,
+                        s.pending_tier,
+                        s.status,
+                        s.cycle,
+                        s.quota_ucr,
+                        s.used_ucr,
+                        s.pack_used_ucr,
+                        s.uncovered_ucr,
+                    )
+                    for s in seats
+                ],
+            )
+            self._db.executemany(
+                _UPSERT_PACK,
+                [
+                    (
+                        p.subscription_id,
+                        p.pack_id,
+                        p.credits_ucr,
+                        p.remaining_ucr,
+                        p.expired_ucr,
+                        us_from_datetime(p.purchased_at),
+                        us_from_datetime(p.expires_at),
+                        p.status,
+                    )
+                    for p in packs
+                ],
+            )
+            self._db.executemany(INSERT_USAGE_SQL, usage_rows)
+            self._set_checkpoint(name, position)
+
+    def _set_checkpoint(self, name: str, position: int) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO rm_checkpoints (name, position) VALUES (?, ?)", (name, position)
+        )
+
+    def load_balances(self) -> Balances:
+        """The balances exactly as the tables hold them (as of the checkpoint)."""
+        subscriptions = [
+            SubscriptionRow(
+                sub_id,
+                datetime_from_us(anchor_us),
+                cycle,
+                None if start_us is None else datetime_from_us(start_us),
+                None if end_us is None else datetime_from_us(end_us),
+                uncovered_cycle,
+                uncovered_total,
+                granted,
+                used,
+                expired,
+            )
+            for (
+                sub_id,
+                anchor_us,
+                cycle,
+                start_us,
+                end_us,
+                uncovered_cycle,
+                uncovered_total,
+                granted,
+                used,
+                expired,
+            ) in self._db.execute(
+                f"SELECT {_SUBSCRIPTION_COLUMNS} FROM rm_subscriptions ORDER BY subscription_id"
+            )
+        ]
+        seats = [
+            SeatRow(*row)
+            for row in self._db.execute(
+                f"SELECT {_SEAT_COLUMNS} FROM rm_seats ORDER BY subscription_id, seat_id"
+            )
+        ]
+        packs = [
+            PackRow(
+                sub_id,
+                pack_id,
+                credits,
+                remaining,
+                expired,
+                datetime_from_us(purchased_us),
+                datetime_from_us(expires_us),
+                status,
+            )
+            for (
+                sub_id,
+                pack_id,
+                credits,
+                remaining,
+                expired,
+                purchased_us,
+                expires_us,
+                status,
+            ) in self._db.execute(
+                f"SELECT {_PACK_COLUMNS} FROM rm_packs ORDER BY subscription_id, pack_id"
+            )
+        ]
+        return Balances.from_rows(subscriptions, seats, packs)
+
+    def usage(self, query: UsageQuery) -> UsagePage:
+        """One page of usage rows. Raises `InvalidUsageQuery` (bad limit or cursor)."""
+        return usage_page(self._db, self._events, query)
+
+    def usage_index_rows(self) -> list[UsageIndexRow]:
+        """Every usage index row in position order (for audits and tests; unbounded)."""
+        rows = self._db.execute(
+            "SELECT position, recorded_at_us, subscription_id, seat_id, model"
+            " FROM rm_usage ORDER BY position"
+        )
+        return [(p, at_us, sub, seat, model) for p, at_us, sub, seat, model in rows]
+
+    def usage_index_names(self) -> set[str]:
+        rows = self._db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'rm_usage'"
+        )
+        return {name for (name,) in rows} & set(USAGE_INDEX_NAMES)

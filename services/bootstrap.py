@@ -1,0 +1,61 @@
+"""The one place that wires the parts together: store, clock, rate card, writer, projections."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ledger.clock import Clock, ManualClock, SystemClock
+from ledger.sqlite_store import SqliteEventStore
+
+from ledger.application import Ledger
+from ledger.log import EventStore, us_from_datetime
+from ledger.rate_card import RateCard, load_rate_card
+from projections.runner import ProjectionRunner
+from projections.store import SqliteReadModelStore
+from services.config import ConfigError, Settings
+
+
+def open_event_store(settings: Settings) -> EventStore:
+    return SqliteEventStore(settings.sqlite_path())
+
+
+def open_read_store(settings: Settings, store: EventStore) -> SqliteReadModelStore:
+    """Read models live in a file of their own, so a rebuild never holds the log's write lock."""
+    return SqliteReadModelStore(settings.read_model_path(), store)
+
+
+def make_clock(settings: Settings) -> Clock:
+    if settings.clock == "system":
+        return SystemClock()
+    if settings.clock_start is None:
+        raise ConfigError("LEDGER_CLOCK=manual needs LEDGER_CLOCK_START (an RFC 3339 instant)")
+    return ManualClock(us_from_datetime(settings.clock_start))
+
+
+@dataclass
+class Parts:
+    """Everything one process of the ledger runs with."""
+
+    settings: Settings
+    store: EventStore
+    read_store: SqliteReadModelStore
+    rate_card: RateCard
+    clock: Clock
+
+    def ledger(self) -> Ledger:
+        return Ledger(self.store, self.rate_card, self.clock)
+
+    def projections(self) -> ProjectionRunner:
+        return ProjectionRunner(self.store, self.read_store)
+
+    def close(self) -> None:
+        self.read_store.close()
+        self.store.close()
+
+
+def bootstrap(settings: Settings, clock: Clock | None = None) -> Parts:
+    rate_card = load_rate_card(settings.rate_card)
+    store = open_event_store(settings)
+    return Parts(
+        settings, store, open_read_store(settings), rate_card, clock or make_clock(settings)
+    )
