@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ledger.clock import Clock, ManualClock, SystemClock
-from ledger.sqlite_store import SqliteEventStore
-
 from ledger.application import Ledger
+from ledger.clock import Clock, ManualClock, SystemClock
 from ledger.log import EventStore, us_from_datetime
 from ledger.rate_card import RateCard, load_rate_card
+from ledger.sqlite_store import SqliteEventStore
 from projections.runner import ProjectionRunner
 from projections.store import SqliteReadModelStore
 from services.config import ConfigError, Settings
@@ -57,5 +56,5 @@ def bootstrap(settings: Settings, clock: Clock | None = None) -> Parts:
     rate_card = load_rate_card(settings.rate_card)
     store = open_event_store(settings)
     return Parts(
-        settings, store, open_read_store(settings), rate_card, clock or make_clock(settings)
+        settings, store, open_read_store(settings, store), rate_card, clock or make_clock(settings)
     )

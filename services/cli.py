@@ -1,0 +1,390 @@
+"""The `ledger` command line: serve, replay, audit, export and backfill (SPEC §3 "CLI").
+
+Errors leave with a one-line message and a non-zero exit code, mapped in `EXIT_CODES`.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from functools import wraps
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+import click
+import msgspec
+
+from ledger.audit import verify
+from ledger.clock import ManualClock
+from ledger.errors import LedgerError
+from ledger.idempotency import payload_digest
+from ledger.log import us_from_datetime
+from ledger.money import format_credits
+from projections.balances import Balances, overview
+from projections.replay import InvalidAsOf, balances_as_of, resolve_as_of
+from projections.usage import InvalidUsageQuery, UsageQuery
+from schemas.commands import AdminCommand, ChargeUsage, Command
+from schemas.read_models import UsageRow
+from schemas.usage import UsageEvent
+from services.bootstrap import Parts, bootstrap
+from services.config import ConfigError, Settings, parse_instant
+
+EXIT_CODES: dict[type[Exception], int] = {
+    ConfigError: 2,
+    InvalidAsOf: 2,
+    InvalidUsageQuery: 2,
+    msgspec.DecodeError: 2,
+    LedgerError: 3,
+    OSError: 4,
+}
+"""Expected failures and their exit codes; a failed audit exits 1."""
+
+BACKFILL_BATCH_COMMANDS = 1_000
+PROGRESS_MIN_RECORDS = 50_000
+"""Logs longer than this get a progress bar on replay and audit."""
+EXPORT_PAGE_ROWS = 1_000
+
+F = TypeVar("F", bound=Callable[..., Any])
+_ADMIN_DECODER = msgspec.json.Decoder(AdminCommand)
+
+
+def one_line_errors(command: F) -> F:
+    @wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except tuple(EXIT_CODES) as error:
+            code = next(c for kind, c in EXIT_CODES.items() if isinstance(error, kind))
+            message = " ".join(str(error).split()) or type(error).__name__
+            click.echo(f"ledger: {message}", err=True)
+            sys.exit(code)
+
+    return run  # type: ignore[return-value]
+
+
+@contextmanager
+def opened(settings: Settings) -> Iterator[Parts]:
+    parts = bootstrap(settings)
+    try:
+        yield parts
+    finally:
+        parts.close()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--data-dir", type=click.Path(path_type=Path), help="Overrides LEDGER_DATA_DIR.")
+@click.option("--database-url", help="Overrides LEDGER_DATABASE_URL (sqlite:///PATH).")
+@click.pass_context
+@one_line_errors
+def main(ctx: click.Context, data_dir: Path | None, database_url: str | None) -> None:
+    """The credits ledger: an event-sourced, hash-chained log of seat and pack credits."""
+    ctx.obj = Settings.from_env().with_overrides(data_dir=data_dir, database_url=database_url)
+
+
+# --- replay ---------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--until", "until", help="An RFC 3339 instant or position:N (default: the head).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON overview per subscription.")
+@click.pass_obj
+@one_line_errors
+def replay(settings: Settings, until: str | None, as_json: bool) -> None:
+    """Replay the log up to a point and print every subscription's balances as of then."""
+    with opened(settings) as parts:
+        position = resolve_as_of(parts.store, until) if until else parts.store.head().position
+        balances = _replay_with_progress(parts, position)
+        _print_balances(balances, position, as_json)
+
+
+def _replay_with_progress(parts: Parts, position: int) -> Balances:
+    if position < PROGRESS_MIN_RECORDS:
+        return balances_as_of(parts.store, position)
+    with click.progressbar(length=position, label="replaying", file=sys.stderr) as bar:
+        return balances_as_of(parts.store, position, on_progress=bar.update)
+
+
+def _print_balances(balances: Balances, position: int, as_json: bool) -> None:
+    subscription_ids = sorted(balances.subscriptions)
+    if as_json:
+        for subscription_id in subscription_ids:
+            click.echo(msgspec.json.encode(overview(balances, subscription_id)))
+        return
+    click.echo(f"as of position {position}")
+    for subscription_id in subscription_ids:
+        view = overview(balances, subscription_id)
+        assert view is not None
+        click.echo(
+            f"\nsubscription {subscription_id}  cycle {view.cycle} "
+            f"[{_instant(view.cycle_start)} .. {_instant(view.cycle_end)})  "
+            f"quota used {format_credits(view.quota_used_ucr)} of "
+            f"{format_credits(view.quota_total_ucr)}  "
+            f"packs remaining {format_credits(view.packs_remaining_ucr)}  "
+            f"uncovered {format_credits(view.uncovered_ucr)}"
+        )
+        for seat in view.seats:
+            click.echo(
+                f"  seat {seat.seat_id:<24} {seat.tier:<9} {seat.status:<9} "
+                f"quota {format_credits(seat.quota_ucr):>14}  "
+                f"used {format_credits(seat.used_ucr):>14}  "
+                f"remaining {format_credits(seat.remaining_ucr):>14}"
+            )
+        for pack in view.packs:
+            click.echo(
+                f"  pack {pack.pack_id:<24} {pack.status:<9} "
+                f"remaining {format_credits(pack.remaining_ucr):>14} of "
+                f"{format_credits(pack.credits_ucr)}  expires {_instant(pack.expires_at)}"
+            )
+
+
+def _instant(value: datetime | None) -> str:
+    return "-" if value is None else value.isoformat().replace("+00:00", "Z")
+
+
+# --- audit ----------------------------------------------------------------------------------
+
+
+@main.group()
+def audit() -> None:
+    """Verify the log, or print its digest."""
+
+
+@audit.command("verify")
+@click.pass_obj
+@one_line_errors
+def audit_verify(settings: Settings) -> None:
+    """Recompute the hash chain and re-derive every charge; exit 1 at the first bad position."""
+    with opened(settings) as parts:
+        head = parts.store.head().position
+        records = parts.store.read()
+        if head >= PROGRESS_MIN_RECORDS:
+            with click.progressbar(length=head, label="verifying", file=sys.stderr) as bar:
+                last = [0]
+
+                def advance(position: int) -> None:
+                    bar.update(position - last[0])
+                    last[0] = position
+
+                report = verify(records, parts.rate_card, on_progress=advance)
+        else:
+            report = verify(records, parts.rate_card)
+    if report.failure is not None:
+        click.echo(
+            f"ledger: audit failed at position {report.failure.position}: {report.failure.reason}",
+            err=True,
+        )
+        sys.exit(1)
+    click.echo(f"ok: {report.records} records, head hash {report.head_hash}")
+
+
+@audit.command("digest")
+@click.pass_obj
+@one_line_errors
+def audit_digest(settings: Settings) -> None:
+    """Print the head position and hash as JSON."""
+    with opened(settings) as parts:
+        head = parts.store.head()
+    click.echo(msgspec.json.encode({"position": head.position, "hash": head.hash.hex()}))
+
+
+# --- export ---------------------------------------------------------------------------------
+
+
+@main.group()
+def export() -> None:
+    """Export read models."""
+
+
+CSV_COLUMNS = (
+    "position",
+    "recorded_at",
+    "occurred_at",
+    "event_id",
+    "subscription_id",
+    "seat_id",
+    "model",
+    "product",
+    "input_tokens",
+    "cached_tokens",
+    "output_tokens",
+    "tool_calls",
+    "images",
+    "thinking",
+    "rate_card_version",
+    "credits",
+    "seat_credits",
+    "pack_credits",
+    "uncovered_credits",
+    "allocation",
+)
+
+
+@export.command("usage")
+@click.option(
+    "--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv", show_default=True
+)
+@click.option("--from", "from_", help="RFC 3339; rows recorded at or after it.")
+@click.option("--to", help="RFC 3339; rows recorded before it.")
+@click.option("--subscription", help="Only this subscription (default: all).")
+@click.option("--output", "-o", type=click.File("w"), default="-", help="File (default stdout).")
+@click.pass_obj
+@one_line_errors
+def export_usage(
+    settings: Settings,
+    fmt: str,
+    from_: str | None,
+    to: str | None,
+    subscription: str | None,
+    output: IO[str],
+) -> None:
+    """Export usage details (one row per charge), oldest first."""
+    recorded_from = parse_instant(from_, "--from") if from_ else None
+    recorded_to = parse_instant(to, "--to") if to else None
+    with opened(settings) as parts:
+        runner = parts.projections()
+        runner.catch_up()
+        subscription_ids = [subscription] if subscription else sorted(runner.balances.subscriptions)
+        writer = csv.writer(output, lineterminator="\n") if fmt == "csv" else None
+        if writer is not None:
+            writer.writerow(CSV_COLUMNS)
+        for subscription_id in subscription_ids:
+            query = UsageQuery(
+                subscription_id,
+                recorded_from=recorded_from,
+                recorded_to=recorded_to,
+                limit=EXPORT_PAGE_ROWS,
+            )
+            for row in _all_usage(parts, query):
+                if writer is not None:
+                    writer.writerow(_csv_row(row))
+                else:
+                    output.write(msgspec.json.encode(row).decode() + "\n")
+
+
+def _all_usage(parts: Parts, query: UsageQuery) -> Iterator[UsageRow]:
+    while True:
+        page = parts.read_store.usage(query)
+        yield from page.items
+        if page.next_cursor is None:
+            return
+        query = msgspec.structs.replace(query, cursor=page.next_cursor)
+
+
+def _csv_row(row: UsageRow) -> list[object]:
+    by_source: Counter[str] = Counter()
+    for part in row.allocation:
+        by_source[part.source] += part.credits_ucr
+    allocation = ";".join(
+        f"{p.source}:{p.id}={format_credits(p.credits_ucr)}"
+        if p.id
+        else f"{p.source}={format_credits(p.credits_ucr)}"
+        for p in row.allocation
+    )
+    u = row.usage
+    return [
+        row.position,
+        _instant(row.recorded_at),
+        _instant(row.occurred_at),
+        row.event_id,
+        row.subscription_id,
+        row.seat_id,
+        row.model,
+        row.product,
+        u.input_tokens,
+        u.cached_tokens,
+        u.output_tokens,
+        u.tool_calls,
+        u.images,
+        str(u.thinking).lower(),
+        row.rate_card_version,
+        format_credits(row.credits_ucr),
+        format_credits(by_source["seat"]),
+        format_credits(by_source["pack"]),
+        format_credits(by_source["uncovered"]),
+        allocation,
+    ]
+
+
+# --- backfill -------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("source", type=click.File("rb"))
+@click.option(
+    "--batch", default=BACKFILL_BATCH_COMMANDS, show_default=True, help="Commands per append."
+)
+@click.pass_obj
+@one_line_errors
+def backfill(settings: Settings, source: IO[bytes], batch: int) -> None:
+    """Append commands from a JSONL file (- for stdin) through the decider.
+
+    Each line is a usage event (SPEC §3), or an admin command with a "type" of
+    subscription.open, seat.add, seat.change_tier, seat.remove or pack.buy. A line may carry
+    "at" (RFC 3339): the ledger clock is then a manual clock moved to it (never backwards), so
+    history can be written with the times it happened. Refused lines are reported on stderr
+    as JSON; the summary goes to stdout.
+    """
+    if not 1 <= batch <= BACKFILL_BATCH_COMMANDS * 10:
+        raise click.BadParameter(f"must be 1..{BACKFILL_BATCH_COMMANDS * 10}", param_hint="--batch")
+    with opened(settings) as parts:
+        manual: ManualClock | None = None
+        ledger = parts.ledger()
+        counts: Counter[str] = Counter()
+        pending: list[tuple[int, Command]] = []
+
+        def flush() -> None:
+            if not pending:
+                return
+            outcomes = ledger.execute([command for _, command in pending])
+            for (line_no, _), outcome in zip(pending, outcomes, strict=True):
+                counts[outcome.status] += 1
+                if outcome.status == "rejected":
+                    report = {"line": line_no, "reason": outcome.reason, "detail": outcome.detail}
+                    click.echo(msgspec.json.encode(report), err=True)
+            pending.clear()
+
+        for line_no, raw in enumerate(source, start=1):
+            if not raw.strip():
+                continue
+            at, command = parse_backfill_line(raw, line_no)
+            if at is not None and manual is not None and us_from_datetime(at) < manual.now_us():
+                flush()
+                raise ConfigError(f"line {line_no}: 'at' goes back in time; stopped before it")
+            if at is not None and (manual is None or us_from_datetime(at) > manual.now_us()):
+                flush()
+                if manual is None:
+                    manual = ManualClock(us_from_datetime(at))
+                    ledger.clock = manual
+                manual.set(us_from_datetime(at))
+                ledger.tick()
+            pending.append((line_no, command))
+            if len(pending) >= batch:
+                flush()
+        flush()
+        parts.projections().catch_up()
+        summary = {**{k: counts[k] for k in ("applied", "duplicate", "rejected")}}
+        summary["position"] = ledger.position
+    click.echo(msgspec.json.encode(summary))
+
+
+def parse_backfill_line(raw: bytes, line_no: int) -> tuple[datetime | None, Command]:
+    try:
+        fields = msgspec.json.decode(raw)
+        if not isinstance(fields, dict):
+            raise msgspec.ValidationError("a line must be a JSON object")
+        at_text = fields.pop("at", None)
+        at = parse_instant(at_text, f"line {line_no}: at") if at_text is not None else None
+        if "type" in fields:
+            return at, _ADMIN_DECODER.decode(msgspec.json.encode(fields))
+        usage = msgspec.convert(fields, UsageEvent)
+        return at, ChargeUsage(usage, payload_digest(usage))
+    except (msgspec.DecodeError, ConfigError) as error:
+        raise msgspec.DecodeError(f"line {line_no}: {error}") from error
+
+
+if __name__ == "__main__":
+    main()
