@@ -1,0 +1,82 @@
+"""A small typed publisher of usage events for Python gateways (SPEC §3 "Usage stream").
+
+It writes exactly what any gateway writes: `XADD <stream> * data <json>`, with the event
+encoded by msgspec. Synchronous (redis-py) and free of FastStream, so a gateway depends on
+`redis` and `msgspec` alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from types import TracebackType
+from typing import Final
+
+import msgspec
+import redis
+
+from schemas.usage import UsageEvent
+
+DEFAULT_STREAM: Final = "ledger.usage"
+DATA_FIELD: Final = "data"
+PUBLISH_CHUNK_EVENTS: Final = 1_000
+"""Most XADDs sent in one pipelined round trip by `publish_many`."""
+
+_ENCODER: Final = msgspec.json.Encoder()
+
+
+def encode_usage(event: UsageEvent) -> bytes:
+    """The JSON bytes a gateway puts in the `data` field."""
+    return _ENCODER.encode(event)
+
+
+class UsagePublisher:
+    """Publishes usage events onto the usage stream; returns the stream entry ids."""
+
+    def __init__(
+        self,
+        redis_url: str,
+        stream: str = DEFAULT_STREAM,
+        *,
+        client: redis.Redis | None = None,
+    ) -> None:
+        self.stream = stream
+        self._own_client = client is None
+        self._client = client if client is not None else redis.Redis.from_url(redis_url)
+
+    def publish(self, event: UsageEvent) -> str:
+        entry_id = self._client.xadd(self.stream, {DATA_FIELD: encode_usage(event)})
+        return _text(entry_id)
+
+    def publish_many(self, events: Iterable[UsageEvent]) -> list[str]:
+        """Pipelined XADDs, in order, `PUBLISH_CHUNK_EVENTS` per round trip."""
+        ids: list[str] = []
+        pipe = self._client.pipeline(transaction=False)
+        pending = 0
+        for event in events:
+            pipe.xadd(self.stream, {DATA_FIELD: encode_usage(event)})
+            pending += 1
+            if pending == PUBLISH_CHUNK_EVENTS:
+                ids.extend(_text(entry_id) for entry_id in pipe.execute())
+                pending = 0
+        if pending:
+            ids.extend(_text(entry_id) for entry_id in pipe.execute())
+        return ids
+
+    def close(self) -> None:
+        if self._own_client:
+            self._client.close()
+
+    def __enter__(self) -> UsagePublisher:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _text(entry_id: bytes | str) -> str:
+    return entry_id.decode() if isinstance(entry_id, bytes) else entry_id

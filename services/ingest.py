@@ -1,0 +1,653 @@
+"""Usage ingest: Redis stream → ledger charges → read models, with dead letters (SPEC §3).
+
+Two layers:
+
+- `IngestProcessor.process(entries)` is the synchronous core. It takes raw stream entries
+  (`(entry_id, fields)`), decodes each into a `UsageEvent`, charges every valid one in ONE
+  `Ledger.charge` call (one append transaction), lets the projections catch up, then writes the
+  dead letters. It never acknowledges anything: its caller acks the batch after it returns.
+- `IngestService` wires it to FastStream: a batch subscriber of the usage stream in consumer
+  group `ledger`, a reclaimer for entries stuck on dead consumers, and `create_app` for a
+  standalone FastStream application.
+
+Crash safety: the order is append, then dead letters, then ack. A crash anywhere before the ack
+leaves the batch pending, so it is delivered again; the ledger's idempotency (`event_id`) makes
+the second delivery charge nothing, and dead letters are written through a Lua script keyed by
+the source entry id (`<stream>.dead.index`, a hash of source id → dead-letter id), so a
+redelivered batch does not dead-letter the same entry twice.
+
+Entry formats accepted (the payload is looked up in this order):
+
+- `data`: the public contract, `XADD <stream> * data <json>`; the field value is the JSON.
+- `__data__`: written by FastStream's own publisher (`broker.publish(obj, stream=...)`). In
+  FastStream 0.7.8 the value is `BinaryMessageFormatV1`: the magic `b"\\x89BIN\\r\\n\\x1a\\n"`,
+  a 2-byte version (1), 4-byte offsets of the headers and of the body, a 2-byte header count,
+  length-prefixed header keys and values (`correlation_id`, `content-type`, custom headers),
+  then the body (the JSON). Older FastStream releases wrote a JSON envelope
+  `{"data": "...", "headers": {...}}`. Both are unwrapped by the broker's `message_format`
+  (FastStream's own parser), and the body is decoded as a usage event.
+
+Dead letters go to `<stream>.dead` with the fields `reason`, `detail`, `data` (the original
+bytes of the payload field, envelope included; for `missing_data`, a JSON object of the
+entry's fields), `source_id` (the entry id) and `stream` (the source stream).
+
+Threading: `Ledger` and the SQLite stores are synchronous and single-threaded. The service runs
+every `process` call on one executor thread (a private single-thread executor unless one is
+given) and the processor holds a lock around ledger and projection work, which callers that
+share the ledger (an HTTP API) can share too. SQLite connections made with the default
+`check_same_thread=True` must be created on that executor's thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import threading
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+
+import msgspec
+import redis
+import structlog
+from faststream import AckPolicy, FastStream, NoCast
+from faststream.message import StreamMessage
+from faststream.redis import RedisBroker, StreamSub
+from faststream.redis.message import DATA_KEY, BatchStreamMessage
+from faststream.redis.parser import BinaryMessageFormatV1, MessageFormat
+from redis.exceptions import ResponseError
+
+from schemas.usage import UsageEvent
+
+log = structlog.get_logger(__name__)
+
+# -- names and limits -------------------------------------------------------------------------
+
+CONSUMER_GROUP: Final = "ledger"
+DATA_FIELD: Final = b"data"
+"""The payload field of the public contract: `XADD <stream> * data <json>`."""
+FASTSTREAM_DATA_FIELD: Final = DATA_KEY.encode()
+"""The payload field FastStream's publisher writes (`__data__`)."""
+DEAD_LETTER_SUFFIX: Final = ".dead"
+DEAD_LETTER_INDEX_SUFFIX: Final = ".dead.index"
+"""Hash of source entry id → dead-letter entry id; makes dead-lettering idempotent."""
+
+MAX_RECORDS: Final = 1_000
+"""Most entries read (and charged in one ledger transaction) per batch."""
+POLL_BLOCK_MS: Final = 100
+"""XREADGROUP BLOCK timeout in milliseconds; an arriving entry ends the wait at once."""
+CLAIM_IDLE_MS: Final = 30_000
+"""Milliseconds an entry stays pending, unacknowledged, before another consumer reclaims it."""
+RECLAIM_INTERVAL_S: Final = 5.0
+"""Seconds between two sweeps of the pending list with XAUTOCLAIM."""
+GRACEFUL_TIMEOUT_S: Final = 15.0
+"""Seconds the broker waits, when stopping, for a batch in flight to finish."""
+
+# Dead-letter reasons produced here (the ledger's rejections add their own reasons).
+INVALID_JSON: Final = "invalid_json"
+INVALID_EVENT: Final = "invalid_event"
+MISSING_DATA: Final = "missing_data"
+REJECTED: Final = "rejected"
+"""Fallback reason for a ledger rejection that carries none."""
+
+StreamEntry = tuple[str, Mapping[bytes, bytes]]
+"""One raw Redis stream entry: its id (`"1700000000000-0"`) and its fields."""
+
+USAGE_DECODER: Final = msgspec.json.Decoder(UsageEvent)
+_FIELDS_ENCODER: Final = msgspec.json.Encoder()
+
+
+# -- what the processor needs of its collaborators --------------------------------------------
+
+
+class ChargeOutcome(Protocol):
+    """What `Ledger.charge` answers per usage event."""
+
+    @property
+    def status(self) -> str: ...  # "applied" | "duplicate" | "rejected"
+
+    @property
+    def reason(self) -> str | None: ...
+
+    @property
+    def detail(self) -> str | None: ...
+
+
+class ChargingLedger(Protocol):
+    def charge(self, usages: Sequence[UsageEvent]) -> Sequence[ChargeOutcome]: ...
+
+
+class Projections(Protocol):
+    def catch_up(self) -> int: ...
+
+
+class DeadLetter(msgspec.Struct, frozen=True):
+    """An entry that could not be charged, with the original bytes and a stable reason."""
+
+    source_id: str
+    reason: str
+    detail: str
+    data: bytes
+
+
+class DeadLetterSink(Protocol):
+    def write(self, letters: Sequence[DeadLetter]) -> None:
+        """Persist every letter (idempotently per `source_id`) or raise."""
+        ...
+
+
+# -- the dead-letter stream -------------------------------------------------------------------
+
+_DEAD_LETTER_SCRIPT: Final = """
+local existing = redis.call('HGET', KEYS[2], ARGV[1])
+if existing then
+  return {existing, 0}
+end
+local id = redis.call('XADD', KEYS[1], '*',
+  'reason', ARGV[2], 'detail', ARGV[3], 'data', ARGV[4], 'source_id', ARGV[1],
+  'stream', ARGV[5])
+redis.call('HSET', KEYS[2], ARGV[1], id)
+return {id, 1}
+"""
+"""XADD one dead letter unless this source entry already has one (atomic on the server)."""
+
+
+def dead_letter_stream(stream: str) -> str:
+    return f"{stream}{DEAD_LETTER_SUFFIX}"
+
+
+class RedisDeadLetterSink:
+    """Writes dead letters to `<stream>.dead`, at most one per source entry id.
+
+    The index hash `<stream>.dead.index` remembers which source ids were dead-lettered; it
+    grows with the dead-letter stream (one field per letter) and is trimmed with it.
+    """
+
+    def __init__(self, client: redis.Redis, source_stream: str) -> None:
+        self._client = client
+        self.source_stream = source_stream
+        self.stream = dead_letter_stream(source_stream)
+        self.index = f"{source_stream}{DEAD_LETTER_INDEX_SUFFIX}"
+        self._script = client.register_script(_DEAD_LETTER_SCRIPT)
+
+    @classmethod
+    def from_url(cls, redis_url: str, source_stream: str) -> RedisDeadLetterSink:
+        return cls(redis.Redis.from_url(redis_url), source_stream)
+
+    def write(self, letters: Sequence[DeadLetter]) -> None:
+        if not letters:
+            return
+        pipe = self._client.pipeline(transaction=False)
+        for letter in letters:
+            self._script(
+                keys=[self.stream, self.index],
+                args=[
+                    letter.source_id,
+                    letter.reason,
+                    letter.detail,
+                    letter.data,
+                    self.source_stream,
+                ],
+                client=pipe,
+            )
+        replies = pipe.execute()
+        for letter, (dead_id, written) in zip(letters, replies, strict=True):
+            if not written:
+                log.info(
+                    "ingest.dead_letter_exists",
+                    stream=self.source_stream,
+                    source_id=letter.source_id,
+                    dead_letter_id=dead_id.decode(),
+                )
+
+    def close(self) -> None:
+        self._client.close()
+
+
+# -- the processor ----------------------------------------------------------------------------
+
+
+class BatchResult(msgspec.Struct, frozen=True):
+    """What one `process` call did; the caller acknowledges `entry_ids` afterwards."""
+
+    entry_ids: tuple[str, ...]
+    applied: int
+    duplicates: int
+    dead_letters: tuple[DeadLetter, ...]
+    projected: bool
+    """False when the projections failed to catch up (they retry with the next batch)."""
+
+
+class _Decoded(msgspec.Struct, frozen=True):
+    entry_id: str
+    original: bytes
+    event: UsageEvent
+
+
+def _fields_as_json(fields: Mapping[bytes, bytes]) -> bytes:
+    """An entry without a payload field, kept as a JSON object of its fields."""
+    return _FIELDS_ENCODER.encode(
+        {
+            key.decode(errors="backslashreplace"): value.decode(errors="backslashreplace")
+            for key, value in fields.items()
+        }
+    )
+
+
+class IngestProcessor:
+    """Turns a batch of raw stream entries into one ledger append plus dead letters.
+
+    `process` is synchronous and holds `lock` for the ledger and projection work; it raises
+    (and nothing is to be acknowledged) when the append, or writing dead letters, fails.
+    """
+
+    def __init__(
+        self,
+        ledger: ChargingLedger,
+        projections: Projections | None,
+        dead_letter_sink: DeadLetterSink,
+        *,
+        message_format: type[MessageFormat] = BinaryMessageFormatV1,
+        lock: threading.Lock | threading.RLock | None = None,
+    ) -> None:
+        self.ledger = ledger
+        self.projections = projections
+        self.dead_letter_sink = dead_letter_sink
+        self.message_format = message_format
+        self.lock = lock if lock is not None else threading.Lock()
+
+    def payload(self, fields: Mapping[bytes, bytes]) -> tuple[bytes, bytes] | None:
+        """(original bytes, usage JSON bytes) of an entry; None when it has no payload field."""
+        data = fields.get(DATA_FIELD)
+        if data is not None:
+            return data, data
+        wrapped = fields.get(FASTSTREAM_DATA_FIELD)
+        if wrapped is not None:
+            body, _headers = self.message_format.parse(wrapped)
+            return wrapped, body
+        return None
+
+    def decode(self, entry: StreamEntry) -> _Decoded | DeadLetter:
+        entry_id, fields = entry
+        found = self.payload(fields)
+        if found is None:
+            names = ", ".join(sorted(k.decode(errors="backslashreplace") for k in fields))
+            return DeadLetter(
+                entry_id,
+                MISSING_DATA,
+                f"no 'data' or '{DATA_KEY}' field (fields: {names or 'none'})",
+                _fields_as_json(fields),
+            )
+        original, body = found
+        try:
+            event = USAGE_DECODER.decode(body)
+        except msgspec.ValidationError as exc:  # valid JSON, not a valid event
+            return DeadLetter(entry_id, INVALID_EVENT, str(exc), original)
+        except msgspec.DecodeError as exc:
+            return DeadLetter(entry_id, INVALID_JSON, str(exc), original)
+        return _Decoded(entry_id, original, event)
+
+    def process(self, entries: Sequence[StreamEntry]) -> BatchResult:
+        bound = log.bind(
+            stream=getattr(self.dead_letter_sink, "source_stream", None),
+            first_id=entries[0][0] if entries else None,
+            entries=len(entries),
+        )
+        letters: list[DeadLetter] = []
+        valid: list[_Decoded] = []
+        for entry in entries:
+            decoded = self.decode(entry)
+            if isinstance(decoded, DeadLetter):
+                letters.append(decoded)
+            else:
+                valid.append(decoded)
+
+        applied = duplicates = 0
+        projected = True
+        with self.lock:
+            if valid:
+                outcomes = self.ledger.charge([item.event for item in valid])
+                if len(outcomes) != len(valid):
+                    raise RuntimeError(
+                        f"ledger answered {len(outcomes)} outcomes for {len(valid)} usages"
+                    )
+                for item, outcome in zip(valid, outcomes, strict=True):
+                    if outcome.status == "applied":
+                        applied += 1
+                    elif outcome.status == "duplicate":
+                        duplicates += 1
+                    else:
+                        letters.append(
+                            DeadLetter(
+                                item.entry_id,
+                                outcome.reason or REJECTED,
+                                outcome.detail or "",
+                                item.original,
+                            )
+                        )
+            if self.projections is not None:
+                projected = self._catch_up(bound)
+
+        if letters:
+            letters.sort(key=lambda letter: _id_key(letter.source_id))
+            self.dead_letter_sink.write(letters)
+            bound.warning(
+                "ingest.dead_letters",
+                count=len(letters),
+                reasons=dict(Counter(letter.reason for letter in letters)),
+                first_source_id=letters[0].source_id,
+            )
+            for letter in letters:
+                bound.debug(
+                    "ingest.dead_letter",
+                    source_id=letter.source_id,
+                    reason=letter.reason,
+                    detail=letter.detail,
+                )
+        bound.debug(
+            "ingest.batch",
+            applied=applied,
+            duplicates=duplicates,
+            dead_letters=len(letters),
+            projected=projected,
+        )
+        return BatchResult(
+            entry_ids=tuple(entry_id for entry_id, _ in entries),
+            applied=applied,
+            duplicates=duplicates,
+            dead_letters=tuple(letters),
+            projected=projected,
+        )
+
+    def _catch_up(self, bound: Any) -> bool:
+        """Fold the new records into the read models.
+
+        The log is the source of truth and the append has already committed, so a failure here
+        does not fail the batch (redelivering it would charge nothing): it is logged, and the
+        next batch catches up again.
+        """
+        assert self.projections is not None
+        try:
+            self.projections.catch_up()
+        except Exception:
+            bound.exception("ingest.projections_failed")
+            return False
+        return True
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    millis, _, seq = entry_id.partition("-")
+    try:
+        return int(millis), int(seq or 0)
+    except ValueError:
+        return (0, 0)
+
+
+# -- FastStream wiring ------------------------------------------------------------------------
+
+
+def default_consumer_name() -> str:
+    """Unique per process: `<hostname>-<pid>`."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    stream: str = "ledger.usage"
+    group: str = CONSUMER_GROUP
+    consumer: str = field(default_factory=default_consumer_name)
+    max_records: int = MAX_RECORDS
+    poll_block_ms: int = POLL_BLOCK_MS
+    claim_idle_ms: int = CLAIM_IDLE_MS
+    reclaim_interval_s: float = RECLAIM_INTERVAL_S
+
+    def __post_init__(self) -> None:
+        if not self.stream:
+            raise ValueError("the usage stream needs a name")
+        if not 1 <= self.max_records <= 100_000:
+            raise ValueError(f"max_records must be in 1..100000, not {self.max_records}")
+        if self.claim_idle_ms < 1 or self.poll_block_ms < 1 or self.reclaim_interval_s <= 0:
+            raise ValueError("claim_idle_ms, poll_block_ms and reclaim_interval_s must be > 0")
+
+    @property
+    def dead_letter_stream(self) -> str:
+        return dead_letter_stream(self.stream)
+
+
+def build_broker(redis_url: str, *, graceful_timeout_s: float = GRACEFUL_TIMEOUT_S) -> RedisBroker:
+    """A broker whose per-batch "Received" and "Processed" lines are DEBUG; errors stay ERROR."""
+    return RedisBroker(redis_url, graceful_timeout=graceful_timeout_s, log_level=logging.DEBUG)
+
+
+async def ensure_group(client: Any, stream: str, group: str = CONSUMER_GROUP) -> bool:
+    """`XGROUP CREATE <stream> <group> 0 MKSTREAM`; False when the group already exists.
+
+    Created at `0`, the group delivers the whole backlog. FastStream would create it at `$`
+    (missing what was published before), and reading with last_id `0` instead would re-read
+    the consumer's pending list forever; so the group is made here, before the subscriber
+    starts, and the subscriber reads with `>`.
+    """
+    try:
+        await client.xgroup_create(name=stream, groupname=group, id="0", mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+        return False
+    return True
+
+
+async def _parse_batch(
+    msg: BatchStreamMessage,
+    original: Callable[[BatchStreamMessage], Awaitable[StreamMessage[Any]]],
+) -> StreamMessage[Any]:
+    """FastStream's batch parser without its per-entry JSON work.
+
+    The default parser JSON-decodes every entry and re-encodes the list; here it only builds
+    the message (with its consumer and group, which `ack` needs) from a copy without entries,
+    and the message then carries the real raw batch for `_decode_entries`.
+    """
+    message = await original({**msg, "data": []})
+    message.raw_message = msg
+    return message
+
+
+def _decode_entries(message: StreamMessage[Any]) -> list[StreamEntry]:
+    raw: BatchStreamMessage = message.raw_message
+    return [
+        (entry_id.decode(), fields)
+        for entry_id, fields in zip(raw["message_ids"], raw["data"], strict=True)
+    ]
+
+
+class IngestService:
+    """The usage consumer of one process: a FastStream batch subscriber plus a reclaimer.
+
+    The subscriber reads up to `max_records` new entries per batch with XREADGROUP (`>`),
+    processes them on the executor, and FastStream acknowledges the whole batch with one XACK
+    when the handler returns (`AckPolicy.REJECT_ON_ERROR`: an exception rejects, which for a
+    Redis stream acknowledges nothing, so the entries stay pending). Pending entries idle for
+    `claim_idle_ms` (this consumer's failed batches, or a dead consumer's) are taken over with
+    XAUTOCLAIM every `reclaim_interval_s`, processed the same way, and acked with one XACK; a
+    reclaimed batch that fails again is retried entry by entry, so one entry that cannot be
+    processed holds back no other.
+    """
+
+    def __init__(
+        self,
+        broker: RedisBroker,
+        processor: IngestProcessor,
+        config: IngestConfig,
+        *,
+        executor: Executor | None = None,
+    ) -> None:
+        self.broker = broker
+        self.processor = processor
+        self.config = config
+        self._own_executor = executor is None
+        self.executor: Executor = executor or ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="ledger-ingest"
+        )
+        self._reclaimer: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self.log = log.bind(stream=config.stream, group=config.group, consumer=config.consumer)
+        self.subscriber = broker.subscriber(
+            stream=StreamSub(
+                config.stream,
+                group=config.group,
+                consumer=config.consumer,
+                batch=True,
+                max_records=config.max_records,
+                polling_interval=config.poll_block_ms,
+            ),
+            ack_policy=AckPolicy.REJECT_ON_ERROR,
+            parser=_parse_batch,
+            decoder=_decode_entries,
+            title=f"{config.stream}:ingest",
+        )(self._make_handler())
+
+    def _make_handler(self) -> Callable[[list[StreamEntry]], Awaitable[None]]:
+        async def ingest_usage(entries: NoCast[list[StreamEntry]]) -> None:
+            """Charge a batch of usage events; the batch is acked when this returns."""
+            await self._process(entries)
+
+        return ingest_usage
+
+    async def _process(self, entries: Sequence[StreamEntry]) -> BatchResult:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, self.processor.process, entries)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def prepare(self) -> None:
+        """Connect and create the consumer group at 0 (before the subscriber starts)."""
+        client = await self.broker.connect()
+        created = await ensure_group(client, self.config.stream, self.config.group)
+        self.log.info("ingest.group", created=created)
+
+    async def start(self) -> None:
+        """Create the group, start the broker (the subscriber), then the reclaimer."""
+        await self.prepare()
+        await self.broker.start()
+        self.start_reclaimer()
+
+    async def stop(self) -> None:
+        await self.stop_reclaimer()
+        await self.broker.stop()
+        if self._own_executor:
+            self.executor.shutdown(wait=True)
+
+    def start_reclaimer(self) -> None:
+        if self._reclaimer is None:
+            self._stopping.clear()
+            self._reclaimer = asyncio.create_task(self._reclaim_loop(), name="ingest-reclaimer")
+
+    async def stop_reclaimer(self) -> None:
+        task, self._reclaimer = self._reclaimer, None
+        if task is None:
+            return
+        self._stopping.set()
+        try:
+            await asyncio.wait_for(task, timeout=GRACEFUL_TIMEOUT_S)
+        except TimeoutError:
+            self.log.warning("ingest.reclaimer_stop_timeout")
+
+    # -- reclaiming ----------------------------------------------------------------------
+
+    async def _reclaim_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await self.reclaim_once()
+            except Exception:
+                self.log.exception("ingest.reclaim_failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._stopping.wait(), timeout=self.config.reclaim_interval_s
+                )
+
+    async def reclaim_once(self) -> int:
+        """Take over, process and ack every entry pending longer than `claim_idle_ms`.
+
+        Returns how many entries were acknowledged.
+        """
+        client = await self.broker.connect()
+        config = self.config
+        start_id: bytes | str = "0-0"
+        acked = 0
+        while not self._stopping.is_set():
+            reply = await client.xautoclaim(
+                name=config.stream,
+                groupname=config.group,
+                consumername=config.consumer,
+                min_idle_time=config.claim_idle_ms,
+                start_id=start_id,
+                count=config.max_records,
+            )
+            next_id, claimed = reply[0], reply[1]
+            # Redis < 7 reports entries deleted from the stream as (None, None).
+            entries = [
+                (entry_id.decode(), fields or {})
+                for entry_id, fields in claimed
+                if entry_id is not None
+            ]
+            if entries:
+                self.log.info("ingest.reclaimed", entries=len(entries), first_id=entries[0][0])
+                done = await self._process_reclaimed(entries)
+                if done:
+                    await client.xack(config.stream, config.group, *done)
+                    acked += len(done)
+            if next_id in (b"0-0", "0-0"):
+                break
+            start_id = next_id
+        return acked
+
+    async def _process_reclaimed(self, entries: list[StreamEntry]) -> list[str]:
+        try:
+            await self._process(entries)
+        except Exception:
+            self.log.exception("ingest.reclaimed_batch_failed", entries=len(entries))
+        else:
+            return [entry_id for entry_id, _ in entries]
+        if len(entries) == 1:
+            return []
+        done: list[str] = []
+        for entry in entries:
+            try:
+                await self._process([entry])
+            except Exception:
+                self.log.exception("ingest.entry_failed", entry_id=entry[0])
+            else:
+                done.append(entry[0])
+        return done
+
+
+def create_app(
+    redis_url: str,
+    processor: IngestProcessor,
+    config: IngestConfig,
+    *,
+    executor: Executor | None = None,
+) -> FastStream:
+    """A FastStream application running the ingest alone (`faststream run` or `app.run()`).
+
+    The consumer group is created at startup before the broker starts its subscriber, and the
+    reclaimer runs between after-startup and shutdown.
+    """
+    broker = build_broker(redis_url)
+    service = IngestService(broker, processor, config, executor=executor)
+
+    async def start_reclaimer() -> None:  # a sync hook would run off the event loop
+        service.start_reclaimer()
+
+    app = FastStream(
+        broker,
+        on_startup=[service.prepare],
+        after_startup=[start_reclaimer],
+        on_shutdown=[service.stop_reclaimer],
+    )
+    app.context.set_global("ingest_service", service)
+    return app
