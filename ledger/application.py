@@ -75,8 +75,9 @@ class Ledger:
         try:
             for command in commands:
                 if isinstance(command, ChargeUsage):
-                    key = usage_key(command.usage)
-                    command = msgspec.structs.replace(command, prior_digest=charged.get(key))
+                    prior = charged.get(usage_key(command.usage))
+                    if prior is not None:
+                        command = msgspec.structs.replace(command, prior_digest=prior)
                 try:
                     events = decide(self.state, command, at, self.rate_card)
                 except Rejected as refusal:

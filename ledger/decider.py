@@ -211,7 +211,7 @@ def _charge(
         gateway=usage.gateway,
     )
     events: list[LogEvent] = [*due, charged]
-    if charged.uncovered_ucr() > 0 and seat.status == "active":
+    if allocation and allocation[-1].source == "uncovered" and seat.status == "active":
         events.append(
             SeatSuspended(sub.subscription_id, seat.seat_id, "credits_exhausted", usage.event_id)
         )

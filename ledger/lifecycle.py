@@ -23,9 +23,10 @@ from schemas.events import (
 
 def next_due(sub: SubscriptionState) -> datetime:
     """The earliest instant at which this subscription has something scheduled."""
-    assert sub.cycle_end is not None, "an open subscription always has a current cycle"
-    expiries = [pack.expires_at for pack in sub.live_packs.values()]
-    return min([sub.cycle_end, *expiries])
+    if sub.next_due_at is None:
+        sub.refresh_next_due()
+    assert sub.next_due_at is not None
+    return sub.next_due_at
 
 
 def due_events(sub: SubscriptionState, at: datetime) -> tuple[list[LogEvent], SubscriptionState]:

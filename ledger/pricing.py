@@ -33,13 +33,28 @@ def per_unit_component_ucr(count: int, ucr_per_unit: int) -> int:
 
 
 def price(usage: Usage, coefficients: Coefficients) -> Components:
-    """The itemised charge for one request. Thinking is a surcharge on output tokens."""
-    thinking_tokens = usage.output_tokens if usage.thinking else 0
+    """The itemised charge for one request. Thinking is a surcharge on output tokens.
+
+    The same arithmetic as `per_1k_component_ucr` / `per_unit_component_ucr`, written out
+    inline: this runs once per charged request and is the decider's hottest line.
+    """
+    per_1k = 2 * TOKENS_PER_RATE_UNIT * ROUNDING_UNIT_UCR
+    half_1k = TOKENS_PER_RATE_UNIT * ROUNDING_UNIT_UCR
+    per_unit, half_unit, unit = 2 * ROUNDING_UNIT_UCR, ROUNDING_UNIT_UCR, ROUNDING_UNIT_UCR
+    output = usage.output_tokens
     return Components(
-        input_ucr=per_1k_component_ucr(usage.input_tokens, coefficients.input_ucr_per_1k),
-        cached_ucr=per_1k_component_ucr(usage.cached_tokens, coefficients.cached_ucr_per_1k),
-        output_ucr=per_1k_component_ucr(usage.output_tokens, coefficients.output_ucr_per_1k),
-        thinking_ucr=per_1k_component_ucr(thinking_tokens, coefficients.thinking_ucr_per_1k),
-        tools_ucr=per_unit_component_ucr(usage.tool_calls, coefficients.tool_call_ucr),
-        images_ucr=per_unit_component_ucr(usage.images, coefficients.image_ucr),
+        input_ucr=(2 * usage.input_tokens * coefficients.input_ucr_per_1k + half_1k)
+        // per_1k
+        * unit,
+        cached_ucr=(2 * usage.cached_tokens * coefficients.cached_ucr_per_1k + half_1k)
+        // per_1k
+        * unit,
+        output_ucr=(2 * output * coefficients.output_ucr_per_1k + half_1k) // per_1k * unit,
+        thinking_ucr=(2 * output * coefficients.thinking_ucr_per_1k + half_1k) // per_1k * unit
+        if usage.thinking
+        else 0,
+        tools_ucr=(2 * usage.tool_calls * coefficients.tool_call_ucr + half_unit)
+        // per_unit
+        * unit,
+        images_ucr=(2 * usage.images * coefficients.image_ucr + half_unit) // per_unit * unit,
     )

@@ -65,6 +65,12 @@ class SubscriptionState:
     """Packs not yet expired (exhausted ones included: they expire on schedule too)."""
     pack_ids: set[str] = field(default_factory=set)
     """Every pack id ever bought here, expired ones included."""
+    next_due_at: datetime | None = None
+    """The earliest cycle end or pack expiry: derived, kept so a charge need not look."""
+
+    def refresh_next_due(self) -> None:
+        assert self.cycle_end is not None, "an open subscription always has a current cycle"
+        self.next_due_at = min([self.cycle_end, *(p.expires_at for p in self.live_packs.values())])
 
 
 @dataclass(slots=True)
@@ -113,6 +119,7 @@ def evolve_subscription(sub: SubscriptionState, event: LogEvent) -> Subscription
                 event.cycle_start,
                 event.cycle_end,
             )
+            sub.refresh_next_due()
         case SeatAdded():
             sub.seats[event.seat_id] = SeatState(event.seat_id, event.tier, event.quota_ucr)
         case SeatTierChanged():
@@ -136,8 +143,10 @@ def evolve_subscription(sub: SubscriptionState, event: LogEvent) -> Subscription
                 event.expires_at,
             )
             sub.pack_ids.add(event.pack_id)
+            sub.refresh_next_due()
         case PackExpired():
             del sub.live_packs[event.pack_id]
+            sub.refresh_next_due()
         case SeatSuspended():
             sub.seats[event.seat_id].status = "suspended"
         case SeatResumed():

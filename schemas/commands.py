@@ -39,7 +39,7 @@ class BuyPack(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="pack
     pack_id: Id
 
 
-class ChargeUsage(msgspec.Struct, frozen=True, tag="usage.charge"):
+class ChargeUsage(msgspec.Struct, frozen=True, gc=False, tag="usage.charge"):
     """A usage event to charge.
 
     `payload_digest` identifies its content; `prior_digest` is the digest of an earlier charge

@@ -19,7 +19,10 @@ SuspendReason = Literal["credits_exhausted"]
 ResumeReason = Literal["pack_purchased", "cycle_started", "tier_upgraded"]
 
 
-class _LogEvent(msgspec.Struct, frozen=True, tag_field="type"):
+class _LogEvent(msgspec.Struct, frozen=True, gc=False, tag_field="type"):
+    """Base of every log event. Events hold no reference cycles, so the garbage collector
+    need not track them (`gc=False`): millions of them are folded in a replay."""
+
     subscription_id: str
 
 
@@ -86,7 +89,7 @@ class PackExpired(_LogEvent, frozen=True, tag="pack.expired"):
     expired_ucr: int
 
 
-class Allocation(msgspec.Struct, frozen=True):
+class Allocation(msgspec.Struct, frozen=True, gc=False):
     """One part of a charge: from the seat's quota, one pack, or uncovered (`id` is empty)."""
 
     source: AllocationSource
@@ -94,7 +97,7 @@ class Allocation(msgspec.Struct, frozen=True):
     credits_ucr: int
 
 
-class Components(msgspec.Struct, frozen=True):
+class Components(msgspec.Struct, frozen=True, gc=False):
     """Per-component credits, each rounded half-up to 0.01 credit before summing."""
 
     input_ucr: int = 0
@@ -115,7 +118,7 @@ class Components(msgspec.Struct, frozen=True):
         )
 
 
-class Coefficients(msgspec.Struct, frozen=True):
+class Coefficients(msgspec.Struct, frozen=True, gc=False):
     """The deduction coefficients a charge used, in micro-credits per unit named."""
 
     input_ucr_per_1k: int = 0
@@ -173,13 +176,3 @@ LogEvent = (
     | SeatSuspended
     | SeatResumed
 )
-
-
-class LogRecord(msgspec.Struct, frozen=True):
-    """One appended event with its place in the log and its link in the hash chain."""
-
-    position: int
-    recorded_at: datetime
-    event: LogEvent
-    prev_hash: str
-    hash: str

@@ -21,7 +21,7 @@ ImageCount = Annotated[int, msgspec.Meta(ge=0, le=MAX_IMAGES_PER_REQUEST)]
 UtcInstant = Annotated[datetime, msgspec.Meta(tz=True)]
 
 
-class UsageEvent(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class UsageEvent(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True):
     """One served model request, as a gateway reports it. `event_id` is the idempotency key."""
 
     event_id: Id
@@ -40,7 +40,7 @@ class UsageEvent(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     gateway: Id | None = None
 
 
-class Usage(msgspec.Struct, frozen=True):
+class Usage(msgspec.Struct, frozen=True, gc=False):
     """The counts a charge was priced from, as recorded on the charge."""
 
     input_tokens: int = 0

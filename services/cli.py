@@ -85,6 +85,31 @@ def main(ctx: click.Context, data_dir: Path | None, database_url: str | None) ->
     ctx.obj = Settings.from_env().with_overrides(data_dir=data_dir, database_url=database_url)
 
 
+# --- serve ---------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--host", help="Overrides LEDGER_HOST.")
+@click.option("--port", type=int, help="Overrides LEDGER_PORT.")
+@click.option("--redis-url", help="Overrides LEDGER_REDIS_URL (unset: a private Redis).")
+@click.option("--stream", help="Overrides LEDGER_USAGE_STREAM.")
+@click.pass_obj
+@one_line_errors
+def serve(
+    settings: Settings,
+    host: str | None,
+    port: int | None,
+    redis_url: str | None,
+    stream: str | None,
+) -> None:
+    """Run ingest, the lifecycle ticker and projections in one process."""
+    from services.serve import serve as run_service
+
+    run_service(
+        settings.with_overrides(host=host, port=port, redis_url=redis_url, usage_stream=stream)
+    )
+
+
 # --- replay ---------------------------------------------------------------------------------
 
 

@@ -363,3 +363,50 @@ def test_decide_never_changes_the_state_it_is_given():
     when(state, charge(costing(30_000, "e1", "s1")), at("2026-04-01"))
     when(state, AdvanceClock(), at("2026-04-01"))
     assert repr(state) == before
+
+
+# --- pricing arithmetic ---------------------------------------------------------------------
+
+
+from hypothesis import given as for_all  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from ledger.pricing import per_1k_component_ucr, per_unit_component_ucr, price  # noqa: E402
+from schemas.events import Coefficients  # noqa: E402
+from schemas.usage import Usage  # noqa: E402
+
+counts = st.integers(0, 50_000_000)
+rates = st.integers(0, 10_000_000)
+
+
+@for_all(
+    counts,
+    counts,
+    counts,
+    st.integers(0, 10_000),
+    st.integers(0, 1_000),
+    st.booleans(),
+    rates,
+    rates,
+)
+def test_each_component_is_rounded_half_up_to_a_hundredth_of_a_credit(
+    input_tokens, cached, output, tools, images, thinking, rate, per_call
+):
+    c = Coefficients(rate, rate // 10, rate * 6, rate * 2, per_call, per_call * 100)
+    usage = Usage(input_tokens, cached, output, tools, images, thinking)
+    got = price(usage, c)
+    assert got.input_ucr == per_1k_component_ucr(input_tokens, rate)
+    assert got.cached_ucr == per_1k_component_ucr(cached, rate // 10)
+    assert got.output_ucr == per_1k_component_ucr(output, rate * 6)
+    assert got.thinking_ucr == (per_1k_component_ucr(output, rate * 2) if thinking else 0)
+    assert got.tools_ucr == per_unit_component_ucr(tools, per_call)
+    assert got.images_ucr == per_unit_component_ucr(images, per_call * 100)
+    for part in (got.input_ucr, got.cached_ucr, got.output_ucr, got.tools_ucr, got.images_ucr):
+        assert part % 10_000 == 0
+    exact_input = input_tokens * rate / 1000  # µcr, as a float only to check the rounding
+    assert abs(got.input_ucr - exact_input) <= 5_000 + 1e-6 * exact_input
+
+
+def test_half_a_hundredth_rounds_up_and_just_under_rounds_down():
+    assert per_1k_component_ucr(25, 200_000) == 10_000  # 0.005 credit -> 0.01
+    assert per_1k_component_ucr(24, 200_000) == 0  # 0.0048 credit -> 0.00

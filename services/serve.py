@@ -1,0 +1,143 @@
+"""`ledger serve`: ingest, lifecycle ticker and projections in one process.
+
+Every piece that touches the ledger or the read models runs on one worker thread (the
+ledger is a single writer), so the event loop stays free for Redis. With no Redis URL a
+private Redis server is started with its data and append-only file in the data dir.
+SIGTERM and SIGINT stop it gracefully: the batch in hand is finished and acknowledged, then
+the broker, the stores and the private Redis are closed in that order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, suppress
+from typing import Final
+
+import structlog
+
+from ledger.application import Ledger
+from projections.runner import ProjectionRunner
+from services.bootstrap import Parts, bootstrap
+from services.config import Settings
+from services.ingest import (
+    IngestConfig,
+    IngestProcessor,
+    IngestService,
+    RedisDeadLetterSink,
+    build_broker,
+)
+from services.redis_server import EmbeddedRedis
+
+TICK_INTERVAL_S: Final = 1.0
+"""How often cycle starts and pack expiries that fell due are appended (SPEC: within ~1 s)."""
+
+log = structlog.get_logger("ledger.serve")
+
+
+def configure_logging(json_lines: bool | None = None) -> None:
+    """JSON lines when not on a terminal (production), readable console output otherwise."""
+    json_lines = not sys.stderr.isatty() if json_lines is None else json_lines
+    renderer: structlog.typing.Processor = (
+        structlog.processors.JSONRenderer() if json_lines else structlog.dev.ConsoleRenderer()
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        cache_logger_on_first_use=True,
+    )
+
+
+class Worker:
+    """The ledger, its projections and their thread: everything that writes state."""
+
+    def __init__(self, settings: Settings, executor: ThreadPoolExecutor) -> None:
+        self.settings = settings
+        self.executor = executor
+        self.parts: Parts | None = None
+        self.ledger: Ledger | None = None
+        self.projections: ProjectionRunner | None = None
+
+    def open(self) -> None:
+        """Runs on the worker thread: SQLite connections belong to the thread that made them."""
+        self.parts = bootstrap(self.settings)
+        self.ledger = self.parts.ledger()
+        self.projections = self.parts.projections()
+        self.projections.catch_up()
+
+    def tick(self) -> int:
+        assert self.ledger is not None and self.projections is not None
+        outcome = self.ledger.tick()
+        if outcome.records:
+            log.info("lifecycle.appended", events=len(outcome.records))
+            self.projections.catch_up()
+        return len(outcome.records)
+
+    def close(self) -> None:
+        if self.parts is not None:
+            self.parts.close()
+
+
+async def run(settings: Settings) -> None:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    with ExitStack() as resources:
+        redis_url = settings.redis_url
+        if redis_url is None:
+            embedded = resources.enter_context(EmbeddedRedis(settings.data_dir / "redis"))
+            redis_url = embedded.url
+            log.info("redis.embedded", url=redis_url, data_dir=str(embedded.data_dir))
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-writer")
+        resources.callback(executor.shutdown, wait=True)
+        worker = Worker(settings, executor)
+        await loop.run_in_executor(executor, worker.open)
+        resources.callback(lambda: executor.submit(worker.close).result())
+        assert worker.ledger is not None and worker.projections is not None
+        sink = RedisDeadLetterSink.from_url(redis_url, settings.usage_stream)
+        resources.callback(sink.close)
+        processor = IngestProcessor(worker.ledger, worker.projections, sink)
+        config = IngestConfig(stream=settings.usage_stream)
+        service = IngestService(build_broker(redis_url), processor, config, executor=executor)
+        await service.start()
+        log.info(
+            "ledger.started",
+            stream=settings.usage_stream,
+            database=str(settings.sqlite_path()),
+            position=worker.ledger.position,
+            clock=settings.clock,
+        )
+        ticker = asyncio.create_task(_tick_forever(worker, executor, stop))
+        await stop.wait()
+        log.info("ledger.stopping")
+        await ticker
+        await service.stop()
+    log.info("ledger.stopped")
+
+
+async def _tick_forever(worker: Worker, executor: ThreadPoolExecutor, stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    while not stop.is_set():
+        try:
+            await loop.run_in_executor(executor, worker.tick)
+        except Exception:
+            log.exception("lifecycle.tick_failed")
+        with suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), TICK_INTERVAL_S)
+
+
+def serve(settings: Settings) -> None:
+    configure_logging()
+    asyncio.run(run(settings))
