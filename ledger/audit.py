@@ -13,8 +13,9 @@ from collections.abc import Callable, Iterable
 
 import msgspec
 
+from ledger.chain import link_problem
 from ledger.deduction import allocate
-from ledger.log import GENESIS_HASH, StoredRecord, datetime_from_us, record_hash
+from ledger.log import GENESIS_HASH, StoredRecord, datetime_from_us
 from ledger.pricing import price
 from ledger.rate_card import RateCard
 from ledger.state import LedgerState, evolve, initial_state
@@ -65,14 +66,9 @@ def _record_problem(
     rate_card: RateCard,
 ) -> str | None:
     """What is wrong with this record, if anything; folds it into `state` when it is sound."""
-    if record.position != expected_position:
-        return f"expected position {expected_position}, found {record.position}"
-    if record.prev_hash != prev_hash:
-        return "prev_hash is not the previous record's hash"
-    if record_hash(prev_hash, record.position, record.recorded_at_us, record.data) != record.hash:
-        return "hash does not match the record's contents"
-    if record.recorded_at_us < prev_time_us:
-        return "recorded time goes backwards"
+    problem = link_problem(record, expected_position, prev_hash, prev_time_us)
+    if problem is not None:
+        return problem
     try:
         event = record.event()
     except msgspec.DecodeError as error:

@@ -63,11 +63,8 @@ class PriorCharge(msgspec.Struct, frozen=True):
 
 
 def record_hash(prev_hash: bytes, position: int, recorded_at_us: int, data: bytes) -> bytes:
-    digest = hashlib.sha256(prev_hash)
-    digest.update(position.to_bytes(8, "big"))
-    digest.update(recorded_at_us.to_bytes(8, "big", signed=True))
-    digest.update(data)
-    return digest.digest()
+    header = position.to_bytes(8, "big") + recorded_at_us.to_bytes(8, "big", signed=True)
+    return hashlib.sha256(prev_hash + header + data).digest()
 
 
 def us_from_datetime(instant: datetime) -> int:

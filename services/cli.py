@@ -32,6 +32,7 @@ from schemas.read_models import UsageRow
 from schemas.usage import UsageEvent
 from services.bootstrap import Parts, bootstrap
 from services.config import ConfigError, Settings, parse_instant
+from services.simulate import simulate
 
 EXIT_CODES: dict[type[Exception], int] = {
     ConfigError: 2,
@@ -410,6 +411,8 @@ def parse_backfill_line(raw: bytes, line_no: int) -> tuple[datetime | None, Comm
     except (msgspec.DecodeError, ConfigError) as error:
         raise msgspec.DecodeError(f"line {line_no}: {error}") from error
 
+
+main.add_command(simulate)
 
 if __name__ == "__main__":
     main()

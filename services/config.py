@@ -73,7 +73,6 @@ class Settings:
             raise ConfigError("LEDGER_DATABASE_URL: the PostgreSQL store has not landed yet")
         raise ConfigError(f"LEDGER_DATABASE_URL must be sqlite:///PATH, not {url!r}")
 
-
     def read_model_path(self) -> Path:
         """The read models' SQLite file: beside the log's, derived and disposable."""
         log = self.sqlite_path()

@@ -1,0 +1,561 @@
+"""The event store contract: one suite, run against every store kind (SQLite today).
+
+A new kind joins by adding its name to `STORE_KINDS` and a branch to `StoreOpener` and
+`StoreFactory`'s tampering helpers; the tests themselves do not change.
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ledger.chain import verify_chain
+from ledger.errors import ClockWentBackwards, DuplicateUsageKey
+from ledger.log import (
+    GENESIS_HASH,
+    MAX_APPEND_EVENTS,
+    EventStore,
+    Head,
+    PriorCharge,
+    StoredRecord,
+    record_hash,
+    us_from_datetime,
+)
+from ledger.sqlite_store import SqliteEventStore
+from schemas.events import (
+    Allocation,
+    Coefficients,
+    Components,
+    LogEvent,
+    SeatQuotaGranted,
+    UsageCharged,
+)
+from schemas.usage import Usage
+
+STORE_KINDS = ["sqlite"]
+
+T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+T0_US = us_from_datetime(T0)
+SECOND_US = 1_000_000
+
+RACE_EVENTS_PER_APPENDER = 1_000
+RACE_BATCH_EVENTS = 10
+RACE_MERGE_KEYS_EVERY = 64
+RACE_TIMEOUT_S = 120
+RACE_PAUSE_S = 0.001
+
+
+# --- events -----------------------------------------------------------------------------------
+
+
+def charge(event_id: str, subscription_id: str = "sub-1", seat_id: str = "seat-1") -> UsageCharged:
+    """The seed's worked example (3.18 credits), charged to one seat."""
+    return UsageCharged(
+        subscription_id=subscription_id,
+        seat_id=seat_id,
+        event_id=event_id,
+        payload_digest=f"digest-of-{event_id}",
+        occurred_at=T0,
+        model="qwen3.6-plus",
+        product="text",
+        usage=Usage(input_tokens=8_349, cached_tokens=40_794, output_tokens=573),
+        rate_card_version="2026-01-01",
+        coefficients=Coefficients(
+            input_ucr_per_1k=200_000, cached_ucr_per_1k=20_000, output_ucr_per_1k=1_200_000
+        ),
+        components=Components(input_ucr=1_670_000, cached_ucr=820_000, output_ucr=690_000),
+        credits_ucr=3_180_000,
+        allocation=(Allocation(source="seat", id=seat_id, credits_ucr=3_180_000),),
+    )
+
+
+def grant(seat_id: str = "seat-1", subscription_id: str = "sub-1") -> SeatQuotaGranted:
+    """An event that carries no usage key."""
+    return SeatQuotaGranted(
+        subscription_id=subscription_id,
+        seat_id=seat_id,
+        tier="standard",
+        cycle=1,
+        quota_ucr=25_000_000_000,
+        lapsed_ucr=0,
+    )
+
+
+def charges(prefix: str, count: int) -> list[LogEvent]:
+    return [charge(f"{prefix}-{index:05d}") for index in range(count)]
+
+
+# --- store kinds ------------------------------------------------------------------------------
+
+
+def _one_hash_for_every_key(subscription_id: str, event_id: str) -> int:
+    return 42
+
+
+@dataclass(frozen=True)
+class StoreOpener:
+    """Opens one more instance on a shared log; picklable, so another process can open one too.
+
+    `colliding_keys` makes every usage key look alike to the store's index, where the kind has
+    such a thing; `merge_keys_every` makes a kind that batches index maintenance do it often.
+    """
+
+    kind: str
+    location: str
+    colliding_keys: bool = False
+    merge_keys_every: int | None = None
+
+    def __call__(self) -> EventStore:
+        if self.kind == "sqlite":
+            options: dict[str, Any] = {}
+            if self.colliding_keys:
+                options["usage_key_hash"] = _one_hash_for_every_key
+            if self.merge_keys_every is not None:
+                options["recent_usage_keys_max"] = self.merge_keys_every
+            return SqliteEventStore(self.location, **options)
+        raise ValueError(f"unknown store kind {self.kind!r}")
+
+
+class StoreFactory:
+    """`store_factory()` opens another instance on this test's log; all are closed at the end.
+
+    The tampering helpers change the stored log behind the store's back, as an attacker with
+    write access to the database would.
+    """
+
+    def __init__(self, kind: str, tmp_path: Path) -> None:
+        self.kind = kind
+        self.location = str(tmp_path / "log" / "ledger.sqlite")
+        self._opened: list[EventStore] = []
+
+    def opener(self, **options: Any) -> StoreOpener:
+        return StoreOpener(self.kind, self.location, **options)
+
+    def __call__(self, **options: Any) -> EventStore:
+        store = self.opener(**options)()
+        self._opened.append(store)
+        return store
+
+    def close_all(self) -> None:
+        for store in self._opened:
+            store.close()
+
+    def flip_data_byte(self, position: int) -> None:
+        with self._raw() as db:
+            (data,) = db.execute("SELECT data FROM log WHERE position = ?", (position,)).fetchone()
+            flipped = bytes([data[0] ^ 0x01]) + data[1:]
+            db.execute("UPDATE log SET data = ? WHERE position = ?", (flipped, position))
+
+    def overwrite_hash(self, position: int, digest: bytes) -> None:
+        with self._raw() as db:
+            db.execute("UPDATE log SET hash = ? WHERE position = ?", (digest, position))
+
+    def delete_record(self, position: int) -> None:
+        with self._raw() as db:
+            db.execute("DELETE FROM log WHERE position = ?", (position,))
+
+    def rewrite_record(self, position: int, data: bytes, digest: bytes) -> None:
+        with self._raw() as db:
+            db.execute(
+                "UPDATE log SET data = ?, hash = ? WHERE position = ?", (data, digest, position)
+            )
+
+    @contextmanager
+    def _raw(self) -> Iterator[sqlite3.Connection]:
+        if self.kind != "sqlite":
+            raise ValueError(f"no raw access to a {self.kind!r} store")
+        db = sqlite3.connect(self.location)
+        try:
+            with db:
+                yield db
+        finally:
+            db.close()
+
+
+@pytest.fixture(params=STORE_KINDS)
+def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
+    factory = StoreFactory(request.param, tmp_path)
+    yield factory
+    factory.close_all()
+
+
+@pytest.fixture
+def store(store_factory: StoreFactory) -> EventStore:
+    return store_factory()
+
+
+def appended(store: EventStore, events: list[LogEvent], at_us: int = T0_US) -> list[StoredRecord]:
+    return store.append(events, at_us)
+
+
+# --- positions and the hash chain -------------------------------------------------------------
+
+
+def test_an_empty_log_has_position_zero_and_the_genesis_hash(store: EventStore) -> None:
+    assert store.head() == Head(0, GENESIS_HASH, 0)
+    assert list(store.read()) == []
+
+
+def test_positions_run_gap_free_from_one_in_commit_order(store: EventStore) -> None:
+    first = appended(store, charges("a", 3))
+    second = appended(store, [grant()])
+    third = appended(store, charges("b", 2))
+
+    assert [r.position for r in first + second + third] == [1, 2, 3, 4, 5, 6]
+    assert [r.position for r in store.read()] == [1, 2, 3, 4, 5, 6]
+    assert store.head().position == 6
+
+
+def test_an_append_returns_exactly_what_is_read_back(store: EventStore) -> None:
+    written = appended(store, [*charges("a", 3), grant()]) + appended(store, [grant("seat-2")])
+
+    assert list(store.read()) == written
+    assert [r.event() for r in written] == [*charges("a", 3), grant(), grant("seat-2")]
+
+
+def test_each_record_chains_to_the_previous_one(store: EventStore) -> None:
+    appended(store, charges("a", 3))
+    appended(store, [grant()], T0_US + SECOND_US)
+    records = list(store.read())
+
+    assert records[0].prev_hash == GENESIS_HASH
+    for previous, record in itertools.pairwise(records):
+        assert record.prev_hash == previous.hash
+    for record in records:
+        assert record.hash == record_hash(
+            record.prev_hash, record.position, record.recorded_at_us, record.data
+        )
+    assert store.head() == Head(4, records[-1].hash, T0_US + SECOND_US)
+    assert verify_chain(records) is None
+
+
+def test_an_empty_append_writes_nothing(store: EventStore) -> None:
+    assert store.append([], T0_US) == []
+    assert store.head().position == 0
+
+
+def test_an_append_over_the_batch_limit_is_refused(store: EventStore) -> None:
+    with pytest.raises(ValueError):
+        store.append([grant()] * (MAX_APPEND_EVENTS + 1), T0_US)
+    assert store.head().position == 0
+
+
+# --- recorded time ----------------------------------------------------------------------------
+
+
+def test_a_recorded_time_earlier_than_the_head_is_refused_and_writes_nothing(
+    store: EventStore,
+) -> None:
+    appended(store, [grant()], T0_US)
+    head = store.head()
+
+    with pytest.raises(ClockWentBackwards):
+        store.append(charges("late", 2), T0_US - 1)
+
+    assert store.head() == head
+    assert store.prior_charges([("sub-1", "late-00000")]) == {}
+
+
+def test_a_recorded_time_equal_to_the_head_is_accepted(store: EventStore) -> None:
+    appended(store, [grant()], T0_US)
+    appended(store, [grant()], T0_US)
+
+    assert [r.recorded_at_us for r in store.read()] == [T0_US, T0_US]
+
+
+# --- usage idempotency keys -------------------------------------------------------------------
+
+
+def test_a_usage_key_already_in_the_log_refuses_the_whole_batch(store: EventStore) -> None:
+    appended(store, [charge("e-1")])
+    head = store.head()
+
+    with pytest.raises(DuplicateUsageKey):
+        store.append([grant(), charge("e-2"), charge("e-1"), charge("e-3")], T0_US)
+
+    assert store.head() == head
+    assert store.prior_charges([("sub-1", "e-2"), ("sub-1", "e-3")]) == {}
+    assert [r.position for r in appended(store, [charge("e-2"), charge("e-3")])] == [2, 3]
+
+
+def test_a_usage_key_twice_in_one_batch_refuses_the_batch(store: EventStore) -> None:
+    with pytest.raises(DuplicateUsageKey):
+        store.append([charge("e-1"), charge("e-2"), charge("e-1")], T0_US)
+
+    assert store.head().position == 0
+    assert store.prior_charges([("sub-1", "e-1"), ("sub-1", "e-2")]) == {}
+
+
+def test_one_event_id_in_two_subscriptions_is_two_keys(store: EventStore) -> None:
+    appended(store, [charge("e-1", "sub-1"), charge("e-1", "sub-2", seat_id="seat-9")])
+
+    assert set(store.prior_charges([("sub-1", "e-1"), ("sub-2", "e-1")])) == {
+        ("sub-1", "e-1"),
+        ("sub-2", "e-1"),
+    }
+
+
+def test_prior_charges_finds_stored_keys_and_omits_absent_ones(store: EventStore) -> None:
+    appended(store, [grant(), charge("e-1"), charge("e-2")])
+
+    found = store.prior_charges([("sub-1", "e-2"), ("sub-1", "absent"), ("sub-2", "e-1")])
+
+    assert found == {("sub-1", "e-2"): PriorCharge("sub-1", "e-2", "digest-of-e-2", 3)}
+    assert store.prior_charges([]) == {}
+
+
+def test_prior_charges_answers_for_more_keys_than_one_query_binds(store: EventStore) -> None:
+    stored = charges("e", 1_200)
+    appended(store, stored)
+    keys = [("sub-1", f"e-{index:05d}") for index in range(0, 2_400, 2)]
+
+    found = store.prior_charges(keys)
+
+    assert sorted(found) == sorted(k for k in keys if int(k[1][2:]) < 1_200)
+    assert all(found[k].position == int(k[1][2:]) + 1 for k in found)
+
+
+def test_keys_stay_found_and_refused_across_index_maintenance(
+    store_factory: StoreFactory,
+) -> None:
+    writer = store_factory(merge_keys_every=5)
+    other = store_factory(merge_keys_every=5)
+    for batch in range(8):
+        one = writer if batch % 2 else other
+        appended(one, [charge(f"e-{batch}-{index}") for index in range(3)])
+    keys = [("sub-1", f"e-{batch}-{index}") for batch in range(8) for index in range(3)]
+
+    for one in (writer, other):
+        assert [p.position for p in one.prior_charges(keys).values()] == list(range(1, 25))
+        for key in (keys[0], keys[11], keys[-1]):
+            with pytest.raises(DuplicateUsageKey):
+                one.append([charge(key[1])], T0_US)
+    assert writer.head().position == 24
+
+
+def test_colliding_key_hashes_keep_both_charges_apart(store_factory: StoreFactory) -> None:
+    store = store_factory(colliding_keys=True)
+    appended(store, [charge("a")])
+    appended(store, [charge("b")])
+    appended(store, [charge("c"), grant(), charge("d")])
+
+    found = store.prior_charges([("sub-1", name) for name in "abcde"])
+
+    assert found == {
+        ("sub-1", "a"): PriorCharge("sub-1", "a", "digest-of-a", 1),
+        ("sub-1", "b"): PriorCharge("sub-1", "b", "digest-of-b", 2),
+        ("sub-1", "c"): PriorCharge("sub-1", "c", "digest-of-c", 3),
+        ("sub-1", "d"): PriorCharge("sub-1", "d", "digest-of-d", 5),
+    }
+    assert verify_chain(store.read()) is None
+
+
+def test_a_true_duplicate_of_a_colliding_key_is_still_refused(store_factory: StoreFactory) -> None:
+    store = store_factory(colliding_keys=True)
+    appended(store, [charge("a"), charge("b")])
+
+    for name in ("a", "b"):
+        with pytest.raises(DuplicateUsageKey):
+            store.append([charge("c"), charge(name)], T0_US)
+
+    assert store.head().position == 2
+    assert store.prior_charges([("sub-1", "c")]) == {}
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+
+def test_read_gives_the_records_after_a_position_up_to_until(store: EventStore) -> None:
+    appended(store, charges("e", 10))
+
+    assert [r.position for r in store.read(after=3, until=7)] == [4, 5, 6, 7]
+    assert [r.position for r in store.read(after=8)] == [9, 10]
+    assert [r.position for r in store.read(after=8, until=99)] == [9, 10]
+    assert list(store.read(after=10)) == []
+    assert list(store.read(after=5, until=5)) == []
+
+
+def test_read_streams_a_log_longer_than_any_one_fetch(store: EventStore) -> None:
+    for batch in range(5):
+        appended(store, charges(f"b{batch}", 5_000))
+
+    assert [r.position for r in store.read(after=1)] == list(range(2, 25_001))
+
+
+def test_position_at_gives_the_last_position_recorded_at_or_before_an_instant(
+    store: EventStore,
+) -> None:
+    assert store.position_at(T0_US) == 0
+    appended(store, charges("a", 3), T0_US)
+    appended(store, charges("b", 2), T0_US + 2 * SECOND_US)
+    appended(store, charges("c", 1), T0_US + 2 * SECOND_US)
+    appended(store, charges("d", 1), T0_US + 5 * SECOND_US)
+
+    assert store.position_at(T0_US - 1) == 0
+    assert store.position_at(T0_US) == 3
+    assert store.position_at(T0_US + SECOND_US) == 3
+    assert store.position_at(T0_US + 2 * SECOND_US) == 6
+    assert store.position_at(T0_US + 5 * SECOND_US - 1) == 6
+    assert store.position_at(T0_US + 5 * SECOND_US) == 7
+    assert store.position_at(T0_US + 10**12) == 7
+
+
+def test_a_reopened_store_continues_the_chain(store_factory: StoreFactory) -> None:
+    first = store_factory()
+    appended(first, charges("a", 3))
+    first.close()
+
+    again = store_factory()
+    appended(again, [charge("b")])
+
+    assert [r.position for r in again.read()] == [1, 2, 3, 4]
+    assert verify_chain(again.read()) is None
+    with pytest.raises(DuplicateUsageKey):
+        again.append([charge("a-00001")], T0_US)
+
+
+# --- concurrent appenders ---------------------------------------------------------------------
+
+
+def append_as_racer(opener: StoreOpener, name: str, start: Any) -> None:
+    """One racer: opens its own instance (the log may not exist yet), then appends 1,000
+    charges in batches of 10, all at one instant, pausing a moment after each batch (SQLite's
+    busy wait is unfair: without the pause one racer tends to hold the lock for long runs).
+    """
+    store = opener()
+    try:
+        start.wait(RACE_TIMEOUT_S)
+        for first in range(0, RACE_EVENTS_PER_APPENDER, RACE_BATCH_EVENTS):
+            indexes = range(first, first + RACE_BATCH_EVENTS)
+            store.append(
+                [charge(f"{name}-{i:04d}", seat_id=f"seat-{name}") for i in indexes], T0_US
+            )
+            time.sleep(RACE_PAUSE_S)
+    finally:
+        store.close()
+
+
+def assert_race_outcome(store: EventStore, names: list[str]) -> None:
+    records = list(store.read())
+    total = RACE_EVENTS_PER_APPENDER * len(names)
+    assert [r.position for r in records] == list(range(1, total + 1))
+    assert verify_chain(records) is None
+    by_racer: dict[str, list[tuple[int, str]]] = {name: [] for name in names}
+    for record in records:
+        event = record.event()
+        assert isinstance(event, UsageCharged)
+        by_racer[event.event_id.split("-")[0]].append((record.position, event.event_id))
+    for name, placed in by_racer.items():
+        assert [event_id for _, event_id in placed] == [
+            f"{name}-{index:04d}" for index in range(RACE_EVENTS_PER_APPENDER)
+        ]
+        for first in range(0, RACE_EVENTS_PER_APPENDER, RACE_BATCH_EVENTS):
+            positions = [position for position, _ in placed[first : first + RACE_BATCH_EVENTS]]
+            assert positions == list(range(positions[0], positions[0] + RACE_BATCH_EVENTS))
+    keys = [
+        ("sub-1", f"{name}-{index:04d}")
+        for name in names
+        for index in range(RACE_EVENTS_PER_APPENDER)
+    ]
+    assert len(store.prior_charges(keys)) == total
+
+
+def test_two_threads_appending_at_once_keep_positions_gap_free(
+    store_factory: StoreFactory,
+) -> None:
+    opener = store_factory.opener(merge_keys_every=RACE_MERGE_KEYS_EVERY)
+    start = threading.Barrier(2)
+    failures: list[BaseException] = []
+
+    def run(name: str) -> None:
+        try:
+            append_as_racer(opener, name, start)
+        except BaseException as failure:
+            failures.append(failure)
+            start.abort()
+
+    racers = [threading.Thread(target=run, args=(name,)) for name in ("left", "right")]
+    for racer in racers:
+        racer.start()
+    for racer in racers:
+        racer.join(RACE_TIMEOUT_S)
+
+    assert failures == []
+    assert_race_outcome(store_factory(), ["left", "right"])
+
+
+def test_two_processes_appending_at_once_keep_positions_gap_free(
+    store_factory: StoreFactory,
+) -> None:
+    opener = store_factory.opener(merge_keys_every=RACE_MERGE_KEYS_EVERY)
+    context = multiprocessing.get_context("spawn")
+    start = context.Barrier(2)
+    racers = [
+        context.Process(target=append_as_racer, args=(opener, name, start))
+        for name in ("left", "right")
+    ]
+    for racer in racers:
+        racer.start()
+    for racer in racers:
+        racer.join(RACE_TIMEOUT_S)
+
+    assert [racer.exitcode for racer in racers] == [0, 0]
+    assert_race_outcome(store_factory(), ["left", "right"])
+
+
+# --- tampering --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def ten_records(store: EventStore) -> EventStore:
+    appended(store, [*charges("a", 4), grant()])
+    appended(store, charges("b", 5), T0_US + SECOND_US)
+    assert verify_chain(store.read()) is None
+    return store
+
+
+def test_a_flipped_byte_in_one_record_breaks_the_chain_at_that_record(
+    store_factory: StoreFactory, ten_records: EventStore
+) -> None:
+    store_factory.flip_data_byte(6)
+
+    assert verify_chain(ten_records.read()) == 6
+
+
+def test_a_rewritten_hash_breaks_the_chain_at_that_record(
+    store_factory: StoreFactory, ten_records: EventStore
+) -> None:
+    store_factory.overwrite_hash(4, bytes(32))
+
+    assert verify_chain(ten_records.read()) == 4
+
+
+def test_a_deleted_record_breaks_the_chain_at_its_position(
+    store_factory: StoreFactory, ten_records: EventStore
+) -> None:
+    store_factory.delete_record(7)
+
+    assert verify_chain(ten_records.read()) == 7
+
+
+def test_a_record_rewritten_with_a_consistent_hash_breaks_the_chain_at_the_next_record(
+    store_factory: StoreFactory, ten_records: EventStore
+) -> None:
+    (third,) = ten_records.read(after=2, until=3)
+    forged = third.data.replace(b'"credits_ucr":3180000', b'"credits_ucr":1000000', 1)
+    assert forged != third.data
+    digest = record_hash(third.prev_hash, 3, third.recorded_at_us, forged)
+    store_factory.rewrite_record(3, forged, digest)
+
+    assert verify_chain(ten_records.read()) == 4
