@@ -1,0 +1,92 @@
+"""The AsyncAPI document of the usage stream: `python -m services.asyncapi` writes
+`docs/asyncapi.json`.
+
+FastStream generates the channel, the consumer group and the server from the subscriber
+itself; the subscriber takes raw entries (so that dead letters keep their original bytes),
+so the message payload is filled in here from the `UsageEvent` Struct, and the dead-letter
+stream, which is written with plain XADD, is added as a send operation.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from faststream.specification import AsyncAPI
+
+from schemas.usage import UsageEvent
+from services.config import DEFAULT_STREAM
+from services.ingest import DeadLetter, IngestConfig, IngestProcessor, create_app
+
+DOCUMENT_PATH = Path(__file__).resolve().parent.parent / "docs" / "asyncapi.json"
+EXAMPLE_REDIS_URL = "redis://127.0.0.1:6379/0"
+CONSUMER_PLACEHOLDER = "<hostname>-<pid>"
+
+
+class _NeverCalled:
+    def write(self, letters: object) -> None:
+        raise AssertionError("the document is generated without processing anything")
+
+
+def asyncapi_document(stream: str = DEFAULT_STREAM) -> dict[str, Any]:
+    processor = IngestProcessor(None, None, _NeverCalled())  # type: ignore[arg-type]
+    config = IngestConfig(stream=stream, consumer=CONSUMER_PLACEHOLDER)
+    app = create_app(EXAMPLE_REDIS_URL, processor, config)
+    assert app.broker is not None
+    spec = AsyncAPI(
+        app.broker,
+        title="Credits ledger usage stream",
+        version="1",
+        description=(
+            "Gateways publish one usage event per served request with "
+            f"`XADD {stream} * data <json>`. Entries that cannot be charged are copied to "
+            f"`{stream}.dead` with a machine-readable reason and acknowledged."
+        ),
+    )
+    document: dict[str, Any] = msgspec.json.decode(spec.to_specification().to_json())
+    schemas = document["components"]["schemas"]
+    schemas.pop("EmptyPayload", None)
+    (usage_schema,), usage_defs = msgspec.json.schema_components([UsageEvent])
+    (letter_schema,), letter_defs = msgspec.json.schema_components([DeadLetter])
+    schemas.update(usage_defs)
+    schemas.update(letter_defs)
+    for message in document["components"]["messages"].values():
+        message["payload"] = _ref(usage_schema)
+        message["description"] = "The stream entry's field `data` holds this JSON object."
+    dead = f"{stream}.dead"
+    document["channels"][dead] = {
+        "address": dead,
+        "description": "Dead letters: fields reason, detail, data (original bytes), source_id.",
+        "messages": {"DeadLetter": {"$ref": "#/components/messages/DeadLetter"}},
+    }
+    document["components"]["messages"]["DeadLetter"] = {
+        "title": "DeadLetter",
+        "payload": _ref(letter_schema),
+    }
+    document["operations"][f"{dead}:publish"] = {
+        "action": "send",
+        "channel": {"$ref": f"#/channels/{dead}"},
+        "messages": [{"$ref": f"#/channels/{dead}/messages/DeadLetter"}],
+    }
+    return document
+
+
+def _ref(schema: dict[str, Any]) -> dict[str, Any]:
+    ref = str(schema["$ref"]).replace("#/$defs/", "#/components/schemas/")
+    return {"$ref": ref}
+
+
+def rendered() -> bytes:
+    return msgspec.json.format(msgspec.json.encode(asyncapi_document()), indent=2) + b"\n"
+
+
+def main() -> int:
+    DOCUMENT_PATH.write_bytes(rendered())
+    sys.stdout.write(f"wrote {DOCUMENT_PATH}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
