@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -109,7 +110,8 @@ async def run(settings: Settings) -> None:
         sink = RedisDeadLetterSink.from_url(redis_url, settings.usage_stream)
         resources.callback(sink.close)
         processor = IngestProcessor(worker.ledger, worker.projections, sink)
-        config = IngestConfig(stream=settings.usage_stream)
+        claim_idle_ms = int(os.environ.get("LEDGER_CLAIM_IDLE_MS") or IngestConfig.claim_idle_ms)
+        config = IngestConfig(stream=settings.usage_stream, claim_idle_ms=claim_idle_ms)
         service = IngestService(build_broker(redis_url), processor, config, executor=executor)
         await service.start()
         log.info(
