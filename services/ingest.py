@@ -405,6 +405,10 @@ class IngestConfig:
     poll_block_ms: int = POLL_BLOCK_MS
     claim_idle_ms: int = CLAIM_IDLE_MS
     reclaim_interval_s: float = RECLAIM_INTERVAL_S
+    take_over_at_start: bool = True
+    """The single writer of its log takes over, at start, every entry left pending by any
+    consumer before it reads anything new: those consumers died, and their entries came first
+    (so a conflicting duplicate published later never overtakes them)."""
 
     def __post_init__(self) -> None:
         if not self.stream:
@@ -530,8 +534,12 @@ class IngestService:
         self.log.info("ingest.group", created=created)
 
     async def start(self) -> None:
-        """Create the group, start the broker (the subscriber), then the reclaimer."""
+        """Create the group, take over what dead consumers left pending, start the broker (the
+        subscriber), then the reclaimer."""
         await self.prepare()
+        if self.config.take_over_at_start:
+            taken = await self.reclaim_once(min_idle_ms=0)
+            self.log.info("ingest.took_over_pending", entries=taken)
         await self.broker.start()
         self.start_reclaimer()
 
@@ -569,8 +577,9 @@ class IngestService:
                     self._stopping.wait(), timeout=self.config.reclaim_interval_s
                 )
 
-    async def reclaim_once(self) -> int:
-        """Take over, process and ack every entry pending longer than `claim_idle_ms`.
+    async def reclaim_once(self, min_idle_ms: int | None = None) -> int:
+        """Take over, process and ack every entry pending longer than `claim_idle_ms` (or
+        `min_idle_ms` when given).
 
         Returns how many entries were acknowledged.
         """
@@ -583,7 +592,7 @@ class IngestService:
                 name=config.stream,
                 groupname=config.group,
                 consumername=config.consumer,
-                min_idle_time=config.claim_idle_ms,
+                min_idle_time=config.claim_idle_ms if min_idle_ms is None else min_idle_ms,
                 start_id=start_id,
                 count=config.max_records,
             )
