@@ -19,7 +19,7 @@ SuspendReason = Literal["credits_exhausted"]
 ResumeReason = Literal["pack_purchased", "cycle_started", "tier_upgraded"]
 
 
-class _LogEvent(msgspec.Struct, frozen=True, gc=False, tag_field="type"):
+class _LogEvent(msgspec.Struct, frozen=True, gc=False, omit_defaults=True, tag_field="type"):
     """Base of every log event. Events hold no reference cycles, so the garbage collector
     need not track them (`gc=False`): millions of them are folded in a replay."""
 
@@ -89,7 +89,7 @@ class PackExpired(_LogEvent, frozen=True, tag="pack.expired"):
     expired_ucr: int
 
 
-class Allocation(msgspec.Struct, frozen=True, gc=False):
+class Allocation(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     """One part of a charge: from the seat's quota, one pack, or uncovered (`id` is empty)."""
 
     source: AllocationSource
@@ -97,7 +97,7 @@ class Allocation(msgspec.Struct, frozen=True, gc=False):
     credits_ucr: int
 
 
-class Components(msgspec.Struct, frozen=True, gc=False):
+class Components(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     """Per-component credits, each rounded half-up to 0.01 credit before summing."""
 
     input_ucr: int = 0
@@ -118,7 +118,7 @@ class Components(msgspec.Struct, frozen=True, gc=False):
         )
 
 
-class Coefficients(msgspec.Struct, frozen=True, gc=False):
+class Coefficients(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     """The deduction coefficients a charge used, in micro-credits per unit named."""
 
     input_ucr_per_1k: int = 0

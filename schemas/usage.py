@@ -40,7 +40,7 @@ class UsageEvent(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=Tr
     gateway: Id | None = None
 
 
-class Usage(msgspec.Struct, frozen=True, gc=False):
+class Usage(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     """The counts a charge was priced from, as recorded on the charge."""
 
     input_tokens: int = 0

@@ -1,0 +1,207 @@
+"""Benchmark (not a test): end-to-end ingest, publish to queryable read model, beside a
+raw-primitives pipeline run in the same process on the same Redis.
+
+    python bench/bench_ingest.py [--events 200000] [--redis-url URL]
+
+Both pipelines drain the same backlog of usage events (plain XADD `data` entries with
+time-ordered ids), in batches of 1,000:
+- raw: redis-py XREADGROUP + msgspec decode + one SQLite transaction per batch + one XACK;
+- ledger: the FastStream consumer of `ledger serve` (decode, idempotency, decide, hash-chained
+  append, dead letters, projections) until every entry is acknowledged and the read models
+  have caught up with the log.
+Without --redis-url a private Redis (append-only file on, as `ledger serve` runs it) is used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import random
+import sqlite3
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+
+import msgspec
+import redis
+import structlog
+
+from ledger.application import Ledger
+from ledger.clock import SystemClock
+from ledger.rate_card import load_rate_card
+from ledger.sqlite_store import SqliteEventStore
+from projections.runner import ProjectionRunner
+from projections.store import SqliteReadModelStore
+from schemas.commands import AddSeat, BuyPack, OpenSubscription
+from schemas.usage import UsageEvent
+from services.ingest import (
+    MAX_RECORDS,
+    IngestConfig,
+    IngestProcessor,
+    IngestService,
+    RedisDeadLetterSink,
+    build_broker,
+)
+from services.redis_server import EmbeddedRedis
+
+SUBSCRIPTIONS = 200
+SEATS = 10
+MODELS = ("qwen3.6-plus", "glm-5", "MiniMax-M2.5", "deepseek-v3.2")
+DECODER = msgspec.json.Decoder(UsageEvent)
+PUBLISH_CHUNK = 5_000
+
+
+def payloads(count: int, tag: str) -> list[bytes]:
+    rng = random.Random(7)
+    now = datetime.now(UTC)
+    out = []
+    for i in range(count):
+        sub = rng.randrange(SUBSCRIPTIONS)
+        event = UsageEvent(
+            event_id=f"{tag}-{i}",
+            subscription_id=f"sub-{sub}",
+            seat_id=f"sub-{sub}-seat-{rng.randrange(SEATS)}",
+            model=rng.choice(MODELS),
+            occurred_at=now,
+            input_tokens=min(int(rng.paretovariate(1.2) * 2_000), 1_000_000),
+            cached_tokens=min(int(rng.paretovariate(1.5) * 10_000), 1_000_000),
+            output_tokens=min(int(rng.paretovariate(1.3) * 300), 100_000),
+        )
+        out.append(msgspec.json.encode(event))
+    return out
+
+
+def publish(client: redis.Redis, stream: str, data: list[bytes]) -> None:
+    for first in range(0, len(data), PUBLISH_CHUNK):
+        pipe = client.pipeline(transaction=False)
+        for item in data[first : first + PUBLISH_CHUNK]:
+            pipe.xadd(stream, {"data": item})
+        pipe.execute()
+    client.xgroup_create(stream, "ledger", id="0", mkstream=True)
+
+
+def raw_pipeline(client: redis.Redis, stream: str, folder: Path, count: int) -> float:
+    db = sqlite3.connect(folder / "raw.sqlite3", isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute(
+        "CREATE TABLE usage (id INTEGER PRIMARY KEY, event_id TEXT, subscription_id TEXT,"
+        " seat_id TEXT, model TEXT, input INTEGER, cached INTEGER, output INTEGER)"
+    )
+    done = 0
+    started = time.perf_counter()
+    while done < count:
+        reply = client.xreadgroup("ledger", "raw", {stream: ">"}, count=MAX_RECORDS, block=100)
+        if not reply:
+            continue
+        entries = reply[0][1]
+        rows = []
+        for _, fields in entries:
+            e = DECODER.decode(fields[b"data"])
+            rows.append(
+                (
+                    e.event_id,
+                    e.subscription_id,
+                    e.seat_id,
+                    e.model,
+                    e.input_tokens,
+                    e.cached_tokens,
+                    e.output_tokens,
+                )
+            )
+        db.execute("BEGIN")
+        db.executemany(
+            "INSERT INTO usage (event_id, subscription_id, seat_id, model, input, cached, output)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+        db.execute("COMMIT")
+        client.xack(stream, "ledger", *[entry_id for entry_id, _ in entries])
+        done += len(entries)
+    return time.perf_counter() - started
+
+
+async def ledger_pipeline(redis_url: str, stream: str, folder: Path, count: int) -> float:
+    executor = ThreadPoolExecutor(max_workers=1)
+    loop = asyncio.get_running_loop()
+
+    def open_parts() -> tuple[Ledger, ProjectionRunner]:
+        store = SqliteEventStore(folder / "ledger.sqlite3")
+        ledger = Ledger(store, load_rate_card(), SystemClock())
+        setup = []
+        for sub in range(SUBSCRIPTIONS):
+            setup.append(OpenSubscription(f"sub-{sub}"))
+            setup += [AddSeat(f"sub-{sub}", f"sub-{sub}-seat-{s}", "premium") for s in range(SEATS)]
+            setup.append(BuyPack(f"sub-{sub}", f"pack-{sub}"))
+        ledger.execute(setup)
+        read_store = SqliteReadModelStore(folder / "ledger.readmodels.sqlite3", store)
+        runner = ProjectionRunner(store, read_store)
+        runner.catch_up()
+        return ledger, runner
+
+    ledger, runner = await loop.run_in_executor(executor, open_parts)
+    start_position = ledger.position
+    sink = RedisDeadLetterSink.from_url(redis_url, stream)
+    processor = IngestProcessor(ledger, runner, sink)
+    service = IngestService(
+        build_broker(redis_url), processor, IngestConfig(stream=stream), executor=executor
+    )
+    client = redis.Redis.from_url(redis_url)
+    last_id = client.xinfo_stream(stream)["last-generated-id"]
+    started = time.perf_counter()
+    await service.start()
+    try:
+        while True:
+            group = client.xinfo_groups(stream)[0]
+            drained = group["last-delivered-id"] == last_id and group["pending"] == 0
+            if drained and runner.position - start_position >= count:
+                break
+            await asyncio.sleep(0.005)
+        return time.perf_counter() - started
+    finally:
+        await service.stop()
+        sink.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--redis-url", default=None)
+    args = parser.parse_args()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    logging.getLogger("faststream").setLevel(logging.WARNING)
+    folder = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    embedded = None
+    url = args.redis_url
+    if url is None:
+        embedded = EmbeddedRedis(folder / "redis")
+        embedded.start()
+        url = embedded.url
+    client = redis.Redis.from_url(url)
+    try:
+        raw_stream, ledger_stream = f"bench.raw.{time.time_ns()}", f"bench.ledger.{time.time_ns()}"
+        publish(client, raw_stream, payloads(args.events, "raw"))
+        publish(client, ledger_stream, payloads(args.events, "ledger"))
+        raw_s = raw_pipeline(client, raw_stream, folder, args.events)
+        ledger_s = asyncio.run(ledger_pipeline(url, ledger_stream, folder, args.events))
+        client.delete(raw_stream, ledger_stream, f"{ledger_stream}.dead")
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    raw_rate, ledger_rate = args.events / raw_s, args.events / ledger_s
+    print(f"\n{args.events:,} usage events from a backlog, batches of {MAX_RECORDS:,}")
+    rows = [
+        ("raw: XREADGROUP + msgspec + 1 SQLite txn/batch + XACK", raw_s, raw_rate),
+        ("ledger: FastStream consumer to queryable read model", ledger_s, ledger_rate),
+    ]
+    print(f"{'pipeline':<58} {'seconds':>8} {'events/s':>10}")
+    for name, seconds, rate in rows:
+        print(f"{name:<58} {seconds:>8.2f} {rate:>10,.0f}")
+    print(f"{'ratio ledger / raw':<58} {'':>8} {ledger_rate / raw_rate:>10.0%}")
+
+
+if __name__ == "__main__":
+    main()
