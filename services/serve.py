@@ -33,6 +33,9 @@ from services.ingest import (
 )
 from services.redis_server import EmbeddedRedis
 
+HEARTBEAT_FILE: Final = "serve.heartbeat"
+"""Touched by every tick on the writer thread: a health check reads its age (compose.yaml)."""
+
 TICK_INTERVAL_S: Final = 1.0
 """How often cycle starts and pack expiries that fell due are appended (SPEC: within ~1 s)."""
 
@@ -79,6 +82,7 @@ class Worker:
     def tick(self) -> int:
         assert self.ledger is not None and self.projections is not None
         outcome = self.ledger.tick()
+        (self.settings.data_dir / HEARTBEAT_FILE).touch()
         if outcome.records:
             log.info("lifecycle.appended", events=len(outcome.records))
             self.projections.catch_up()

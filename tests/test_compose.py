@@ -54,9 +54,11 @@ def test_the_ledger_waits_for_a_healthy_redis_and_uses_it(compose: dict[str, Any
     assert any(str(volume).endswith(":/data") for volume in ledger["volumes"])
 
 
-def test_the_ledger_healthcheck_asks_healthz(compose: dict[str, Any]) -> None:
+def test_the_ledger_healthcheck_reads_the_age_of_the_writers_heartbeat(
+    compose: dict[str, Any],
+) -> None:
     check = compose["services"]["ledger"]["healthcheck"]["test"]
-    assert "http://127.0.0.1:8080/healthz" in check[-1]
+    assert "/data/serve.heartbeat" in check[-1]
     compile(check[-1], "healthcheck", "exec")
 
 
