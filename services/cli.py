@@ -17,6 +17,7 @@ from typing import IO, Any, TypeVar
 
 import click
 import msgspec
+import redis
 
 from ledger.audit import verify
 from ledger.clock import ManualClock
@@ -41,6 +42,7 @@ EXIT_CODES: dict[type[Exception], int] = {
     msgspec.DecodeError: 2,
     LedgerError: 3,
     OSError: 4,
+    redis.exceptions.ConnectionError: 4,
 }
 """Expected failures and their exit codes; a failed audit exits 1."""
 

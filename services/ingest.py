@@ -423,9 +423,18 @@ class IngestConfig:
         return dead_letter_stream(self.stream)
 
 
+BROKER_LOGGER: Final = "ledger.faststream"
+"""The standard-library logger FastStream writes to; `ledger serve` renders it as JSON lines."""
+
+
 def build_broker(redis_url: str, *, graceful_timeout_s: float = GRACEFUL_TIMEOUT_S) -> RedisBroker:
     """A broker whose per-batch "Received" and "Processed" lines are DEBUG; errors stay ERROR."""
-    return RedisBroker(redis_url, graceful_timeout=graceful_timeout_s, log_level=logging.DEBUG)
+    return RedisBroker(
+        redis_url,
+        graceful_timeout=graceful_timeout_s,
+        log_level=logging.DEBUG,
+        logger=logging.getLogger(BROKER_LOGGER),
+    )
 
 
 async def ensure_group(client: Any, stream: str, group: str = CONSUMER_GROUP) -> bool:

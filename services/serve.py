@@ -25,6 +25,7 @@ from projections.runner import ProjectionRunner
 from services.bootstrap import Parts, bootstrap
 from services.config import Settings
 from services.ingest import (
+    BROKER_LOGGER,
     IngestConfig,
     IngestProcessor,
     IngestService,
@@ -48,6 +49,23 @@ def configure_logging(json_lines: bool | None = None) -> None:
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if json_lines else structlog.dev.ConsoleRenderer()
     )
+    # FastStream and other libraries log through the standard library: render them the same way.
+    stdlib = logging.StreamHandler(sys.stderr)
+    stdlib.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            foreign_pre_chain=[
+                structlog.stdlib.add_logger_name,
+                structlog.processors.add_log_level,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+            ],
+        )
+    )
+    for name in ("faststream", BROKER_LOGGER):
+        library_log = logging.getLogger(name)
+        library_log.handlers[:] = [stdlib]
+        library_log.propagate = False
+        library_log.setLevel(logging.WARNING)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
