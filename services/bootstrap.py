@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ledger.application import Ledger
-from ledger.clock import Clock, ManualClock, SystemClock
+from ledger.clock import Clock, SharedManualClock, SystemClock
 from ledger.log import EventStore, us_from_datetime
 from ledger.rate_card import RateCard, load_rate_card
 from ledger.sqlite_store import SqliteEventStore
@@ -28,7 +28,7 @@ def make_clock(settings: Settings) -> Clock:
         return SystemClock()
     if settings.clock_start is None:
         raise ConfigError("LEDGER_CLOCK=manual needs LEDGER_CLOCK_START (an RFC 3339 instant)")
-    return ManualClock(us_from_datetime(settings.clock_start))
+    return SharedManualClock(settings.manual_clock_path(), us_from_datetime(settings.clock_start))
 
 
 @dataclass

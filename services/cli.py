@@ -20,10 +20,10 @@ import msgspec
 import redis
 
 from ledger.audit import verify
-from ledger.clock import ManualClock
+from ledger.clock import ManualClock, SharedManualClock
 from ledger.errors import LedgerError
 from ledger.idempotency import payload_digest
-from ledger.log import us_from_datetime
+from ledger.log import datetime_from_us, us_from_datetime
 from ledger.money import format_credits
 from projections.balances import Balances, overview
 from projections.replay import InvalidAsOf, balances_as_of, resolve_as_of
@@ -31,7 +31,7 @@ from projections.usage import InvalidUsageQuery, UsageQuery
 from schemas.commands import AdminCommand, ChargeUsage, Command
 from schemas.read_models import UsageRow
 from schemas.usage import UsageEvent
-from services.bootstrap import Parts, bootstrap
+from services.bootstrap import Parts, bootstrap, make_clock
 from services.config import ConfigError, Settings, parse_instant
 from services.simulate import simulate
 
@@ -111,6 +111,66 @@ def serve(
     run_service(
         settings.with_overrides(host=host, port=port, redis_url=redis_url, usage_stream=stream)
     )
+
+
+# --- clock ---------------------------------------------------------------------------------
+
+DURATION_UNITS_US = {"ms": 1_000, "s": 1_000_000, "m": 60_000_000, "h": 3_600_000_000}
+DURATION_UNITS_US["d"] = 24 * DURATION_UNITS_US["h"]
+
+
+@main.group()
+def clock() -> None:
+    """Read or move the manual ledger clock (LEDGER_CLOCK=manual; sandboxes and tests only).
+
+    A running `ledger serve` picks the new time up within a second and appends the cycle
+    starts and pack expiries that fell due.
+    """
+
+
+def _manual_clock(settings: Settings) -> SharedManualClock:
+    if settings.clock != "manual":
+        raise ConfigError("the ledger clock is the system clock; set LEDGER_CLOCK=manual")
+    made = make_clock(settings)
+    assert isinstance(made, SharedManualClock)
+    return made
+
+
+@clock.command("show")
+@click.pass_obj
+@one_line_errors
+def clock_show(settings: Settings) -> None:
+    """Print the manual clock's now (RFC 3339)."""
+    click.echo(_instant(datetime_from_us(_manual_clock(settings).now_us())))
+
+
+@clock.command("set")
+@click.argument("instant")
+@click.pass_obj
+@one_line_errors
+def clock_set(settings: Settings, instant: str) -> None:
+    """Move the manual clock forward to INSTANT (RFC 3339)."""
+    manual = _manual_clock(settings)
+    try:
+        manual.set(us_from_datetime(parse_instant(instant, "INSTANT")))
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+    click.echo(_instant(datetime_from_us(manual.now_us())))
+
+
+@clock.command("advance")
+@click.argument("duration")
+@click.pass_obj
+@one_line_errors
+def clock_advance(settings: Settings, duration: str) -> None:
+    """Move the manual clock forward by DURATION (e.g. 90s, 2h, 31d, 1500ms)."""
+    unit = next((u for u in ("ms", "s", "m", "h", "d") if duration.endswith(u)), None)
+    number = duration.removesuffix(unit) if unit else ""
+    if unit is None or not number.isdigit():
+        raise ConfigError(f"DURATION: {duration!r} is not like 90s, 2h, 31d or 1500ms")
+    manual = _manual_clock(settings)
+    manual.advance(int(number) * DURATION_UNITS_US[unit])
+    click.echo(_instant(datetime_from_us(manual.now_us())))
 
 
 # --- replay ---------------------------------------------------------------------------------

@@ -73,6 +73,10 @@ class Settings:
             raise ConfigError("LEDGER_DATABASE_URL: the PostgreSQL store has not landed yet")
         raise ConfigError(f"LEDGER_DATABASE_URL must be sqlite:///PATH, not {url!r}")
 
+    def manual_clock_path(self) -> Path:
+        """Where LEDGER_CLOCK=manual keeps its time, so `ledger clock set` can move it."""
+        return self.data_dir / "manual-clock"
+
     def read_model_path(self) -> Path:
         """The read models' SQLite file: beside the log's, derived and disposable."""
         log = self.sqlite_path()
