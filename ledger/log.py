@@ -92,6 +92,11 @@ class EventStore(Protocol):
         """Records with `after < position <= until` (no upper bound when None), in order."""
         ...
 
+    def read_event_data(self, after: int, until: int) -> Iterator[list[bytes]]:
+        """The event bytes of positions `after < position <= until`, in order, a chunk per
+        list: for replays, which need neither hashes nor times."""
+        ...
+
     def head(self) -> Head: ...
 
     def prior_charges(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], PriorCharge]:

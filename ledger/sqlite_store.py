@@ -113,6 +113,9 @@ _SELECT_RECORDS = (
     "SELECT position, recorded_at_us, data, prev_hash, hash FROM log"
     " WHERE position > ? AND position <= ? ORDER BY position LIMIT ?"
 )
+_SELECT_EVENT_DATA = (
+    "SELECT data FROM log WHERE position > ? AND position <= ? ORDER BY position LIMIT ?"
+)
 _SELECT_HEAD = "SELECT position, hash, recorded_at_us FROM log ORDER BY position DESC LIMIT 1"
 
 _TAG_OF: dict[type, str] = {
@@ -233,6 +236,18 @@ class SqliteEventStore:
             for row_position, recorded_at_us, data, prev_hash, digest in rows:
                 yield StoredRecord(row_position, recorded_at_us, data, prev_hash, digest)
             position = rows[-1][0]
+
+    def read_event_data(self, after: int, until: int) -> Iterator[list[bytes]]:
+        position = after
+        while position < until:
+            with self._lock:
+                rows = self._db.execute(
+                    _SELECT_EVENT_DATA, (position, until, READ_CHUNK_RECORDS)
+                ).fetchall()
+            if not rows:
+                return
+            yield [data for (data,) in rows]
+            position += len(rows)  # positions are gap-free
 
     def head(self) -> Head:
         with self._lock:

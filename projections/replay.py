@@ -6,6 +6,9 @@ last record recorded at or before it.
 
 from __future__ import annotations
 
+import contextlib
+import queue
+import threading
 from collections.abc import Callable, Iterator
 from typing import Final, Protocol
 
@@ -17,6 +20,8 @@ from schemas.usage import UtcInstant
 
 POSITION_PREFIX: Final = "position:"
 MAX_AS_OF_CHARS: Final = 64
+PREFETCH_CHUNKS: Final = 2
+"""Chunks of event bytes the replay reader may fetch ahead of the fold."""
 PROGRESS_EVERY_RECORDS: Final = 10_000
 
 
@@ -26,6 +31,8 @@ class InvalidAsOf(ValueError):
 
 class AsOfSource(Protocol):
     def read(self, after: int = 0, until: int | None = None) -> Iterator[StoredRecord]: ...
+
+    def read_event_data(self, after: int, until: int) -> Iterator[list[bytes]]: ...
 
     def head(self) -> Head: ...
 
@@ -39,22 +46,54 @@ def balances_as_of(
 ) -> Balances:
     """The balances folded from records 1..until_position, in memory.
 
-    `on_progress(n)` is told, every `PROGRESS_EVERY_RECORDS` records and at the end, how many
-    more records were folded since it was last told (the shape of a progress bar's `update`).
+    A reader thread fetches the next chunk of event bytes while this one folds the last (the
+    database releases the interpreter lock while it reads), so reading and folding overlap.
+    `on_progress(n)` is told, after each chunk, how many more records were folded since it was
+    last told (the shape of a progress bar's `update`).
     """
     assert until_position >= 0
     balances = Balances()
-    folded = 0
-    for record in event_store.read(after=0, until=until_position):
-        apply_data(balances, record.data)
-        folded += 1
-        if on_progress is not None and folded == PROGRESS_EVERY_RECORDS:
-            on_progress(folded)
-            folded = 0
-    if on_progress is not None and folded:
-        on_progress(folded)
+    for chunk in _prefetched(event_store.read_event_data(0, until_position)):
+        for data in chunk:
+            apply_data(balances, data)
+        if on_progress is not None:
+            on_progress(len(chunk))
     balances.take_changes()
     return balances
+
+
+_DONE: Final = object()
+
+
+def _prefetched(chunks: Iterator[list[bytes]]) -> Iterator[list[bytes]]:
+    """Iterate `chunks`, produced on a thread of their own at most `PREFETCH_CHUNKS` ahead."""
+    handoff: queue.Queue[object] = queue.Queue(maxsize=PREFETCH_CHUNKS)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for chunk in chunks:
+                if stop.is_set():
+                    return
+                handoff.put(chunk)
+            handoff.put(_DONE)
+        except BaseException as error:  # handed to the consumer, raised there
+            handoff.put(error)
+
+    reader = threading.Thread(target=produce, name="replay-reader", daemon=True)
+    reader.start()
+    try:
+        while (item := handoff.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            assert isinstance(item, list)
+            yield item
+    finally:
+        stop.set()
+        while reader.is_alive():  # unblock a producer waiting on a full queue
+            with contextlib.suppress(queue.Empty):
+                handoff.get_nowait()
+            reader.join(timeout=0.01)
 
 
 def resolve_as_of(event_store: AsOfSource, spec: str) -> int:

@@ -122,6 +122,11 @@ class ListEventStore:
         records = self._records()
         return iter(records[after : len(records) if until is None else until])
 
+    def read_event_data(self, after: int, until: int) -> Iterator[list[bytes]]:
+        data = [record.data for record in self._records()[after:until]]
+        for first in range(0, len(data), 500):
+            yield data[first : first + 500]
+
     def head(self) -> Head:
         records = self._records()
         if not records:

@@ -559,3 +559,9 @@ def test_a_record_rewritten_with_a_consistent_hash_breaks_the_chain_at_the_next_
     store_factory.rewrite_record(3, forged, digest)
 
     assert verify_chain(ten_records.read()) == 4
+
+
+def test_read_event_data_gives_the_events_bytes_in_position_order(store: EventStore) -> None:
+    records = store.append(charges("e", 25), 1_000)
+    chunks = list(store.read_event_data(3, 20))
+    assert [data for chunk in chunks for data in chunk] == [r.data for r in records[3:20]]
