@@ -35,10 +35,6 @@ class Outcome(msgspec.Struct, frozen=True):
     reason: str | None = None
     detail: str | None = None
 
-    @property
-    def events(self) -> tuple[LogEvent, ...]:
-        return tuple(record.event() for record in self.records)
-
 
 class Ledger:
     def __init__(self, store: EventStore, rate_card: RateCard, clock: Clock) -> None:

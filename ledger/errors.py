@@ -54,10 +54,6 @@ class DuplicateConflict(Rejected):
     reason = "duplicate_conflict"
 
 
-class PackExists(Rejected):
-    reason = "pack_exists"
-
-
 class InvalidCommand(Rejected):
     reason = "invalid_command"
 

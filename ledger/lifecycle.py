@@ -23,9 +23,7 @@ from schemas.events import (
 
 def next_due(sub: SubscriptionState) -> datetime:
     """The earliest instant at which this subscription has something scheduled."""
-    if sub.next_due_at is None:
-        sub.refresh_next_due()
-    assert sub.next_due_at is not None
+    assert sub.next_due_at is not None, "set by subscription.cycle_started, which opening emits"
     return sub.next_due_at
 
 

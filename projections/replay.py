@@ -23,6 +23,7 @@ MAX_AS_OF_CHARS: Final = 64
 PREFETCH_CHUNKS: Final = 2
 """Chunks of event bytes the replay reader may fetch ahead of the fold."""
 PROGRESS_EVERY_RECORDS: Final = 10_000
+"""The most records one progress report covers."""
 
 
 class InvalidAsOf(ValueError):
@@ -49,7 +50,7 @@ def balances_as_of(
     A reader thread fetches the next chunk of event bytes while this one folds the last (the
     database releases the interpreter lock while it reads), so reading and folding overlap.
     `on_progress(n)` is told, after each chunk, how many more records were folded since it was
-    last told (the shape of a progress bar's `update`).
+    last told, at most `PROGRESS_EVERY_RECORDS` at a time (the shape of a progress bar's `update`).
     """
     assert until_position >= 0
     balances = Balances()
@@ -57,7 +58,8 @@ def balances_as_of(
         for data in chunk:
             apply_data(balances, data)
         if on_progress is not None:
-            on_progress(len(chunk))
+            for first in range(0, len(chunk), PROGRESS_EVERY_RECORDS):
+                on_progress(min(PROGRESS_EVERY_RECORDS, len(chunk) - first))
     balances.take_changes()
     return balances
 

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import wraps
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, Literal, TypeVar, get_args
 
 import click
 import msgspec
@@ -100,7 +100,7 @@ TOOL_CALLS_MEAN_EXTRA: Final = 1.7
 """Tool calls, when a request makes any: 1 + an exponential with this mean."""
 MAX_TRUNCATED_JSON_BYTES: Final = 40
 """An `invalid_json` bad entry is a valid event cut to at most this many bytes."""
-EXISTING: Final = frozenset({"subscription_exists", "seat_exists", "pack_exists"})
+EXISTING: Final = frozenset({"subscription_exists", "seat_exists"})
 """Setup refusals that mean "already there from an earlier run": fine."""
 
 BadKind = Literal[
@@ -112,15 +112,7 @@ BadKind = Literal[
     "unknown_model",
     "unknown_seat",
 ]
-BAD_KINDS: Final[tuple[BadKind, ...]] = (
-    "invalid_json",
-    "not_an_object",
-    "wrong_type",
-    "negative_count",
-    "absurd_count",
-    "unknown_model",
-    "unknown_seat",
-)
+BAD_KINDS: Final[tuple[BadKind, ...]] = get_args(BadKind)
 UNDECODABLE_KINDS: Final = frozenset(
     {"invalid_json", "not_an_object", "wrong_type", "negative_count", "absurd_count"}
 )
