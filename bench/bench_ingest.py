@@ -6,9 +6,10 @@ raw-primitives pipeline run in the same process on the same Redis.
 Both pipelines drain the same backlog of usage events (plain XADD `data` entries with
 time-ordered ids), in batches of 1,000:
 - raw: redis-py XREADGROUP + msgspec decode + one SQLite transaction per batch + one XACK;
-- ledger: the FastStream consumer of `ledger serve` (decode, idempotency, decide, hash-chained
-  append, dead letters, projections) until every entry is acknowledged and the read models
-  have caught up with the log.
+- ledger: the pieces of `ledger serve` (FastStream consumer; decode, idempotency, decide,
+  hash-chained append, live balances, dead letters; the projector process writing the read
+  model tables) until every entry is acknowledged and the read model tables have caught up
+  with the log.
 Without --redis-url a private Redis (append-only file on, as `ledger serve` runs it) is used.
 """
 
@@ -29,14 +30,9 @@ import msgspec
 import redis
 import structlog
 
-from ledger.application import Ledger
-from ledger.clock import SystemClock
-from ledger.rate_card import load_rate_card
-from ledger.sqlite_store import SqliteEventStore
-from projections.runner import ProjectionRunner
-from projections.store import SqliteReadModelStore
 from schemas.commands import AddSeat, BuyPack, OpenSubscription
 from schemas.usage import UsageEvent
+from services.config import Settings
 from services.ingest import (
     MAX_RECORDS,
     IngestConfig,
@@ -45,7 +41,9 @@ from services.ingest import (
     RedisDeadLetterSink,
     build_broker,
 )
+from services.projector import Projector
 from services.redis_server import EmbeddedRedis
+from services.serve import Worker
 
 SUBSCRIPTIONS = 200
 SEATS = 10
@@ -124,46 +122,64 @@ def raw_pipeline(client: redis.Redis, stream: str, folder: Path, count: int) -> 
     return time.perf_counter() - started
 
 
-async def ledger_pipeline(redis_url: str, stream: str, folder: Path, count: int) -> float:
+async def ledger_pipeline(
+    redis_url: str, stream: str, folder: Path, count: int
+) -> tuple[float, float]:
+    """`ledger serve`'s pieces: the writer thread (ledger + live balances), the FastStream
+    consumer, and the projector process writing the read model tables.
+
+    Returns the seconds until every entry was charged and acknowledged, and until the read
+    model tables had caught up too."""
+    settings = Settings(data_dir=folder, redis_url=redis_url, usage_stream=stream)
     executor = ThreadPoolExecutor(max_workers=1)
     loop = asyncio.get_running_loop()
+    worker = Worker(settings, executor)
 
-    def open_parts() -> tuple[Ledger, ProjectionRunner]:
-        store = SqliteEventStore(folder / "ledger.sqlite3")
-        ledger = Ledger(store, load_rate_card(), SystemClock())
+    def open_parts() -> None:
+        worker.open()
+        assert worker.ledger is not None and worker.live is not None
         setup = []
         for sub in range(SUBSCRIPTIONS):
             setup.append(OpenSubscription(f"sub-{sub}"))
             setup += [AddSeat(f"sub-{sub}", f"sub-{sub}-seat-{s}", "premium") for s in range(SEATS)]
             setup.append(BuyPack(f"sub-{sub}", f"pack-{sub}"))
-        ledger.execute(setup)
-        read_store = SqliteReadModelStore(folder / "ledger.readmodels.sqlite3", store)
-        runner = ProjectionRunner(store, read_store)
-        runner.catch_up()
-        return ledger, runner
+        worker.ledger.execute(setup)
+        worker.live.catch_up()
 
-    ledger, runner = await loop.run_in_executor(executor, open_parts)
-    start_position = ledger.position
+    await loop.run_in_executor(executor, open_parts)
+    assert worker.ledger is not None and worker.live is not None
+    target = worker.ledger.position + count
+    projector = Projector(settings)
+    projector.start()
     sink = RedisDeadLetterSink.from_url(redis_url, stream)
-    processor = IngestProcessor(ledger, runner, sink)
+    processor = IngestProcessor(worker.ledger, worker.live, sink)
     service = IngestService(
         build_broker(redis_url), processor, IngestConfig(stream=stream), executor=executor
     )
     client = redis.Redis.from_url(redis_url)
     last_id = client.xinfo_stream(stream)["last-generated-id"]
+    read_models = sqlite3.connect(settings.read_model_path())
     started = time.perf_counter()
+    charged_s = None
     await service.start()
     try:
         while True:
             group = client.xinfo_groups(stream)[0]
             drained = group["last-delivered-id"] == last_id and group["pending"] == 0
-            if drained and runner.position - start_position >= count:
-                break
+            if charged_s is None and drained and worker.live.position >= target:
+                charged_s = time.perf_counter() - started
+            (projected,) = read_models.execute(
+                "SELECT coalesce(max(position), 0) FROM rm_checkpoints"
+            ).fetchone()
+            if charged_s is not None and projected >= target:
+                return charged_s, time.perf_counter() - started
             await asyncio.sleep(0.005)
-        return time.perf_counter() - started
     finally:
         await service.stop()
+        projector.stop()
         sink.close()
+        read_models.close()
+        await loop.run_in_executor(executor, worker.close)
 
 
 def main() -> None:
@@ -186,15 +202,17 @@ def main() -> None:
         publish(client, raw_stream, payloads(args.events, "raw"))
         publish(client, ledger_stream, payloads(args.events, "ledger"))
         raw_s = raw_pipeline(client, raw_stream, folder, args.events)
-        ledger_s = asyncio.run(ledger_pipeline(url, ledger_stream, folder, args.events))
+        charged_s, ledger_s = asyncio.run(ledger_pipeline(url, ledger_stream, folder, args.events))
         client.delete(raw_stream, ledger_stream, f"{ledger_stream}.dead")
     finally:
         if embedded is not None:
             embedded.stop()
     raw_rate, ledger_rate = args.events / raw_s, args.events / ledger_s
+    charged_rate = args.events / charged_s
     print(f"\n{args.events:,} usage events from a backlog, batches of {MAX_RECORDS:,}")
     rows = [
         ("raw: XREADGROUP + msgspec + 1 SQLite txn/batch + XACK", raw_s, raw_rate),
+        ("ledger: charged and acked (log + live balances)", charged_s, charged_rate),
         ("ledger: FastStream consumer to queryable read model", ledger_s, ledger_rate),
     ]
     print(f"{'pipeline':<58} {'seconds':>8} {'events/s':>10}")

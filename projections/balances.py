@@ -147,10 +147,14 @@ class Balances:
             [self.seats[k] for k in sorted(self.changed_seats)],
             [self.packs[k] for k in sorted(self.changed_packs)],
         )
+        self.forget_changes()
+        return changes
+
+    def forget_changes(self) -> None:
+        """Stop tracking the rows changed so far (for balances that are never written out)."""
         self.changed_subscriptions.clear()
         self.changed_seats.clear()
         self.changed_packs.clear()
-        return changes
 
 
 class PartView(msgspec.Struct, frozen=True, gc=False):

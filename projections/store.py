@@ -238,6 +238,15 @@ class SqliteReadModelStore:
             "INSERT OR REPLACE INTO rm_checkpoints (name, position) VALUES (?, ?)", (name, position)
         )
 
+    def snapshot(self, name: str = DEFAULT_CHECKPOINT) -> tuple[Balances, int]:
+        """The balances and their checkpoint read in one transaction, so they agree even while
+        another process writes the tables."""
+        self._db.execute("BEGIN")
+        try:
+            return self.load_balances(), self.checkpoint(name)
+        finally:
+            self._db.execute("COMMIT")
+
     def load_balances(self) -> Balances:
         """The balances exactly as the tables hold them (as of the checkpoint)."""
         subscriptions = [

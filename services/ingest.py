@@ -87,6 +87,9 @@ RECLAIM_INTERVAL_S: Final = 5.0
 """Seconds between two sweeps of the pending list with XAUTOCLAIM."""
 GRACEFUL_TIMEOUT_S: Final = 15.0
 """Seconds the broker waits, when stopping, for a batch in flight to finish."""
+READ_AHEAD_BATCHES: Final = 2
+"""Batches read from Redis and queued while the one before them is charged: the next read
+overlaps the current append. Each stays pending (unacknowledged) until it is charged."""
 
 # Dead-letter reasons produced here (the ledger's rejections add their own reasons).
 INVALID_JSON: Final = "invalid_json"
@@ -480,10 +483,12 @@ def _decode_entries(message: StreamMessage[Any]) -> list[StreamEntry]:
 class IngestService:
     """The usage consumer of one process: a FastStream batch subscriber plus a reclaimer.
 
-    The subscriber reads up to `max_records` new entries per batch with XREADGROUP (`>`),
-    processes them on the executor, and FastStream acknowledges the whole batch with one XACK
-    when the handler returns (`AckPolicy.REJECT_ON_ERROR`: an exception rejects, which for a
-    Redis stream acknowledges nothing, so the entries stay pending). Pending entries idle for
+    The subscriber reads up to `max_records` new entries per batch with XREADGROUP (`>`) and
+    queues the batch (at most `READ_AHEAD_BATCHES` wait; a full queue holds the subscriber
+    back), so reading the next batch overlaps charging this one. One task takes the batches
+    in order, processes each on the executor and acknowledges it with one XACK only after
+    `process` returned (`AckPolicy.MANUAL`: FastStream acknowledges nothing by itself). A batch
+    that fails is not acknowledged and stays pending. Pending entries idle for
     `claim_idle_ms` (this consumer's failed batches, or a dead consumer's) are taken over with
     XAUTOCLAIM every `reclaim_interval_s`, processed the same way, and acked with one XACK; a
     reclaimed batch that fails again is retried entry by entry, so one entry that cannot be
@@ -507,6 +512,10 @@ class IngestService:
         )
         self._reclaimer: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        self._batches: asyncio.Queue[list[StreamEntry] | None] = asyncio.Queue(
+            maxsize=READ_AHEAD_BATCHES
+        )
+        self._charger: asyncio.Task[None] | None = None
         self.log = log.bind(stream=config.stream, group=config.group, consumer=config.consumer)
         self.subscriber = broker.subscriber(
             stream=StreamSub(
@@ -517,7 +526,7 @@ class IngestService:
                 max_records=config.max_records,
                 polling_interval=config.poll_block_ms,
             ),
-            ack_policy=AckPolicy.REJECT_ON_ERROR,
+            ack_policy=AckPolicy.MANUAL,
             parser=_parse_batch,
             decoder=_decode_entries,
             title=f"{config.stream}:ingest",
@@ -525,10 +534,39 @@ class IngestService:
 
     def _make_handler(self) -> Callable[[list[StreamEntry]], Awaitable[None]]:
         async def ingest_usage(entries: NoCast[list[StreamEntry]]) -> None:
-            """Charge a batch of usage events; the batch is acked when this returns."""
-            await self._process(entries)
+            """Queue a batch of usage events to be charged, then acknowledged."""
+            await self._batches.put(entries)
 
         return ingest_usage
+
+    async def _charge_batches(self) -> None:
+        """Charge the queued batches in order, acknowledging each once it is charged.
+
+        `None` in the queue ends the loop. A batch that fails is logged and left pending: the
+        reclaimer takes it over after `claim_idle_ms`.
+        """
+        config = self.config
+        while (entries := await self._batches.get()) is not None:
+            try:
+                await self._process(entries)
+                client = await self.broker.connect()
+                await client.xack(config.stream, config.group, *(i for i, _ in entries))
+            except Exception:
+                self.log.exception(
+                    "ingest.batch_failed", entries=len(entries), first_id=entries[0][0]
+                )
+
+    def start_charging(self) -> None:
+        if self._charger is None:
+            self._charger = asyncio.create_task(self._charge_batches(), name="ingest-charger")
+
+    async def stop_charging(self) -> None:
+        """Charge and acknowledge every batch already read, then end the charging task."""
+        task, self._charger = self._charger, None
+        if task is None:
+            return
+        await self._batches.put(None)
+        await task
 
     async def _process(self, entries: Sequence[StreamEntry]) -> BatchResult:
         loop = asyncio.get_running_loop()
@@ -549,12 +587,14 @@ class IngestService:
         if self.config.take_over_at_start:
             taken = await self.reclaim_once(min_idle_ms=0)
             self.log.info("ingest.took_over_pending", entries=taken)
+        self.start_charging()
         await self.broker.start()
         self.start_reclaimer()
 
     async def stop(self) -> None:
         await self.stop_reclaimer()
         await self.broker.stop()
+        await self.stop_charging()
         if self._own_executor:
             self.executor.shutdown(wait=True)
 
@@ -652,20 +692,23 @@ def create_app(
 ) -> FastStream:
     """A FastStream application running the ingest alone (`faststream run` or `app.run()`).
 
-    The consumer group is created at startup before the broker starts its subscriber, and the
-    reclaimer runs between after-startup and shutdown.
+    The consumer group is created at startup before the broker starts its subscriber; the
+    reclaimer runs between after-startup and shutdown, and the charging task until the broker
+    has stopped (it charges and acknowledges every batch already read).
     """
     broker = build_broker(redis_url)
     service = IngestService(broker, processor, config, executor=executor)
 
-    async def start_reclaimer() -> None:  # a sync hook would run off the event loop
+    async def start_tasks() -> None:  # a sync hook would run off the event loop
+        service.start_charging()
         service.start_reclaimer()
 
     app = FastStream(
         broker,
         on_startup=[service.prepare],
-        after_startup=[start_reclaimer],
+        after_startup=[start_tasks],
         on_shutdown=[service.stop_reclaimer],
+        after_shutdown=[service.stop_charging],
     )
     app.context.set_global("ingest_service", service)
     return app

@@ -1,10 +1,13 @@
-"""`ledger serve`: ingest, lifecycle ticker and projections in one process.
+"""`ledger serve`: ingest, lifecycle ticker and live balances in one process, and the read
+model tables in a projector process beside it (`services.projector`).
 
-Every piece that touches the ledger or the read models runs on one worker thread (the
-ledger is a single writer), so the event loop stays free for Redis. With no Redis URL a
-private Redis server is started with its data and append-only file in the data dir.
-SIGTERM and SIGINT stop it gracefully: the batch in hand is finished and acknowledged, then
-the broker, the stores and the private Redis are closed in that order.
+Every piece that writes the log runs on one worker thread (the ledger is a single writer), so
+the event loop stays free for Redis. That thread also folds each append into the in-memory
+balances before the batch is acknowledged; the projector folds the same records into the
+read model tables on the other core. With no Redis URL a private Redis server is started with
+its data and append-only file in the data dir. SIGTERM and SIGINT stop it gracefully: the
+batch in hand is finished and acknowledged, then the broker, the projector, the stores and
+the private Redis are closed in that order.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Final
 import structlog
 
 from ledger.application import Ledger
-from projections.runner import ProjectionRunner
+from projections.live import LiveBalances
 from services.bootstrap import Parts, bootstrap
 from services.config import Settings
 from services.ingest import (
@@ -32,6 +35,7 @@ from services.ingest import (
     RedisDeadLetterSink,
     build_broker,
 )
+from services.projector import Projector
 from services.redis_server import EmbeddedRedis
 
 HEARTBEAT_FILE: Final = "serve.heartbeat"
@@ -88,22 +92,23 @@ class Worker:
         self.executor = executor
         self.parts: Parts | None = None
         self.ledger: Ledger | None = None
-        self.projections: ProjectionRunner | None = None
+        self.live: LiveBalances | None = None
 
     def open(self) -> None:
         """Runs on the worker thread: SQLite connections belong to the thread that made them."""
         self.parts = bootstrap(self.settings)
         self.ledger = self.parts.ledger()
-        self.projections = self.parts.projections()
-        self.projections.catch_up()
+        balances, position = self.parts.read_store.snapshot()
+        self.live = LiveBalances(self.parts.store, balances, position)
+        self.live.catch_up()
 
     def tick(self) -> int:
-        assert self.ledger is not None and self.projections is not None
+        assert self.ledger is not None and self.live is not None
         outcome = self.ledger.tick()
         (self.settings.data_dir / HEARTBEAT_FILE).touch()
         if outcome.records:
             log.info("lifecycle.appended", events=len(outcome.records))
-            self.projections.catch_up()
+            self.live.catch_up()
         return len(outcome.records)
 
     def close(self) -> None:
@@ -128,10 +133,13 @@ async def run(settings: Settings) -> None:
         worker = Worker(settings, executor)
         await loop.run_in_executor(executor, worker.open)
         resources.callback(lambda: executor.submit(worker.close).result())
-        assert worker.ledger is not None and worker.projections is not None
+        assert worker.ledger is not None and worker.live is not None
+        projector = Projector(settings)
+        projector.start()
+        resources.callback(projector.stop)
         sink = RedisDeadLetterSink.from_url(redis_url, settings.usage_stream)
         resources.callback(sink.close)
-        processor = IngestProcessor(worker.ledger, worker.projections, sink)
+        processor = IngestProcessor(worker.ledger, worker.live, sink)
         claim_idle_ms = int(os.environ.get("LEDGER_CLAIM_IDLE_MS") or IngestConfig.claim_idle_ms)
         config = IngestConfig(stream=settings.usage_stream, claim_idle_ms=claim_idle_ms)
         service = IngestService(build_broker(redis_url), processor, config, executor=executor)
@@ -143,7 +151,7 @@ async def run(settings: Settings) -> None:
             position=worker.ledger.position,
             clock=settings.clock,
         )
-        ticker = asyncio.create_task(_tick_forever(worker, executor, stop))
+        ticker = asyncio.create_task(_tick_forever(worker, executor, projector, stop))
         await stop.wait()
         log.info("ledger.stopping")
         await ticker
@@ -151,13 +159,18 @@ async def run(settings: Settings) -> None:
     log.info("ledger.stopped")
 
 
-async def _tick_forever(worker: Worker, executor: ThreadPoolExecutor, stop: asyncio.Event) -> None:
+async def _tick_forever(
+    worker: Worker, executor: ThreadPoolExecutor, projector: Projector, stop: asyncio.Event
+) -> None:
     loop = asyncio.get_running_loop()
     while not stop.is_set():
         try:
             await loop.run_in_executor(executor, worker.tick)
         except Exception:
             log.exception("lifecycle.tick_failed")
+        if not projector.alive:
+            log.error("projector.died", exitcode=projector.exitcode)
+            projector.start()
         with suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), TICK_INTERVAL_S)
 

@@ -44,6 +44,7 @@ from projections.replay import (
     balances_as_of,
     resolve_as_of,
 )
+from projections.live import LiveBalances
 from projections.runner import ProjectionRunner
 from projections.store import SqliteReadModelStore
 from projections.usage import (
@@ -594,6 +595,34 @@ def test_a_rebuild_of_a_decided_workload_equals_an_in_memory_replay(tmp_path, wo
     replayed = dump(balances_as_of(workload_log, head))
     assert dump(runner.balances) == replayed
     assert dump(read_store.load_balances()) == replayed
+
+
+def test_live_balances_caught_up_step_by_step_equal_a_replay(workload_log):
+    live = LiveBalances(workload_log, Balances(), 0)
+    head = workload_log.head().position
+    try:
+        for visible in (1, 2, 150, 151, head // 2, head):
+            workload_log.visible = visible
+            assert live.catch_up() == visible
+            with live.reading() as balances:
+                assert dump(balances) == dump(balances_as_of(workload_log, visible))
+    finally:
+        workload_log.visible = None
+
+
+def test_live_balances_start_from_a_snapshot_of_the_tables_and_continue(tmp_path, workload_log):
+    read_store = SqliteReadModelStore(tmp_path / "rm.sqlite", workload_log)
+    head = workload_log.head().position
+    workload_log.visible = head // 3
+    try:
+        ProjectionRunner(workload_log, read_store).catch_up(batch_size=101)
+    finally:
+        workload_log.visible = None
+    balances, checkpoint = read_store.snapshot()
+    assert checkpoint == head // 3
+    live = LiveBalances(workload_log, balances, checkpoint)
+    assert live.catch_up() == head
+    assert dump(live.balances) == dump(balances_as_of(workload_log, head))
 
 
 def test_balances_loaded_from_the_tables_equal_a_replay_at_their_checkpoint(tmp_path, workload_log):
