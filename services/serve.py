@@ -13,19 +13,24 @@ the private Redis are closed in that order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, suppress
 from typing import Final
 
 import structlog
+import uvicorn
 
 from ledger.application import Ledger
 from projections.live import LiveBalances
-from services.bootstrap import Parts, bootstrap
+from services.api import create_app
+from services.auth import TOKENS_FILE, TokenStore, ensure_admin_token
+from services.bootstrap import Parts, bootstrap, open_event_store
 from services.config import Settings
 from services.ingest import (
     BROKER_LOGGER,
@@ -43,6 +48,10 @@ HEARTBEAT_FILE: Final = "serve.heartbeat"
 
 TICK_INTERVAL_S: Final = 1.0
 """How often cycle starts and pack expiries that fell due are appended (SPEC: within ~1 s)."""
+API_START_POLL_S: Final = 0.01
+GIL_SWITCH_INTERVAL_S: Final = 0.000_5
+"""How long a thread holds the GIL while another waits for it. Python's 5 ms default would let
+a batch on the writer thread hold an HTTP request on the event loop for up to 5 ms."""
 
 log = structlog.get_logger("ledger.serve")
 
@@ -65,7 +74,7 @@ def configure_logging(json_lines: bool | None = None) -> None:
             ],
         )
     )
-    for name in ("faststream", BROKER_LOGGER):
+    for name in ("faststream", BROKER_LOGGER, "uvicorn", "uvicorn.error"):
         library_log = logging.getLogger(name)
         library_log.handlers[:] = [stdlib]
         library_log.propagate = False
@@ -116,8 +125,41 @@ class Worker:
             self.parts.close()
 
 
+class _ApiServer(uvicorn.Server):
+    """uvicorn without its own signal handling: `run` owns SIGTERM and SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _api_server(settings: Settings, worker: Worker, tokens: TokenStore) -> _ApiServer:
+    """The HTTP API on LEDGER_HOST:LEDGER_PORT, answering from the live balances, the read
+    model tables and a log connection of its own (opened here, on the event loop's thread)."""
+    assert worker.parts is not None and worker.live is not None
+    events = open_event_store(settings)
+    app = create_app(
+        events=events,
+        read_model_path=settings.read_model_path(),
+        runner=worker.live,  # type: ignore[arg-type]
+        tokens=tokens,
+        clock=worker.parts.clock,
+    )
+    app.on_shutdown.append(events.close)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+    )
+    return _ApiServer(config)
+
+
 async def run(settings: Settings) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -142,11 +184,22 @@ async def run(settings: Settings) -> None:
         processor = IngestProcessor(worker.ledger, worker.live, sink)
         claim_idle_ms = int(os.environ.get("LEDGER_CLAIM_IDLE_MS") or IngestConfig.claim_idle_ms)
         config = IngestConfig(stream=settings.usage_stream, claim_idle_ms=claim_idle_ms)
+        tokens = TokenStore(settings.data_dir / TOKENS_FILE)
+        resources.callback(tokens.close)
+        generated = ensure_admin_token(tokens, settings.data_dir, settings.admin_token)
+        if generated is not None:
+            # Printed once, on its own line, for the operator; it is saved 0600 in the data dir.
+            print(f"admin token (saved in {settings.data_dir}/admin-token): {generated}")
+        api = _api_server(settings, worker, tokens)
+        api_task = asyncio.create_task(api.serve(), name="http-api")
+        while not api.started:  # uvicorn exits the process when it cannot listen
+            await asyncio.sleep(API_START_POLL_S)
         service = IngestService(build_broker(redis_url), processor, config, executor=executor)
         await service.start()
         log.info(
             "ledger.started",
             stream=settings.usage_stream,
+            http=f"http://{settings.host}:{settings.port}",
             database=str(settings.sqlite_path()),
             position=worker.ledger.position,
             clock=settings.clock,
@@ -154,8 +207,10 @@ async def run(settings: Settings) -> None:
         ticker = asyncio.create_task(_tick_forever(worker, executor, projector, stop))
         await stop.wait()
         log.info("ledger.stopping")
+        api.should_exit = True
         await ticker
         await service.stop()
+        await api_task
     log.info("ledger.stopped")
 
 

@@ -15,6 +15,7 @@ import pytest
 import redis
 
 from ledger.clock import SharedManualClock
+from tests.service_support import free_port
 
 LEDGER = (sys.executable, "-m", "services.cli")
 WAIT_S = 20.0
@@ -41,6 +42,7 @@ def env(tmp_path: Path, redis_url: str, stream_name: str) -> dict[str, str]:
         LEDGER_USAGE_STREAM=stream_name,
         LEDGER_CLOCK="manual",
         LEDGER_CLOCK_START=START,
+        LEDGER_PORT=str(free_port()),
     )
     return values
 

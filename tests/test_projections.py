@@ -38,13 +38,13 @@ from projections.balances import (
     seat_balance,
     subscription_balance,
 )
+from projections.live import LiveBalances
 from projections.replay import (
     PROGRESS_EVERY_RECORDS,
     InvalidAsOf,
     balances_as_of,
     resolve_as_of,
 )
-from projections.live import LiveBalances
 from projections.runner import ProjectionRunner
 from projections.store import SqliteReadModelStore
 from projections.usage import (

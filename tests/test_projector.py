@@ -16,9 +16,9 @@ from ledger.log import us_from_datetime
 from projections.balances import dump
 from projections.replay import balances_as_of
 from projections.store import SqliteReadModelStore
+from schemas.usage import UsageEvent
 from services.bootstrap import bootstrap
 from services.config import Settings
-from schemas.usage import UsageEvent
 from services.projector import Projector
 from tests.workload import START, Workload
 
@@ -48,7 +48,7 @@ def checkpoint(settings: Settings) -> int:
         store.close()
 
 
-def wait_for(condition, what: str) -> None:  # noqa: ANN001
+def wait_for(condition, what: str) -> None:
     deadline = time.monotonic() + WAIT_S
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
