@@ -17,7 +17,7 @@ import pytest
 from litestar.testing import TestClient
 
 from ledger.application import Ledger
-from ledger.clock import ManualClock
+from ledger.clock import Clock, ManualClock
 from ledger.errors import Rejected
 from ledger.log import us_from_datetime
 from ledger.rate_card import load_rate_card
@@ -35,7 +35,7 @@ from services.auth import (
     TokenStore,
     ensure_admin_token,
 )
-from services.bootstrap import Parts, bootstrap
+from services.bootstrap import Parts, bootstrap, make_clock
 from services.config import Settings
 from services.metrics import LedgerMetrics
 from services.writer import LedgerWriter
@@ -60,7 +60,7 @@ class Api:
     client: TestClient[Any]
     tokens: TokenStore
     data_dir: Path
-    clock: ManualClock
+    clock: Clock
     metrics: LedgerMetrics
 
     def get(self, path: str, token: str | None = ADMIN, **params: Any) -> Any:
@@ -990,3 +990,29 @@ def test_the_app_serves_a_bootstrapped_process(tmp_path: Path) -> None:
             assert clock["manual"] is False
         executor.submit(parts.close).result()
     tokens.close()
+
+
+def test_a_bootstrapped_manual_clock_moves_for_every_process_reading_it(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, clock="manual", clock_start=ANCHOR)
+    tokens = TokenStore(tmp_path / TOKENS_FILE)
+    tokens.set_bootstrap_admin(ADMIN)
+    with ThreadPoolExecutor(max_workers=1) as executor:
+
+        def open_parts() -> tuple[Parts, ProjectionRunner, LedgerWriter]:
+            parts = bootstrap(settings)
+            runner = parts.projections()
+            return parts, runner, LedgerWriter(parts.ledger(), runner, executor)
+
+        parts, runner, writer = executor.submit(open_parts).result()
+        with TestClient(app_from_parts(parts, runner, tokens, writer, LedgerMetrics())) as client:
+            api = Api(client, tokens, tmp_path, parts.clock, LedgerMetrics())
+            assert api.post("/v1/subscriptions", {"subscription_id": "t"}).status_code == 201
+            pack = api.post("/v1/subscriptions/t/packs", {"pack_id": "p"}).json()
+            assert pack["expires_at"] == "2026-02-28T09:00:00Z"  # Jan 31 + 1 month, clamped
+            moved = api.post("/v1/clock", {"now": "2026-02-28T09:00:00Z"}).json()
+            assert [p["expired"] for p in moved["packs_expired"]] == ["625000.00"]
+            assert [c["cycle"] for c in moved["cycles_started"]] == [1]
+        executor.submit(parts.close).result()
+    tokens.close()
+    # `ledger clock show` in another process reads the same file.
+    assert make_clock(settings).now_us() == us_from_datetime(datetime(2026, 2, 28, 9, tzinfo=UTC))
