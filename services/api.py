@@ -1,15 +1,22 @@
-"""The HTTP API, read side (SPEC §3 "HTTP API" and "Access"): balances, usage, the log, tokens.
+"""The HTTP API (SPEC §3 "HTTP API" and "Access"): balances, usage, the log, tokens, the admin
+writes, the manual clock and `/metrics`.
 
-Handlers answer from the projection runner's in-memory balances, or, with `as_of`, from the
+Reads answer from the projection runner's in-memory balances, or, with `as_of`, from the
 balances replayed to that point of the log. Usage pages come from the read model's index over
-a read-only connection of the API's own. Every error is an RFC 9457 problem whose `type` is
+a read-only connection of the API's own. Writes go through a `Writer` (services/writer.py) to
+the single writer of the log, which returns once the runner has folded them, so a write
+answers with the state that includes it. Every error is an RFC 9457 problem whose `type` is
 one of `PROBLEMS`; a subscription outside a token's scope answers exactly as an unknown one.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
+import secrets
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -17,17 +24,39 @@ from typing import Annotated, Any, Final
 
 import msgspec
 import structlog
-from litestar import Litestar, Request, Response, delete, get, post
+from litestar import Litestar, Request, Response, Router, delete, get, patch, post
+from litestar.connection import ASGIConnection
+from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException, ValidationException
-from litestar.openapi import OpenAPIConfig
+from litestar.handlers import BaseRouteHandler
+from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.spec import Components, SecurityScheme
-from litestar.params import JSONBody, PathParameter, QueryParameter
-from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
+from litestar.params import HeaderParameter, JSONBody, PathParameter, QueryParameter
+from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from ledger.clock import Clock
-from ledger.log import EPOCH, GENESIS_HASH, EventStore, datetime_from_us
+from ledger.application import Outcome
+from ledger.clock import Clock, ManualClock, SharedManualClock
+from ledger.errors import (
+    DuplicateConflict,
+    InvalidCommand,
+    SeatExists,
+    SeatIsRemoved,
+    SeatNotInSubscription,
+    SubscriptionExists,
+    UnknownModel,
+    UnknownSeat,
+    UnknownSubscription,
+)
+from ledger.log import EPOCH, GENESIS_HASH, EventStore, datetime_from_us, us_from_datetime
 from ledger.money import format_credits
-from projections.balances import Balances, overview, pack_balances, seat_balance
+from projections.balances import (
+    Balances,
+    overview,
+    pack_balance,
+    pack_balances,
+    seat_balance,
+)
 from projections.replay import (
     MAX_AS_OF_CHARS,
     POSITION_PREFIX,
@@ -44,7 +73,17 @@ from projections.usage import (
     UsageQuery,
     usage_page,
 )
-from schemas.commands import Tier
+from schemas.commands import (
+    AddSeat,
+    AdvanceClock,
+    BuyPack,
+    ChangeTier,
+    Command,
+    OpenSubscription,
+    RemoveSeat,
+    Tier,
+)
+from schemas.events import CycleStarted, PackExpired, PackPurchased
 from schemas.limits import MAX_ID_CHARS, MAX_MODEL_CHARS
 from schemas.read_models import (
     PackBalance,
@@ -54,7 +93,7 @@ from schemas.read_models import (
     UsagePage,
     UsageRow,
 )
-from schemas.usage import UtcInstant
+from schemas.usage import Id, UtcInstant
 from services.auth import (
     MAX_SCOPE_SUBSCRIPTIONS,
     InvalidTokenRequest,
@@ -63,6 +102,9 @@ from services.auth import (
     TokenStore,
 )
 from services.bootstrap import Parts
+from services.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from services.metrics import METRICS, LedgerMetrics
+from services.writer import Writer
 
 API_VERSION: Final = "1"
 MAX_BODY_BYTES: Final = 64 * 1024
@@ -70,6 +112,10 @@ MAX_LOG_PAGE_RECORDS: Final = 1_000
 DEFAULT_LOG_PAGE_RECORDS: Final = 100
 PROBLEM_MEDIA_TYPE: Final = "application/problem+json"
 PROBLEM_BASE: Final = "https://credits-ledger/problems/"
+MAX_IDEMPOTENCY_KEY_CHARS: Final = 255
+PACK_ID_PREFIX: Final = "pack-"
+PACK_ID_HEX_CHARS: Final = 32
+"""128 bits: a generated pack id is `pack-` and 32 hex digits (37 of MAX_ID_CHARS)."""
 
 log = structlog.get_logger()
 
@@ -81,12 +127,33 @@ PROBLEMS: Final[dict[str, tuple[int, str]]] = {
     "forbidden": (403, "The token's role may not do this"),
     "not-found": (404, "Not found"),
     "method-not-allowed": (405, "Method not allowed"),
+    "subscription-exists": (409, "A subscription with this id exists with another anchor"),
+    "seat-exists": (409, "The seat id is taken"),
+    "seat-removed": (409, "The seat was removed"),
+    "invalid-command": (409, "The ledger refuses this command in its current state"),
+    "unknown-model": (400, "The model is not on the rate card in force"),
+    "duplicate-conflict": (409, "The same id was used before with another payload"),
+    "clock-not-manual": (409, "The ledger clock is the system clock"),
+    "clock-backwards": (409, "The ledger clock only moves forward"),
     "body-too-large": (413, "The request body is too large"),
     "unsupported-media-type": (415, "Unsupported media type"),
     "internal": (500, "Internal error"),
     "not-ready": (503, "Not ready"),
 }
 """Every problem type the API answers with: slug -> (HTTP status, title). Stable."""
+
+REJECTION_PROBLEMS: Final[dict[str, str]] = {
+    UnknownSubscription.reason: "not-found",
+    UnknownSeat.reason: "not-found",
+    SeatNotInSubscription.reason: "not-found",
+    SubscriptionExists.reason: "subscription-exists",
+    SeatExists.reason: "seat-exists",
+    SeatIsRemoved.reason: "seat-removed",
+    InvalidCommand.reason: "invalid-command",
+    UnknownModel.reason: "unknown-model",
+    DuplicateConflict.reason: "duplicate-conflict",
+}
+"""Every `Rejected.reason` of the core -> the problem type a refused write answers with."""
 
 _SLUG_BY_STATUS: Final = {
     400: "bad-request",
@@ -99,7 +166,8 @@ _SLUG_BY_STATUS: Final = {
     503: "not-ready",
 }
 
-SEAT_READERS: Final[frozenset[Role]] = frozenset({"admin", "auditor", "viewer", "gateway"})
+EVERY_ROLE: Final[frozenset[Role]] = frozenset({"admin", "auditor", "viewer", "gateway"})
+SEAT_READERS: Final[frozenset[Role]] = EVERY_ROLE
 SUBSCRIPTION_READERS: Final[frozenset[Role]] = frozenset({"admin", "auditor", "viewer"})
 AUDITORS: Final[frozenset[Role]] = frozenset({"admin", "auditor"})
 ADMINS: Final[frozenset[Role]] = frozenset({"admin"})
@@ -146,12 +214,24 @@ def _on_validation(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[s
         for e in (exc.extra if isinstance(exc.extra, list) else [])
         if isinstance(e, dict)
     ]
+    for error in errors:
+        # msgspec names a missing or unknown field in its message, not in the key.
+        field = _FIELD_IN_MESSAGE.search(str(error["message"] or ""))
+        if error["source"] == "body" and error["parameter"] == "data" and field:
+            error["parameter"] = field.group(1)
+        if error["parameter"] in _WIRE_NAMES:
+            error["parameter"] = _WIRE_NAMES[error["parameter"]]
     in_body = any(e["source"] == "body" for e in errors)
     named = [f"{e['parameter']}: {e['message']}" for e in errors if e["parameter"]]
     detail = "; ".join(named) if named else str(exc.detail)
     return problem_response(
         "invalid-body" if in_body else "invalid-parameter", detail, errors=errors
     )
+
+
+_FIELD_IN_MESSAGE: Final = re.compile(r"field `([^`]+)`")
+_WIRE_NAMES: Final = {"idempotency_key": "Idempotency-Key"}
+"""Handler arguments whose name on the wire differs, for problem details."""
 
 
 def _on_http(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
@@ -343,6 +423,71 @@ class TokenCreated(msgspec.Struct, frozen=True):
     subscription_ids: list[str] | None
 
 
+class ClockView(msgspec.Struct, frozen=True):
+    now: datetime
+    manual: bool
+    """True when `POST /v1/clock` may move it (LEDGER_CLOCK=manual)."""
+
+
+class CycleStartedView(msgspec.Struct, frozen=True):
+    subscription_id: str
+    cycle: int
+    cycle_start: datetime
+    cycle_end: datetime
+
+
+class PackExpiredView(msgspec.Struct, frozen=True):
+    subscription_id: str
+    pack_id: str
+    expires_at: datetime
+    expired: str
+    """The credits the pack still had when it expired."""
+
+
+class ClockAdvanced(msgspec.Struct, frozen=True):
+    now: datetime
+    cycles_started: list[CycleStartedView]
+    packs_expired: list[PackExpiredView]
+    """What this move appended (a running ticker may have appended some of it first)."""
+
+
+# -- request bodies: the fields of schemas/commands.py, with the subscription from the path ---
+
+
+class OpenSubscriptionBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    subscription_id: Id
+    anchor: UtcInstant | None = None
+    """The billing anchor; the ledger clock's now when absent."""
+
+
+class AddSeatBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    seat_id: Id
+    tier: Tier
+
+
+class ChangeTierBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    tier: Tier
+
+
+class BuyPackBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    pack_id: Id | None = None
+    """Generated when absent: derived from the Idempotency-Key header when one is sent."""
+
+
+class ClockBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    now: UtcInstant
+
+
+def pack_id_for(subscription_id: str, idempotency_key: str | None) -> str:
+    """The id of a pack bought without one: the same for every retry with the same key (so
+    the decider's "a pack id bought already buys nothing" makes the retry a no-op), random
+    without a key."""
+    if idempotency_key is None:
+        return PACK_ID_PREFIX + secrets.token_hex(PACK_ID_HEX_CHARS // 2)
+    material = f"{subscription_id}\x00{idempotency_key}".encode()
+    return PACK_ID_PREFIX + hashlib.sha256(material).hexdigest()[:PACK_ID_HEX_CHARS]
+
+
 def seat_view(seat: SeatBalance, balances: Balances) -> SeatView:
     sub = balances.subscriptions[seat.subscription_id]
     return SeatView(
@@ -381,6 +526,24 @@ def pack_view(pack: PackBalance, now: datetime) -> PackView:
 
 def percent(basis_points: int) -> str:
     return f"{basis_points // 100}.{basis_points % 100:02d}"
+
+
+def overview_view(balances: Balances, sub: str) -> OverviewView:
+    view = overview(balances, sub)
+    assert view is not None, f"subscription {sub!r} is in the balances"
+    return OverviewView(
+        subscription_id=sub,
+        cycle=view.cycle,
+        cycle_start=view.cycle_start,
+        cycle_end=view.cycle_end,
+        quota_total=format_credits(view.quota_total_ucr),
+        quota_used=format_credits(view.quota_used_ucr),
+        utilization_percent=percent(view.utilization_basis_points),
+        seats=[seat_view(seat, balances) for seat in view.seats],
+        packs_remaining=format_credits(view.packs_remaining_ucr),
+        uncovered=format_credits(view.uncovered_ucr),
+        uncovered_total=format_credits(view.uncovered_total_ucr),
+    )
 
 
 def usage_row_view(row: UsageRow) -> UsageRowView:
@@ -501,23 +664,40 @@ def create_app(
     runner: ProjectionRunner,
     tokens: TokenStore,
     clock: Clock,
+    writer: Writer,
+    metrics: LedgerMetrics = METRICS,
     max_body_bytes: int = MAX_BODY_BYTES,
     debug: bool = False,
 ) -> Litestar:
-    """The API over these parts. Handlers run on the event loop's thread, one at a time."""
+    """The API over these parts. Handlers run on the event loop's thread, one at a time.
+
+    `runner` must be the projection runner that `writer` catches up after each write (in
+    `ledger serve`, the writer thread's); `clock` the ledger's clock (a manual one may be moved
+    by `POST /v1/clock`); `metrics` what `GET /metrics` renders and request latency goes to.
+    """
     usage_reader = _UsageReader(read_model_path, events)
+
+    def authenticated(
+        connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler
+    ) -> None:
+        """The guard of every /v1 path. It runs before the body is read, so a caller without
+        a live token learns nothing, not even what a body should look like."""
+        scheme, _, bearer = connection.headers.get("authorization", "").partition(" ")
+        principal = tokens.authenticate(bearer.strip()) if scheme.lower() == "bearer" else None
+        if principal is None:
+            raise Problem("unauthorized", "send Authorization: Bearer <token> with a live token")
+        connection.state.principal = principal
 
     def access(
         request: Request[Any, Any, Any], roles: frozenset[Role], sub: str | None = None
     ) -> Principal:
-        scheme, _, bearer = request.headers.get("authorization", "").partition(" ")
-        principal = tokens.authenticate(bearer.strip()) if scheme.lower() == "bearer" else None
-        if principal is None:
-            raise Problem("unauthorized", "send Authorization: Bearer <token> with a live token")
-        if principal.role not in roles:
-            raise Problem("forbidden", f"a {principal.role} token may not read this")
+        principal = request.state.principal
+        assert isinstance(principal, Principal), "the /v1 guard authenticated the request"
+        # Scope before role: outside its scope a token learns nothing, not even what it may do.
         if sub is not None and not principal.sees(sub):
             raise _no_subscription(sub)
+        if principal.role not in roles:
+            raise Problem("forbidden", f"a {principal.role} token may not do this")
         return principal
 
     def position_of(as_of: str) -> int:
@@ -549,21 +729,7 @@ def create_app(
     ) -> OverviewView:
         access(request, SUBSCRIPTION_READERS, sub)
         balances, _ = subscription(sub, as_of)
-        view = overview(balances, sub)
-        assert view is not None
-        return OverviewView(
-            subscription_id=sub,
-            cycle=view.cycle,
-            cycle_start=view.cycle_start,
-            cycle_end=view.cycle_end,
-            quota_total=format_credits(view.quota_total_ucr),
-            quota_used=format_credits(view.quota_used_ucr),
-            utilization_percent=percent(view.utilization_basis_points),
-            seats=[seat_view(seat, balances) for seat in view.seats],
-            packs_remaining=format_credits(view.packs_remaining_ucr),
-            uncovered=format_credits(view.uncovered_ucr),
-            uncovered_total=format_credits(view.uncovered_total_ucr),
-        )
+        return overview_view(balances, sub)
 
     @get("/v1/subscriptions/{sub:str}/seats/{seat:str}", summary="One seat's balance and status")
     async def get_seat(
@@ -709,6 +875,192 @@ def create_app(
         if not tokens.revoke(token_id):
             raise Problem("not-found", f"no live token {token_id!r}")
 
+    # -- writes: admin only, through the single writer --------------------------------------
+
+    def now() -> datetime:
+        return datetime_from_us(clock.now_us())
+
+    async def write(command: Command) -> Outcome:
+        [outcome] = await writer.execute([command])
+        if outcome.records:
+            assert runner.position >= outcome.records[-1].position, "the writer caught up"
+        return outcome
+
+    def refused(outcome: Outcome, sub: str) -> Problem:
+        assert outcome.status == "rejected" and outcome.reason is not None
+        if outcome.reason == UnknownSubscription.reason:
+            return _no_subscription(sub)
+        detail = outcome.detail or outcome.reason
+        return Problem(REJECTION_PROBLEMS[outcome.reason], detail, reason=outcome.reason)
+
+    def seat_now(sub: str, seat_id: str) -> SeatView:
+        balances = runner.balances
+        return seat_view(seat_balance(balances.seats[(sub, seat_id)]), balances)
+
+    @post(
+        "/v1/subscriptions",
+        summary="Open a subscription (201; 200 when it exists already with this anchor)",
+        responses={HTTP_200_OK: _again(OverviewView, "The subscription existed already")},
+    )
+    async def post_subscription(
+        request: Request[Any, Any, Any], data: JSONBody[OpenSubscriptionBody]
+    ) -> Response[OverviewView]:
+        access(request, ADMINS)
+        sub = data.subscription_id
+        outcome = await write(OpenSubscription(sub, data.anchor))
+        created = outcome.status != "rejected"
+        if not created:
+            existing = runner.balances.subscriptions.get(sub)
+            if outcome.reason != SubscriptionExists.reason or existing is None:
+                raise refused(outcome, sub)
+            if data.anchor is not None and data.anchor != existing.anchor:
+                raise Problem(
+                    "subscription-exists",
+                    f"subscription {sub!r} exists with anchor {existing.anchor.isoformat()}",
+                    reason=outcome.reason,
+                )
+        return Response(
+            overview_view(runner.balances, sub),
+            status_code=HTTP_201_CREATED if created else HTTP_200_OK,
+            headers={"Location": f"/v1/subscriptions/{sub}/overview"},
+        )
+
+    @post(
+        "/v1/subscriptions/{sub:str}/seats",
+        summary="Add a seat (201; 200 when it exists already with this tier)",
+        responses={HTTP_200_OK: _again(SeatView, "The seat existed already with this tier")},
+    )
+    async def post_seat(
+        request: Request[Any, Any, Any], sub: PathId, data: JSONBody[AddSeatBody]
+    ) -> Response[SeatView]:
+        access(request, ADMINS, sub)
+        outcome = await write(AddSeat(sub, data.seat_id, data.tier))
+        if outcome.status != "rejected":
+            return Response(seat_now(sub, data.seat_id), status_code=HTTP_201_CREATED)
+        row = runner.balances.seats.get((sub, data.seat_id))
+        if outcome.reason != SeatExists.reason or row is None:
+            raise refused(outcome, sub)
+        if row.status == "removed":
+            raise Problem(
+                "seat-removed", f"seat {data.seat_id!r} was removed", reason=SeatIsRemoved.reason
+            )
+        if row.tier != data.tier:
+            raise Problem(
+                "seat-exists",
+                f"seat {data.seat_id!r} exists with tier {row.tier!r}: change it with PATCH",
+                reason=outcome.reason,
+            )
+        return Response(seat_now(sub, data.seat_id), status_code=HTTP_200_OK)
+
+    @patch(
+        "/v1/subscriptions/{sub:str}/seats/{seat:str}",
+        summary="Change a seat's tier (an upgrade now, a downgrade at the next cycle start)",
+    )
+    async def patch_seat(
+        request: Request[Any, Any, Any], sub: PathId, seat: PathId, data: JSONBody[ChangeTierBody]
+    ) -> SeatView:
+        access(request, ADMINS, sub)
+        outcome = await write(ChangeTier(sub, seat, data.tier))
+        if outcome.status == "rejected":
+            raise refused(outcome, sub)
+        return seat_now(sub, seat)
+
+    @delete(
+        "/v1/subscriptions/{sub:str}/seats/{seat:str}",
+        status_code=HTTP_200_OK,
+        summary="Remove a seat (its history stays; removing it again changes nothing)",
+    )
+    async def delete_seat(request: Request[Any, Any, Any], sub: PathId, seat: PathId) -> SeatView:
+        access(request, ADMINS, sub)
+        outcome = await write(RemoveSeat(sub, seat))
+        if outcome.status == "rejected":
+            raise refused(outcome, sub)
+        return seat_now(sub, seat)
+
+    @post(
+        "/v1/subscriptions/{sub:str}/packs",
+        summary="Buy a shared quota pack (201; 200 when this pack id was bought already)",
+        responses={HTTP_200_OK: _again(PackView, "This pack id was bought already")},
+    )
+    async def post_pack(
+        request: Request[Any, Any, Any],
+        sub: PathId,
+        data: JSONBody[BuyPackBody | None] = None,
+        idempotency_key: Annotated[
+            str | None,
+            HeaderParameter(
+                name="Idempotency-Key",
+                min_length=1,
+                max_length=MAX_IDEMPOTENCY_KEY_CHARS,
+                description="Without a pack_id, a retry with the same key buys nothing more",
+            ),
+        ] = None,
+    ) -> Response[PackView]:
+        access(request, ADMINS, sub)
+        pack_id = (data.pack_id if data is not None else None) or pack_id_for(sub, idempotency_key)
+        outcome = await write(BuyPack(sub, pack_id))
+        if outcome.status == "rejected":
+            raise refused(outcome, sub)
+        bought = any(isinstance(record.event(), PackPurchased) for record in outcome.records)
+        row = runner.balances.packs[(sub, pack_id)]
+        return Response(
+            pack_view(pack_balance(row), now()),
+            status_code=HTTP_201_CREATED if bought else HTTP_200_OK,
+        )
+
+    # -- the ledger clock ------------------------------------------------------------------
+
+    @get("/v1/clock", summary="The ledger clock's now, and whether it is manual")
+    async def get_clock(request: Request[Any, Any, Any]) -> ClockView:
+        access(request, EVERY_ROLE)
+        return ClockView(now(), isinstance(clock, MANUAL_CLOCKS))
+
+    @post(
+        "/v1/clock",
+        status_code=HTTP_200_OK,
+        summary="Move a manual clock forward, then append the cycle starts and expiries due",
+    )
+    async def post_clock(
+        request: Request[Any, Any, Any], data: JSONBody[ClockBody]
+    ) -> ClockAdvanced:
+        access(request, ADMINS)
+        if not isinstance(clock, MANUAL_CLOCKS):
+            raise Problem(
+                "clock-not-manual",
+                "the ledger runs on the system clock; only LEDGER_CLOCK=manual may be moved",
+            )
+        before = now()
+        try:
+            clock.set(us_from_datetime(data.now))
+        except ValueError:
+            raise Problem(
+                "clock-backwards",
+                f"now: {data.now.isoformat()} is before the ledger clock's {before.isoformat()}",
+                parameter="now",
+            ) from None
+        [outcome] = await writer.execute([AdvanceClock()])
+        appended = [record.event() for record in outcome.records]
+        return ClockAdvanced(
+            now=now(),
+            cycles_started=[
+                CycleStartedView(e.subscription_id, e.cycle, e.cycle_start, e.cycle_end)
+                for e in appended
+                if isinstance(e, CycleStarted)
+            ],
+            packs_expired=[
+                PackExpiredView(
+                    e.subscription_id, e.pack_id, e.expires_at, format_credits(e.expired_ucr)
+                )
+                for e in appended
+                if isinstance(e, PackExpired)
+            ],
+        )
+
+    @get("/metrics", summary="Prometheus text exposition", media_type=METRICS_CONTENT_TYPE)
+    async def get_metrics() -> str:
+        metrics.projection_lag.set(max(0, events.head().position - runner.position))
+        return metrics.render()
+
     @get("/healthz", summary="Liveness")
     async def healthz() -> HealthView:
         return HealthView("ok")
@@ -727,7 +1079,9 @@ def create_app(
         HTTPException: _on_http,
         Exception: _on_unexpected,
     }
-    return Litestar(
+    v1 = Router(
+        path="/",
+        guards=[authenticated],
         route_handlers=[
             get_overview,
             get_seat,
@@ -739,10 +1093,19 @@ def create_app(
             get_digest,
             post_token,
             delete_token,
-            healthz,
-            readyz,
+            post_subscription,
+            post_seat,
+            patch_seat,
+            delete_seat,
+            post_pack,
+            get_clock,
+            post_clock,
         ],
+    )
+    return Litestar(
+        route_handlers=[v1, get_metrics, healthz, readyz],
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
+        middleware=[_latency_middleware(metrics)],
         request_max_body_size=max_body_bytes,
         openapi_config=OpenAPIConfig(
             title="Credits ledger",
@@ -757,15 +1120,67 @@ def create_app(
     )
 
 
-def app_from_parts(parts: Parts, runner: ProjectionRunner, tokens: TokenStore) -> Litestar:
-    """The API over a process's parts (its runner keeps `parts.read_store` caught up)."""
+def app_from_parts(
+    parts: Parts,
+    runner: ProjectionRunner,
+    tokens: TokenStore,
+    writer: Writer,
+    metrics: LedgerMetrics = METRICS,
+) -> Litestar:
+    """The API over a process's parts (its runner keeps `parts.read_store` caught up, and is
+    the one `writer` catches up after each write)."""
     return create_app(
         events=parts.store,
         read_model_path=Path(parts.read_store.path),
         runner=runner,
         tokens=tokens,
         clock=parts.clock,
+        writer=writer,
+        metrics=metrics,
     )
+
+
+MANUAL_CLOCKS: Final = (ManualClock, SharedManualClock)
+"""The clocks `POST /v1/clock` may move."""
+UNMATCHED_ROUTE: Final = "unmatched"
+
+
+def _latency_middleware(metrics: LedgerMetrics) -> Callable[[ASGIApp], ASGIApp]:
+    """Times every routed request into `metrics.request_latency`, by route template (never the
+    raw path: ids would make a series each)."""
+
+    def wrap(app: ASGIApp) -> ASGIApp:
+        async def timed(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != ScopeType.HTTP:
+                await app(scope, receive, send)
+                return
+            started_ns = time.perf_counter_ns()
+            status = 500
+
+            async def send_and_note(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                await send(message)
+
+            try:
+                await app(scope, receive, send_and_note)
+            finally:
+                metrics.request_latency.observe_ns(
+                    time.perf_counter_ns() - started_ns,
+                    method=scope["method"],
+                    route=scope.get("path_template") or UNMATCHED_ROUTE,
+                    status=str(status),
+                )
+
+        return timed
+
+    return wrap
+
+
+def _again(view: type[msgspec.Struct], description: str) -> ResponseSpec:
+    """The 200 a repeated create answers with: the current state, nothing appended."""
+    return ResponseSpec(data_container=view, description=description, generate_examples=False)
 
 
 def _no_subscription(sub: str) -> Problem:

@@ -1,10 +1,13 @@
-"""The HTTP API's read side over real SQLite files: balances, usage, as_of, the log, tokens and
-access (SPEC §3 "HTTP API" and "Access"), and RFC 9457 problems for every error."""
+"""The HTTP API over real SQLite files: balances, usage, as_of, the log, tokens and access, the
+admin writes through the single writer, the manual clock and /metrics (SPEC §3 "HTTP API" and
+"Access"), and RFC 9457 problems for every error."""
 
 from __future__ import annotations
 
+import re
 import stat
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,7 +17,8 @@ import pytest
 from litestar.testing import TestClient
 
 from ledger.application import Ledger
-from ledger.clock import ManualClock
+from ledger.clock import Clock, ManualClock
+from ledger.errors import Rejected
 from ledger.log import us_from_datetime
 from ledger.rate_card import load_rate_card
 from ledger.sqlite_store import SqliteEventStore
@@ -22,7 +26,7 @@ from projections.runner import ProjectionRunner
 from projections.store import SqliteReadModelStore
 from schemas.commands import AddSeat, BuyPack, Command, OpenSubscription
 from schemas.usage import UsageEvent
-from services.api import PROBLEM_BASE, app_from_parts, create_app
+from services.api import PROBLEM_BASE, PROBLEMS, REJECTION_PROBLEMS, app_from_parts, create_app
 from services.auth import (
     ADMIN_TOKEN_FILE,
     TOKEN_PREFIX,
@@ -31,8 +35,10 @@ from services.auth import (
     TokenStore,
     ensure_admin_token,
 )
-from services.bootstrap import bootstrap
+from services.bootstrap import Parts, bootstrap, make_clock
 from services.config import Settings
+from services.metrics import LedgerMetrics
+from services.writer import LedgerWriter
 
 ANCHOR = datetime(2026, 1, 31, 9, 0, tzinfo=UTC)
 NOW = datetime(2026, 2, 4, 10, 0, tzinfo=UTC)
@@ -54,9 +60,25 @@ class Api:
     client: TestClient[Any]
     tokens: TokenStore
     data_dir: Path
+    clock: Clock
+    metrics: LedgerMetrics
 
     def get(self, path: str, token: str | None = ADMIN, **params: Any) -> Any:
         return self.client.get(path, params=params, headers=_auth(token))
+
+    def post(self, path: str, body: Any = None, token: str | None = ADMIN, **headers: str) -> Any:
+        return self.client.post(path, json=body, headers=_auth(token) | headers)
+
+    def patch(self, path: str, body: Any, token: str | None = ADMIN) -> Any:
+        return self.client.patch(path, json=body, headers=_auth(token))
+
+    def delete(self, path: str, token: str | None = ADMIN) -> Any:
+        return self.client.delete(path, headers=_auth(token))
+
+    def logged(self, event_type: str) -> list[dict[str, Any]]:
+        """Every event of this type in the log."""
+        records = self.get("/v1/log", limit=1000).json()["items"]
+        return [r["event"] for r in records if r["event"]["type"] == event_type]
 
     def token(self, role: str, subscription_ids: list[str] | None = None) -> tuple[str, str]:
         return self.tokens.create(role, subscription_ids)  # type: ignore[arg-type]
@@ -81,6 +103,19 @@ def _big(event_id: str, seat: str, sub: str = "team-1") -> UsageEvent:
 
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[Api]:
+    # Like `ledger serve`: the ledger and the read models live on one writer thread.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-writer") as executor:
+        app, clock, metrics, close = executor.submit(_open_app, tmp_path, executor).result()
+        tokens = TokenStore(tmp_path / "tokens.sqlite3")
+        tokens.set_bootstrap_admin(ADMIN)
+        app = app(tokens)
+        with TestClient(app) as client:
+            yield Api(client, tokens, tmp_path, clock, metrics)
+        tokens.close()
+        executor.submit(close).result()
+
+
+def _open_app(tmp_path: Path, executor: ThreadPoolExecutor) -> tuple[Any, ManualClock, Any, Any]:
     store = SqliteEventStore(tmp_path / "ledger.sqlite3")
     read_path = tmp_path / "ledger.readmodels.sqlite3"
     read_store = SqliteReadModelStore(read_path, store)
@@ -113,16 +148,24 @@ def api(tmp_path: Path) -> Iterator[Api]:
     clock.set(us_from_datetime(NOW))
     runner = ProjectionRunner(store, read_store)
     runner.catch_up()
-    tokens = TokenStore(tmp_path / "tokens.sqlite3")
-    tokens.set_bootstrap_admin(ADMIN)
-    app = create_app(
-        events=store, read_model_path=read_path, runner=runner, tokens=tokens, clock=clock
-    )
-    with TestClient(app) as client:
-        yield Api(client, tokens, tmp_path)
-    tokens.close()
-    read_store.close()
-    store.close()
+    metrics = LedgerMetrics()
+
+    def app(tokens: TokenStore) -> Any:
+        return create_app(
+            events=store,
+            read_model_path=read_path,
+            runner=runner,
+            tokens=tokens,
+            clock=clock,
+            writer=LedgerWriter(ledger, runner, executor),
+            metrics=metrics,
+        )
+
+    def close() -> None:
+        read_store.close()
+        store.close()
+
+    return app, clock, metrics, close
 
 
 def _problem(response: Any, status: int, slug: str) -> dict[str, Any]:
@@ -284,6 +327,364 @@ def test_the_openapi_document_is_served(api: Api) -> None:
     document = api.get("/schema/openapi.json", token=None).json()
     assert "/v1/subscriptions/{sub}/usage" in document["paths"]
     assert "/v1/tokens" in document["paths"]
+    packs = document["paths"]["/v1/subscriptions/{sub}/packs"]
+    assert {"get", "post"} <= set(packs) and {"200", "201"} <= set(packs["post"]["responses"])
+    assert {"patch", "delete", "get"} <= set(
+        document["paths"]["/v1/subscriptions/{sub}/seats/{seat}"]
+    )
+    assert {"get", "post"} <= set(document["paths"]["/v1/clock"])
+    assert "/metrics" in document["paths"]
+
+
+# -- writes ---------------------------------------------------------------------------------
+
+
+def test_opening_a_subscription_answers_its_overview_anchored_at_the_ledger_clock(
+    api: Api,
+) -> None:
+    opened = api.post("/v1/subscriptions", {"subscription_id": "team-3"})
+    assert opened.status_code == 201, opened.text
+    assert opened.headers["location"] == "/v1/subscriptions/team-3/overview"
+    view = opened.json()
+    assert (view["subscription_id"], view["cycle"], view["seats"]) == ("team-3", 0, [])
+    assert view["cycle_start"].startswith("2026-02-04T10:00:00")  # the ledger clock's now
+    assert view["cycle_end"].startswith("2026-03-04T10:00:00")
+    assert (view["quota_total"], view["utilization_percent"]) == ("0.00", "0.00")
+    assert api.get("/v1/subscriptions/team-3/overview").json() == view
+
+
+def test_opening_a_subscription_again_is_200_with_its_state_and_appends_nothing(api: Api) -> None:
+    first = api.post("/v1/subscriptions", {"subscription_id": "team-3"})
+    again = api.post("/v1/subscriptions", {"subscription_id": "team-3"})
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json() == first.json()
+    same_anchor = {"subscription_id": "team-3", "anchor": "2026-02-04T11:00:00+01:00"}
+    assert api.post("/v1/subscriptions", same_anchor).status_code == 200
+    opened = [e for e in api.logged("subscription.opened") if e["subscription_id"] == "team-3"]
+    assert len(opened) == 1
+
+
+def test_opening_an_existing_subscription_with_another_anchor_is_409(api: Api) -> None:
+    other = {"subscription_id": "team-1", "anchor": "2026-02-01T00:00:00Z"}
+    body = _problem(api.post("/v1/subscriptions", other), 409, "subscription-exists")
+    assert "2026-01-31T09:00:00" in body["detail"]
+
+
+def test_an_anchor_after_the_ledger_clock_is_refused(api: Api) -> None:
+    later = {"subscription_id": "team-3", "anchor": "2026-02-05T00:00:00Z"}
+    body = _problem(api.post("/v1/subscriptions", later), 409, "invalid-command")
+    assert body["reason"] == "invalid_command"
+    assert api.get("/v1/subscriptions/team-3/overview").status_code == 404
+
+
+def test_an_anchor_in_the_past_starts_the_cycle_that_contains_now(api: Api) -> None:
+    past = {"subscription_id": "team-3", "anchor": "2025-12-04T10:00:00Z"}
+    view = api.post("/v1/subscriptions", past).json()
+    assert view["cycle"] == 2 and view["cycle_start"].startswith("2026-02-04T10:00:00")
+
+
+def test_adding_a_seat_answers_its_balance_with_the_full_tier_quota(api: Api) -> None:
+    added = api.post("/v1/subscriptions/team-1/seats", {"seat_id": "dave", "tier": "advanced"})
+    assert added.status_code == 201, added.text
+    seat = added.json()
+    assert (seat["seat_id"], seat["tier"], seat["status"]) == ("dave", "advanced", "active")
+    assert (seat["quota"], seat["used"], seat["remaining"]) == ("100000.00", "0.00", "100000.00")
+    assert seat["cycle_start"].startswith("2026-01-31T09:00:00")
+    assert api.get("/v1/subscriptions/team-1/seats/dave").json() == seat
+    overview = api.get("/v1/subscriptions/team-1/overview").json()
+    assert [s["seat_id"] for s in overview["seats"]] == ["alice", "bob", "dave"]
+
+
+def test_adding_the_same_seat_again_is_200_and_appends_nothing(api: Api) -> None:
+    body = {"seat_id": "dave", "tier": "advanced"}
+    first = api.post("/v1/subscriptions/team-1/seats", body)
+    again = api.post("/v1/subscriptions/team-1/seats", body)
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json() == first.json()
+    assert len([e for e in api.logged("seat.added") if e["seat_id"] == "dave"]) == 1
+
+
+def test_a_seat_id_in_use_with_another_tier_or_elsewhere_is_409(api: Api) -> None:
+    other_tier = {"seat_id": "alice", "tier": "premium"}
+    body = _problem(api.post("/v1/subscriptions/team-1/seats", other_tier), 409, "seat-exists")
+    assert "PATCH" in body["detail"]
+    elsewhere = {"seat_id": "carol", "tier": "standard"}
+    _problem(api.post("/v1/subscriptions/team-1/seats", elsewhere), 409, "seat-exists")
+
+
+def test_a_seat_in_an_unknown_subscription_is_404(api: Api) -> None:
+    new_seat = {"seat_id": "zed", "tier": "standard"}
+    unknown = _problem(api.post("/v1/subscriptions/team-9/seats", new_seat), 404, "not-found")
+    assert unknown["detail"] == "no subscription 'team-9'"
+
+
+def test_an_upgrade_is_immediate_remaining_is_new_quota_less_used(api: Api) -> None:
+    changed = api.patch("/v1/subscriptions/team-1/seats/alice", {"tier": "premium"})
+    assert changed.status_code == 200, changed.text
+    seat = changed.json()
+    assert (seat["tier"], seat["pending_tier"]) == ("premium", None)
+    assert (seat["quota"], seat["used"], seat["remaining"]) == (
+        "250000.00",
+        "25000.00",
+        "225000.00",
+    )
+
+
+def test_a_downgrade_waits_for_the_next_cycle_and_a_retry_records_nothing(api: Api) -> None:
+    first = api.patch("/v1/subscriptions/team-1/seats/bob", {"tier": "standard"})
+    seat = first.json()
+    assert (seat["tier"], seat["pending_tier"], seat["quota"]) == (
+        "premium",
+        "standard",
+        "250000.00",
+    )
+    again = api.patch("/v1/subscriptions/team-1/seats/bob", {"tier": "standard"})
+    assert (again.status_code, again.json()) == (200, seat)
+    assert len([e for e in api.logged("seat.tier_changed") if e["seat_id"] == "bob"]) == 1
+
+
+def test_an_upgrade_resumes_a_suspended_seat(api: Api) -> None:
+    seat = api.patch("/v1/subscriptions/team-2/seats/carol", {"tier": "premium"}).json()
+    assert (seat["status"], seat["remaining"]) == ("active", "225000.00")
+    check = api.get("/v1/subscriptions/team-2/seats/carol/authorization").json()
+    assert check == {"allowed": True, "available": "225000.00", "reason": "ok"}
+
+
+def test_removing_a_seat_answers_it_removed_and_again_changes_nothing(api: Api) -> None:
+    removed = api.delete("/v1/subscriptions/team-1/seats/bob")
+    assert removed.status_code == 200, removed.text
+    seat = removed.json()
+    assert (seat["status"], seat["remaining"]) == ("removed", "0.00")
+    again = api.delete("/v1/subscriptions/team-1/seats/bob")
+    assert (again.status_code, again.json()) == (200, seat)
+    assert len(api.logged("seat.removed")) == 1
+    check = api.get("/v1/subscriptions/team-1/seats/bob/authorization").json()
+    assert (check["allowed"], check["reason"]) == (False, "removed")
+
+
+def test_a_removed_seat_cannot_change_tier_or_be_added_again(api: Api) -> None:
+    api.delete("/v1/subscriptions/team-1/seats/bob")
+    patched = api.patch("/v1/subscriptions/team-1/seats/bob", {"tier": "advanced"})
+    assert _problem(patched, 409, "seat-removed")["reason"] == "seat_removed"
+    re_added = api.post("/v1/subscriptions/team-1/seats", {"seat_id": "bob", "tier": "premium"})
+    _problem(re_added, 409, "seat-removed")
+
+
+@pytest.mark.parametrize("method", ["PATCH", "DELETE"])
+def test_a_seat_that_is_unknown_or_in_another_subscription_is_404(api: Api, method: str) -> None:
+    body = {"tier": "premium"} if method == "PATCH" else None
+    for seat in ("nobody", "carol"):
+        path = f"/v1/subscriptions/team-1/seats/{seat}"
+        _problem(
+            api.client.request(method, path, json=body, headers=_auth(ADMIN)), 404, "not-found"
+        )
+    before = api.get("/v1/subscriptions/team-2/seats/carol").json()
+    assert before["status"] == "suspended" and before["tier"] == "standard"
+
+
+def test_buying_a_pack_answers_it_valid_for_a_month_from_the_ledger_clock(api: Api) -> None:
+    bought = api.post("/v1/subscriptions/team-1/packs", {"pack_id": "p3"})
+    assert bought.status_code == 201, bought.text
+    pack = bought.json()
+    assert (pack["pack_id"], pack["credits"], pack["remaining"]) == ("p3", "625000.00", "625000.00")
+    assert (pack["status"], pack["expired"]) == ("active", "0.00")
+    assert pack["purchased_at"].startswith("2026-02-04T10:00:00")
+    assert pack["expires_at"].startswith("2026-03-04T10:00:00")
+    assert pack["expires_in_seconds"] == 28 * 86_400
+    packs = api.get("/v1/subscriptions/team-1/packs").json()["items"]
+    assert [p["pack_id"] for p in packs] == ["p1", "p2", "p3"] and packs[2] == pack
+
+
+def test_a_pack_id_bought_already_is_200_and_never_bought_twice(api: Api) -> None:
+    first = api.post("/v1/subscriptions/team-1/packs", {"pack_id": "p3"})
+    again = api.post("/v1/subscriptions/team-1/packs", {"pack_id": "p3"})
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json() == first.json()
+    expired_id = api.post("/v1/subscriptions/team-1/packs", {"pack_id": "p1"})
+    assert expired_id.status_code == 200 and expired_id.json()["remaining"] == "0.00"
+    assert [e["pack_id"] for e in api.logged("pack.purchased")] == ["p1", "p2", "p3"]
+
+
+def test_a_retry_with_the_same_idempotency_key_returns_the_first_pack(api: Api) -> None:
+    path = "/v1/subscriptions/team-1/packs"
+    first = api.post(path, None, **{"Idempotency-Key": "order-42"})
+    assert first.status_code == 201, first.text
+    pack_id = first.json()["pack_id"]
+    assert pack_id.startswith("pack-")
+    again = api.post(path, {}, **{"Idempotency-Key": "order-42"})
+    assert (again.status_code, again.json()) == (200, first.json())
+    assert [e["pack_id"] for e in api.logged("pack.purchased")] == ["p1", "p2", pack_id]
+    # The same key in another subscription is another purchase.
+    other = api.post("/v1/subscriptions/team-2/packs", None, **{"Idempotency-Key": "order-42"})
+    assert other.status_code == 201 and other.json()["pack_id"] != pack_id
+    # A caller's own pack_id is its key: the header does not override it.
+    own = api.post(path, {"pack_id": "p3"}, **{"Idempotency-Key": "order-42"})
+    assert own.status_code == 201 and own.json()["pack_id"] == "p3"
+
+
+def test_without_a_pack_id_or_key_every_request_buys_a_new_pack(api: Api) -> None:
+    first = api.post("/v1/subscriptions/team-1/packs")
+    second = api.post("/v1/subscriptions/team-1/packs", {})
+    assert (first.status_code, second.status_code) == (201, 201)
+    assert first.json()["pack_id"] != second.json()["pack_id"]
+    assert len(api.logged("pack.purchased")) == 4
+
+
+def test_buying_a_pack_resumes_a_suspended_seat(api: Api) -> None:
+    api.post("/v1/subscriptions/team-2/packs", {"pack_id": "q1"})
+    check = api.get("/v1/subscriptions/team-2/seats/carol/authorization").json()
+    assert check == {"allowed": True, "available": "625000.00", "reason": "ok"}
+
+
+def test_a_pack_for_an_unknown_subscription_is_404(api: Api) -> None:
+    _problem(api.post("/v1/subscriptions/team-9/packs", {"pack_id": "x"}), 404, "not-found")
+
+
+def test_every_refusal_of_the_core_has_a_problem_type() -> None:
+    reasons: set[str] = set()
+    pending: list[type[Rejected]] = [Rejected]
+    while pending:
+        cls = pending.pop()
+        pending += cls.__subclasses__()
+        if cls is not Rejected:
+            reasons.add(cls.reason)
+    assert reasons == set(REJECTION_PROBLEMS)
+    assert set(REJECTION_PROBLEMS.values()) <= set(PROBLEMS)
+
+
+# -- the manual clock -----------------------------------------------------------------------
+
+
+def test_moving_the_clock_past_a_cycle_end_grants_new_quotas(api: Api) -> None:
+    moved = api.post("/v1/clock", {"now": "2026-03-01T00:00:00Z"})
+    assert moved.status_code == 200, moved.text
+    body = moved.json()
+    assert body["now"] == "2026-03-01T00:00:00Z"
+    assert body["packs_expired"] == []
+    assert [(c["subscription_id"], c["cycle"]) for c in body["cycles_started"]] == [
+        ("team-1", 1),
+        ("team-2", 1),
+    ]
+    assert body["cycles_started"][0]["cycle_start"] == "2026-02-28T09:00:00Z"  # Jan 31 + 1 month
+    alice = api.get("/v1/subscriptions/team-1/seats/alice").json()
+    assert (alice["used"], alice["remaining"]) == ("0.00", "25000.00")
+    assert alice["cycle_start"] == "2026-02-28T09:00:00Z"
+    carol = api.get("/v1/subscriptions/team-2/seats/carol").json()
+    assert (carol["status"], carol["remaining"]) == ("active", "25000.00")
+    assert api.get("/v1/clock").json() == {"now": "2026-03-01T00:00:00Z", "manual": True}
+
+
+def test_moving_the_clock_past_a_pack_expiry_reports_the_expired_credits(api: Api) -> None:
+    api.post("/v1/clock", {"now": "2026-03-01T00:00:00Z"})
+    body = api.post("/v1/clock", {"now": "2026-03-03T10:00:00Z"}).json()
+    assert body["cycles_started"] == []
+    assert body["packs_expired"] == [
+        {
+            "subscription_id": "team-1",
+            "pack_id": "p1",
+            "expires_at": "2026-03-02T10:00:00Z",
+            "expired": "0.00",
+        },
+        {
+            "subscription_id": "team-1",
+            "pack_id": "p2",
+            "expires_at": "2026-03-03T10:00:00Z",
+            "expired": "564996.82",
+        },
+    ]
+    p1, p2 = api.get("/v1/subscriptions/team-1/packs").json()["items"]
+    assert (p2["status"], p2["remaining"], p2["expired"]) == ("expired", "0.00", "564996.82")
+    assert (p1["status"], p2["expires_in_seconds"]) == ("expired", 0)
+    billing = api.get("/v1/subscriptions/team-1/billing").json()
+    assert billing["next_expiration"] is None
+    again = api.post("/v1/clock", {"now": "2026-03-03T10:00:00Z"}).json()
+    assert (again["cycles_started"], again["packs_expired"]) == ([], [])
+
+
+def test_the_clock_never_moves_back(api: Api) -> None:
+    back = api.post("/v1/clock", {"now": "2026-02-01T00:00:00Z"})
+    body = _problem(back, 409, "clock-backwards")
+    assert "now" in body["detail"] and body["parameter"] == "now"
+    assert api.get("/v1/clock").json()["now"] == "2026-02-04T10:00:00Z"
+    assert api.clock.now_us() == us_from_datetime(NOW)
+
+
+# -- metrics --------------------------------------------------------------------------------
+
+_NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
+_LABEL = r'[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\.)*"'
+_SAMPLE = re.compile(
+    rf"^({_NAME})(?:\{{({_LABEL}(?:,{_LABEL})*)\}})? "
+    r"(-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?|\+Inf|-Inf|NaN)$"
+)
+_HELP = re.compile(rf"^# HELP ({_NAME}) \S.*$")
+_TYPE = re.compile(rf"^# TYPE ({_NAME}) (counter|gauge|histogram)$")
+_PAIR = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_exposition(text: str) -> dict[str, list[tuple[str, dict[str, str], str]]]:
+    """Prometheus text format 0.0.4, strictly: family -> [(sample name, labels, value)]."""
+    assert text.endswith("\n")
+    families: dict[str, list[tuple[str, dict[str, str], str]]] = {}
+    kinds: dict[str, str] = {}
+    family = None
+    for line in text.splitlines():
+        if match := _HELP.match(line):
+            family = match.group(1)
+            assert family not in families, f"{family} described twice"
+            families[family] = []
+        elif match := _TYPE.match(line):
+            assert match.group(1) == family, line
+            kinds[family] = match.group(2)
+        else:
+            match = _SAMPLE.match(line)
+            assert match is not None and family is not None, f"not a sample: {line!r}"
+            name, labels, value = match.groups()
+            suffixes = ("_bucket", "_sum", "_count") if kinds[family] == "histogram" else ("",)
+            assert name in {family + suffix for suffix in suffixes}, line
+            families[family].append((name, dict(_PAIR.findall(labels or "")), value))
+    return families
+
+
+def test_metrics_are_prometheus_text_without_a_token(api: Api) -> None:
+    api.get("/v1/subscriptions/team-1/overview")
+    api.get("/v1/subscriptions/team-2/overview")
+    api.get("/v1/subscriptions/team-9/overview")
+    api.metrics.events_ingested.inc(3)
+    api.metrics.charges.inc(2)
+    api.metrics.credits_deducted_ucr.inc(71_000_000_000)
+    api.metrics.dead_lettered.inc(reason="invalid_json")
+    api.metrics.dead_lettered.inc(2, reason='odd "reason"\n')
+    api.metrics.consumer_lag.set(7)
+    response = api.get("/metrics", token=None)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    families = parse_exposition(response.text)
+    assert families["ledger_events_ingested_total"] == [("ledger_events_ingested_total", {}, "3")]
+    assert families["ledger_charges_total"][0][2] == "2"
+    assert families["ledger_credits_deducted_ucr_total"][0][2] == "71000000000"
+    assert families["ledger_consumer_lag_events"][0][2] == "7"
+    assert families["ledger_projection_lag_events"][0][2] == "0"
+    reasons = {
+        labels["reason"]: value
+        for _, labels, value in families["ledger_events_dead_lettered_total"]
+    }
+    assert reasons == {"invalid_json": "1", 'odd \\"reason\\"\\n': "2"}
+    overview = [
+        (name, labels, value)
+        for name, labels, value in families["ledger_http_request_duration_seconds"]
+        if labels.get("route") == "/v1/subscriptions/{sub}/overview"
+    ]
+    ok = [s for s in overview if s[1]["status"] == "200"]
+    missing = [s for s in overview if s[1]["status"] == "404"]
+    assert {s[1]["method"] for s in overview} == {"GET"}
+    buckets = [int(v) for name, _, v in ok if name.endswith("_bucket")]
+    assert buckets == sorted(buckets) and buckets[-1] == 2
+    assert [s[1]["le"] for s in ok if s[0].endswith("_bucket")][-1] == "+Inf"
+    assert [v for name, _, v in ok if name.endswith("_count")] == ["2"]
+    assert [v for name, _, v in missing if name.endswith("_count")] == ["1"]
+    [total] = [float(v) for name, _, v in ok if name.endswith("_sum")]
+    assert 0 < total < 10
 
 
 # -- errors ---------------------------------------------------------------------------------
@@ -307,6 +708,53 @@ def test_bad_query_parameters_are_400_problems_naming_them(
 ) -> None:
     body = _problem(api.get(path, **params), 400, "invalid-parameter")
     assert parameter in body["detail"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "field"),
+    [
+        ("POST", "/v1/subscriptions/team-1/seats", {"seat_id": "x", "tier": "gold"}, "tier"),
+        ("POST", "/v1/subscriptions/team-1/seats", {"tier": "standard"}, "seat_id"),
+        ("POST", "/v1/subscriptions/team-1/seats", {"seat_id": 5, "tier": "standard"}, "seat_id"),
+        ("POST", "/v1/subscriptions/team-1/seats", {"seat_id": "", "tier": "standard"}, "seat_id"),
+        (
+            "POST",
+            "/v1/subscriptions/team-1/seats",
+            {"seat_id": "x", "tier": "standard", "seats": 2},
+            "seats",
+        ),
+        ("POST", "/v1/subscriptions", {"subscription_id": "t", "anchor": "soon"}, "anchor"),
+        (
+            "POST",
+            "/v1/subscriptions",
+            {"subscription_id": "t", "anchor": "2026-02-01T00:00:00"},
+            "anchor",
+        ),
+        ("POST", "/v1/subscriptions", {}, "subscription_id"),
+        ("POST", "/v1/subscriptions", {"subscription_id": "x" * 129}, "subscription_id"),
+        ("PATCH", "/v1/subscriptions/team-1/seats/alice", {"tier": "gold"}, "tier"),
+        ("PATCH", "/v1/subscriptions/team-1/seats/alice", {}, "tier"),
+        ("POST", "/v1/subscriptions/team-1/packs", {"pack_id": 3}, "pack_id"),
+        ("POST", "/v1/subscriptions/team-1/packs", {"credits": "9"}, "credits"),
+        ("POST", "/v1/clock", {"now": "2026-03-01T00:00:00"}, "now"),
+        ("POST", "/v1/clock", {"later": True}, "later"),
+    ],
+)
+def test_bad_write_bodies_are_400_problems_naming_the_field(
+    api: Api, method: str, path: str, body: Any, field: str
+) -> None:
+    head = api.get("/v1/audit/digest").json()
+    response = api.client.request(method, path, json=body, headers=_auth(ADMIN))
+    problem = _problem(response, 400, "invalid-body")
+    assert problem["detail"].startswith(f"{field}: ")
+    assert [e["parameter"] for e in problem["errors"]] == [field]
+    assert api.get("/v1/audit/digest").json() == head
+
+
+def test_an_idempotency_key_is_bounded(api: Api) -> None:
+    response = api.post("/v1/subscriptions/team-1/packs", {}, **{"Idempotency-Key": "k" * 256})
+    problem = _problem(response, 400, "invalid-parameter")
+    assert problem["detail"].startswith("Idempotency-Key: ")
 
 
 def test_unknown_things_are_404_problems(api: Api) -> None:
@@ -340,27 +788,47 @@ SEAT_READS = [
 AUDIT_READS = ["/v1/log", "/v1/audit/digest"]
 
 
-def _call(api: Api, method: str, path: str, token: str | None) -> Any:
-    if method == "POST":
-        return api.client.post(path, json={"role": "auditor"}, headers=_auth(token))
-    if method == "DELETE":
-        return api.client.delete(path, headers=_auth(token))
-    return api.client.get(path, headers=_auth(token))
+WRITES: list[tuple[str, str, Any]] = [
+    ("POST", "/v1/subscriptions/team-1/seats", {"seat_id": "erin", "tier": "standard"}),
+    ("PATCH", "/v1/subscriptions/team-1/seats/alice", {"tier": "premium"}),
+    ("DELETE", "/v1/subscriptions/team-1/seats/bob", None),
+    ("POST", "/v1/subscriptions/team-1/packs", {"pack_id": "p9"}),
+]
+"""Admin writes inside team-1, each with a valid body."""
+ADMIN_ONLY: list[tuple[str, str, Any]] = [
+    ("POST", "/v1/subscriptions", {"subscription_id": "team-7"}),
+    ("POST", "/v1/clock", {"now": "2026-02-05T00:00:00Z"}),
+    ("POST", "/v1/tokens", {"role": "auditor"}),
+    ("DELETE", "/v1/tokens/tok_x", None),
+]
+"""Admin-only paths outside any subscription."""
 
 
-EVERY_V1 = [
-    *(("GET", p) for p in SUBSCRIPTION_READS + SEAT_READS + AUDIT_READS),
-    ("POST", "/v1/tokens"),
-    ("DELETE", "/v1/tokens/tok_x"),
+def _call(api: Api, method: str, path: str, token: str | None, body: Any = None) -> Any:
+    return api.client.request(method, path, json=body, headers=_auth(token))
+
+
+EVERY_V1: list[tuple[str, str, Any]] = [
+    *(("GET", p, None) for p in SUBSCRIPTION_READS + SEAT_READS + AUDIT_READS),
+    ("GET", "/v1/clock", None),
+    *WRITES,
+    *ADMIN_ONLY,
 ]
 
 
-@pytest.mark.parametrize(("method", "path"), EVERY_V1)
-def test_every_v1_path_without_a_good_token_is_401(api: Api, method: str, path: str) -> None:
-    _problem(_call(api, method, path, None), 401, "unauthorized")
-    _problem(_call(api, method, path, "lt_not-a-token"), 401, "unauthorized")
-    response = api.client.get(path, headers={"Authorization": f"Basic {ADMIN}"})
-    assert response.status_code in (401, 405)
+@pytest.mark.parametrize(("method", "path", "body"), EVERY_V1)
+def test_every_v1_path_without_a_good_token_is_401(
+    api: Api, method: str, path: str, body: Any
+) -> None:
+    head = api.get("/v1/audit/digest").json()
+    _problem(_call(api, method, path, None, body), 401, "unauthorized")
+    _problem(_call(api, method, path, "lt_not-a-token", body), 401, "unauthorized")
+    basic = {"Authorization": f"Basic {ADMIN}"}
+    _problem(api.client.request(method, path, json=body, headers=basic), 401, "unauthorized")
+    if body is not None:  # a caller without a token learns nothing of the body's shape either
+        bad = api.client.request(method, path, json={"nope": True})
+        _problem(bad, 401, "unauthorized")
+    assert api.get("/v1/audit/digest").json() == head
 
 
 def test_roles_that_may_not_are_403(api: Api) -> None:
@@ -377,9 +845,13 @@ def test_roles_that_may_not_are_403(api: Api) -> None:
         assert api.get(path, viewer).status_code == 200
     for path in SUBSCRIPTION_READS + SEAT_READS + AUDIT_READS:
         assert api.get(path, auditor).status_code == 200
+    head = api.get("/v1/audit/digest").json()
     for token in (gateway, viewer, auditor):
-        for method, path in (("POST", "/v1/tokens"), ("DELETE", "/v1/tokens/tok_x")):
-            _problem(_call(api, method, path, token), 403, "forbidden")
+        assert api.get("/v1/clock", token).status_code == 200
+        for method, path, body in WRITES + ADMIN_ONLY:
+            _problem(_call(api, method, path, token, body), 403, "forbidden")
+    assert api.get("/v1/audit/digest").json() == head  # nothing was written
+    assert api.get("/v1/clock").json()["now"].startswith("2026-02-04T10:00:00")
 
 
 def test_another_subscriptions_token_gets_404_like_an_unknown_one(api: Api) -> None:
@@ -396,6 +868,16 @@ def test_another_subscriptions_token_gets_404_like_an_unknown_one(api: Api) -> N
             "detail": "no subscription 'team-1'"
         }
     assert api.get("/v1/subscriptions/team-2/seats/carol", viewer).status_code == 200
+    head = api.get("/v1/audit/digest").json()
+    for token in (viewer, gateway):
+        for method, path, body in WRITES:
+            outside = _problem(_call(api, method, path, token, body), 404, "not-found")
+            unknown_path = path.replace("team-1", "team-9")
+            unknown = _problem(_call(api, method, unknown_path, token, body), 404, "not-found")
+            assert outside == unknown | {"detail": "no subscription 'team-1'"}
+        # In its own subscription the role decides: these tokens may not write.
+        _problem(_call(api, "POST", "/v1/subscriptions/team-2/packs", token, {}), 403, "forbidden")
+    assert api.get("/v1/audit/digest").json() == head
 
 
 def test_a_token_made_over_http_works_until_revoked(api: Api) -> None:
@@ -476,17 +958,61 @@ def test_pack_expiry_countdown_uses_the_ledger_clock(api: Api) -> None:
 
 
 def test_the_app_serves_a_bootstrapped_process(tmp_path: Path) -> None:
-    parts = bootstrap(Settings(data_dir=tmp_path))
     tokens = TokenStore(tmp_path / TOKENS_FILE)
     admin = ensure_admin_token(tokens, tmp_path, None)
     assert admin is not None
-    runner = parts.projections()
-    with TestClient(app_from_parts(parts, runner, tokens)) as client:
-        assert client.get("/readyz").json() == {"status": "ready", "position": 0, "head": 0}
-        digest = client.get("/v1/audit/digest", headers=_auth(admin)).json()
-        assert digest == {"position": 0, "hash": "00" * 32}
-        _problem(
-            client.get("/v1/subscriptions/team-1/usage", headers=_auth(admin)), 404, "not-found"
-        )
+    with ThreadPoolExecutor(max_workers=1) as executor:
+
+        def open_parts() -> tuple[Parts, ProjectionRunner, LedgerWriter]:
+            parts = bootstrap(Settings(data_dir=tmp_path))
+            runner = parts.projections()
+            return parts, runner, LedgerWriter(parts.ledger(), runner, executor)
+
+        parts, runner, writer = executor.submit(open_parts).result()
+        app = app_from_parts(parts, runner, tokens, writer, LedgerMetrics())
+        with TestClient(app) as client:
+            assert client.get("/readyz").json() == {"status": "ready", "position": 0, "head": 0}
+            digest = client.get("/v1/audit/digest", headers=_auth(admin)).json()
+            assert digest == {"position": 0, "hash": "00" * 32}
+            usage = client.get("/v1/subscriptions/team-1/usage", headers=_auth(admin))
+            _problem(usage, 404, "not-found")
+            opened = client.post(
+                "/v1/subscriptions", json={"subscription_id": "team-1"}, headers=_auth(admin)
+            )
+            assert opened.status_code == 201 and opened.json()["cycle"] == 0
+            assert client.get("/readyz").json()["position"] == 2
+            # The system clock cannot be moved.
+            moved = client.post(
+                "/v1/clock", json={"now": "2099-01-01T00:00:00Z"}, headers=_auth(admin)
+            )
+            _problem(moved, 409, "clock-not-manual")
+            clock = client.get("/v1/clock", headers=_auth(admin)).json()
+            assert clock["manual"] is False
+        executor.submit(parts.close).result()
     tokens.close()
-    parts.close()
+
+
+def test_a_bootstrapped_manual_clock_moves_for_every_process_reading_it(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, clock="manual", clock_start=ANCHOR)
+    tokens = TokenStore(tmp_path / TOKENS_FILE)
+    tokens.set_bootstrap_admin(ADMIN)
+    with ThreadPoolExecutor(max_workers=1) as executor:
+
+        def open_parts() -> tuple[Parts, ProjectionRunner, LedgerWriter]:
+            parts = bootstrap(settings)
+            runner = parts.projections()
+            return parts, runner, LedgerWriter(parts.ledger(), runner, executor)
+
+        parts, runner, writer = executor.submit(open_parts).result()
+        with TestClient(app_from_parts(parts, runner, tokens, writer, LedgerMetrics())) as client:
+            api = Api(client, tokens, tmp_path, parts.clock, LedgerMetrics())
+            assert api.post("/v1/subscriptions", {"subscription_id": "t"}).status_code == 201
+            pack = api.post("/v1/subscriptions/t/packs", {"pack_id": "p"}).json()
+            assert pack["expires_at"] == "2026-02-28T09:00:00Z"  # Jan 31 + 1 month, clamped
+            moved = api.post("/v1/clock", {"now": "2026-02-28T09:00:00Z"}).json()
+            assert [p["expired"] for p in moved["packs_expired"]] == ["625000.00"]
+            assert [c["cycle"] for c in moved["cycles_started"]] == [1]
+        executor.submit(parts.close).result()
+    tokens.close()
+    # `ledger clock show` in another process reads the same file.
+    assert make_clock(settings).now_us() == us_from_datetime(datetime(2026, 2, 28, 9, tzinfo=UTC))
