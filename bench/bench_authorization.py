@@ -102,15 +102,15 @@ async def _load(
     from_send: list[float] = []
     errors = 0
 
+    auth = f"Authorization: Bearer {token}"
+
     async def connection() -> None:
         nonlocal errors
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         while (item := await queue.get()) is not None:
             due, path = item
             sent = time.perf_counter()
-            writer.write(
-                f"GET {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {token}\r\n\r\n".encode()
-            )
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\n{auth}\r\n\r\n".encode())
             head = await reader.readuntil(b"\r\n\r\n")
             length = 0
             for line in head.split(b"\r\n"):
@@ -178,9 +178,7 @@ def main() -> None:
         LEDGER_PORT=str(port),
         LEDGER_ADMIN_TOKEN=ADMIN_TOKEN,
     )
-    subprocess.run(
-        [*LEDGER, "backfill", "-"], input=setup_jsonl(), text=True, env=env, check=True
-    )
+    subprocess.run([*LEDGER, "backfill", "-"], input=setup_jsonl(), text=True, env=env, check=True)
     log_file = (folder / "serve.log").open("wb")
     serve = subprocess.Popen([*LEDGER, "serve"], env=env, stdout=log_file, stderr=log_file)
     try:

@@ -10,14 +10,29 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Final
+from contextlib import AbstractContextManager, contextmanager
+from typing import Final, Protocol
 
 from projections.balances import Balances, apply_data
 from projections.runner import RecordSource
 
 FOLD_CHUNK_RECORDS: Final = 100
 """Records folded per hold of the lock: ~0.3 ms, the longest a reader waits."""
+
+
+class BalanceSource(Protocol):
+    """Balances folded on one thread and read on others: `LiveBalances`, `ProjectionRunner`."""
+
+    @property
+    def position(self) -> int: ...
+
+    def reading(self) -> AbstractContextManager[Balances]:
+        """The balances, held still for the duration of the `with` block."""
+        ...
+
+    def catch_up(self) -> int:
+        """Fold what the log holds beyond `position` (on the folding thread only)."""
+        ...
 
 
 class LiveBalances:

@@ -8,7 +8,9 @@ hold exactly the balances as of their checkpoint (the tests check that both agre
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Final, Protocol
 
 from ledger.log import Head, StoredRecord
@@ -43,12 +45,20 @@ class ProjectionRunner:
     def __init__(self, event_store: RecordSource, read_store: SqliteReadModelStore) -> None:
         self._events = event_store
         self._store = read_store
+        self._lock = threading.Lock()
         self._balances, self._position = self._load()
 
     @property
     def balances(self) -> Balances:
-        """The balances as of `position`; folded in place by every catch-up."""
+        """The balances as of `position`; folded in place by every catch-up. Unlocked: for the
+        thread that catches up; other threads use `reading`."""
         return self._balances
+
+    @contextmanager
+    def reading(self) -> Iterator[Balances]:
+        """The balances, held still (no batch folds) for the duration of the `with` block."""
+        with self._lock:
+            yield self._balances
 
     @property
     def position(self) -> int:
@@ -69,17 +79,19 @@ class ProjectionRunner:
         try:
             while self._position < head:
                 until = min(self._position + batch_size, head)
-                usage_rows = self._fold(self._position, until)
-                subscriptions, seats, packs = self._balances.take_changes()
-                for sub in subscriptions:
-                    assert_conserved(self._balances, sub.subscription_id)
-                self._store.write_batch(until, subscriptions, seats, packs, usage_rows)
-                self._position = until
+                with self._lock:
+                    usage_rows = self._fold(self._position, until)
+                    subscriptions, seats, packs = self._balances.take_changes()
+                    for sub in subscriptions:
+                        assert_conserved(self._balances, sub.subscription_id)
+                    self._store.write_batch(until, subscriptions, seats, packs, usage_rows)
+                    self._position = until
                 if on_progress is not None:
                     on_progress(until, head)
         except BaseException:
             # Memory may hold folds the tables do not: take the tables' word again.
-            self._balances, self._position = self._load()
+            with self._lock:
+                self._balances, self._position = self._load()
             raise
         return self._position
 

@@ -11,13 +11,15 @@ one of `PROBLEMS`; a subscription outside a token's scope answers exactly as an 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Final
@@ -57,6 +59,7 @@ from projections.balances import (
     pack_balances,
     seat_balance,
 )
+from projections.live import BalanceSource
 from projections.replay import (
     MAX_AS_OF_CHARS,
     POSITION_PREFIX,
@@ -64,7 +67,7 @@ from projections.replay import (
     balances_as_of,
     resolve_as_of,
 )
-from projections.runner import ProjectionRunner
+from projections.store import DEFAULT_CHECKPOINT
 from projections.usage import (
     DEFAULT_PAGE_ROWS,
     MAX_CURSOR_CHARS,
@@ -107,6 +110,9 @@ from services.metrics import METRICS, LedgerMetrics
 from services.writer import Writer
 
 API_VERSION: Final = "1"
+USAGE_FRESHNESS_WAIT_S: Final = 2.0
+"""Longest a usage page waits for the projector to fold what the live balances already show."""
+USAGE_FRESHNESS_POLL_S: Final = 0.005
 MAX_BODY_BYTES: Final = 64 * 1024
 MAX_LOG_PAGE_RECORDS: Final = 1_000
 DEFAULT_LOG_PAGE_RECORDS: Final = 100
@@ -629,13 +635,38 @@ class _UsageReader:
         self._lock = threading.Lock()
         self._connection: sqlite3.Connection | None = None
 
+    def _connect(self) -> sqlite3.Connection:
+        if self._connection is None:
+            self._connection = sqlite3.connect(
+                self._uri, uri=True, isolation_level=None, check_same_thread=False
+            )
+        return self._connection
+
     def page(self, query: UsageQuery) -> UsagePage:
         with self._lock:
-            if self._connection is None:
-                self._connection = sqlite3.connect(
-                    self._uri, uri=True, isolation_level=None, check_same_thread=False
+            return usage_page(self._connect(), self._events, query)
+
+    def checkpoint(self) -> int:
+        """The log position the read model tables hold (0 before the first batch)."""
+        with self._lock:
+            row = (
+                self._connect()
+                .execute(
+                    "SELECT position FROM rm_checkpoints WHERE name = ?", (DEFAULT_CHECKPOINT,)
                 )
-            return usage_page(self._connection, self._events, query)
+                .fetchone()
+            )
+        return int(row[0]) if row else 0
+
+    async def caught_up(self, position: int) -> bool:
+        """Wait (at most `USAGE_FRESHNESS_WAIT_S`) until the tables hold `position`, so a usage
+        page shows a charge the balances already show; False when they still lag."""
+        deadline = time.monotonic() + USAGE_FRESHNESS_WAIT_S
+        while self.checkpoint() < position:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(USAGE_FRESHNESS_POLL_S)
+        return True
 
     def close(self) -> None:
         with self._lock:
@@ -661,7 +692,7 @@ def create_app(
     *,
     events: EventStore,
     read_model_path: Path,
-    runner: ProjectionRunner,
+    runner: BalanceSource,
     tokens: TokenStore,
     clock: Clock,
     writer: Writer,
@@ -706,57 +737,62 @@ def create_app(
         except InvalidAsOf as error:
             raise Problem("invalid-parameter", f"as_of: {error}", parameter="as_of") from None
 
-    def at(as_of: str | None) -> tuple[Balances, datetime]:
-        """The balances and the instant a read answers as of."""
+    @contextmanager
+    def at(as_of: str | None) -> Iterator[tuple[Balances, datetime]]:
+        """The balances and the instant a read answers as of; the live balances are held
+        still (no fold on the writer thread) until the `with` block ends."""
         if as_of is None:
-            return runner.balances, datetime_from_us(clock.now_us())
+            with runner.reading() as balances:
+                yield balances, datetime_from_us(clock.now_us())
+            return
         position = position_of(as_of)
         instant = _parse_instant(as_of, "as_of") if not as_of.startswith(POSITION_PREFIX) else None
         if instant is None:
             records = list(events.read(after=position - 1, until=position)) if position else []
             instant = records[0].recorded_at if records else EPOCH
-        return balances_as_of(events, position), instant
+        yield balances_as_of(events, position), instant
 
-    def subscription(sub: str, as_of: str | None) -> tuple[Balances, datetime]:
-        balances, now = at(as_of)
-        if sub not in balances.subscriptions:
-            raise _no_subscription(sub)
-        return balances, now
+    @contextmanager
+    def subscription(sub: str, as_of: str | None) -> Iterator[tuple[Balances, datetime]]:
+        with at(as_of) as (balances, now):
+            if sub not in balances.subscriptions:
+                raise _no_subscription(sub)
+            yield balances, now
 
     @get("/v1/subscriptions/{sub:str}/overview", summary="A subscription at a glance")
     async def get_overview(
         request: Request[Any, Any, Any], sub: PathId, as_of: AsOf = None
     ) -> OverviewView:
         access(request, SUBSCRIPTION_READERS, sub)
-        balances, _ = subscription(sub, as_of)
-        return overview_view(balances, sub)
+        with subscription(sub, as_of) as (balances, _):
+            return overview_view(balances, sub)
 
     @get("/v1/subscriptions/{sub:str}/seats/{seat:str}", summary="One seat's balance and status")
     async def get_seat(
         request: Request[Any, Any, Any], sub: PathId, seat: PathId, as_of: AsOf = None
     ) -> SeatView:
         access(request, SEAT_READERS, sub)
-        balances, _ = subscription(sub, as_of)
-        row = balances.seats.get((sub, seat))
-        if row is None:
-            raise Problem("not-found", f"no seat {seat!r} in subscription {sub!r}")
-        return seat_view(seat_balance(row), balances)
+        with subscription(sub, as_of) as (balances, _):
+            row = balances.seats.get((sub, seat))
+            if row is None:
+                raise Problem("not-found", f"no seat {seat!r} in subscription {sub!r}")
+            return seat_view(seat_balance(row), balances)
 
     @get("/v1/subscriptions/{sub:str}/packs", summary="Every pack of the subscription")
     async def get_packs(
         request: Request[Any, Any, Any], sub: PathId, as_of: AsOf = None
     ) -> PackList:
         access(request, SUBSCRIPTION_READERS, sub)
-        balances, now = subscription(sub, as_of)
-        return PackList([pack_view(pack, now) for pack in pack_balances(balances, sub)])
+        with subscription(sub, as_of) as (balances, now):
+            return PackList([pack_view(pack, now) for pack in pack_balances(balances, sub)])
 
     @get("/v1/subscriptions/{sub:str}/billing", summary="Credits, balance, next expiration")
     async def get_billing(
         request: Request[Any, Any, Any], sub: PathId, as_of: AsOf = None
     ) -> BillingView:
         access(request, SUBSCRIPTION_READERS, sub)
-        balances, now = subscription(sub, as_of)
-        view = overview(balances, sub)
+        with subscription(sub, as_of) as (balances, now):
+            view = overview(balances, sub)  # a snapshot: built while the balances hold still
         assert view is not None
         live_packs = [p for p in view.packs if p.status != "expired"]
         upcoming = [p for p in live_packs if p.status == "active" and p.expires_at > now]
@@ -794,8 +830,9 @@ def create_app(
     ) -> UsagePageView:
         access(request, SUBSCRIPTION_READERS, sub)
         # Existence as of the head: a usage page never replays the balances.
-        if sub not in runner.balances.subscriptions:
-            raise _no_subscription(sub)
+        with runner.reading() as balances:
+            if sub not in balances.subscriptions:
+                raise _no_subscription(sub)
         query = UsageQuery(
             subscription_id=sub,
             seat_id=seat,
@@ -806,6 +843,7 @@ def create_app(
             limit=limit,
             cursor=cursor,
         )
+        await usage_reader.caught_up(runner.position)
         try:
             page = usage_reader.page(query)
         except InvalidUsageQuery as error:
@@ -820,8 +858,8 @@ def create_app(
         request: Request[Any, Any, Any], sub: PathId, seat: PathId, as_of: AsOf = None
     ) -> AuthorizationView:
         access(request, SEAT_READERS, sub)
-        balances, now = subscription(sub, as_of)
-        return authorization(balances, sub, seat, now)
+        with subscription(sub, as_of) as (balances, now):
+            return authorization(balances, sub, seat, now)
 
     @get("/v1/log", summary="The raw hash-chained log, for auditors")
     async def get_log(
@@ -894,8 +932,8 @@ def create_app(
         return Problem(REJECTION_PROBLEMS[outcome.reason], detail, reason=outcome.reason)
 
     def seat_now(sub: str, seat_id: str) -> SeatView:
-        balances = runner.balances
-        return seat_view(seat_balance(balances.seats[(sub, seat_id)]), balances)
+        with runner.reading() as balances:
+            return seat_view(seat_balance(balances.seats[(sub, seat_id)]), balances)
 
     @post(
         "/v1/subscriptions",
@@ -909,8 +947,10 @@ def create_app(
         sub = data.subscription_id
         outcome = await write(OpenSubscription(sub, data.anchor))
         created = outcome.status != "rejected"
+        with runner.reading() as balances:
+            existing = balances.subscriptions.get(sub)
+            view = None if existing is None else overview_view(balances, sub)
         if not created:
-            existing = runner.balances.subscriptions.get(sub)
             if outcome.reason != SubscriptionExists.reason or existing is None:
                 raise refused(outcome, sub)
             if data.anchor is not None and data.anchor != existing.anchor:
@@ -919,8 +959,9 @@ def create_app(
                     f"subscription {sub!r} exists with anchor {existing.anchor.isoformat()}",
                     reason=outcome.reason,
                 )
+        assert view is not None, "an opened subscription is in the balances"
         return Response(
-            overview_view(runner.balances, sub),
+            view,
             status_code=HTTP_201_CREATED if created else HTTP_200_OK,
             headers={"Location": f"/v1/subscriptions/{sub}/overview"},
         )
@@ -937,7 +978,9 @@ def create_app(
         outcome = await write(AddSeat(sub, data.seat_id, data.tier))
         if outcome.status != "rejected":
             return Response(seat_now(sub, data.seat_id), status_code=HTTP_201_CREATED)
-        row = runner.balances.seats.get((sub, data.seat_id))
+        with runner.reading() as balances:
+            row = balances.seats.get((sub, data.seat_id))
+            row = None if row is None else msgspec.structs.replace(row)  # a copy to keep
         if outcome.reason != SeatExists.reason or row is None:
             raise refused(outcome, sub)
         if row.status == "removed":
@@ -1002,9 +1045,10 @@ def create_app(
         if outcome.status == "rejected":
             raise refused(outcome, sub)
         bought = any(isinstance(record.event(), PackPurchased) for record in outcome.records)
-        row = runner.balances.packs[(sub, pack_id)]
+        with runner.reading() as balances:
+            pack = pack_balance(balances.packs[(sub, pack_id)])
         return Response(
-            pack_view(pack_balance(row), now()),
+            pack_view(pack, now()),
             status_code=HTTP_201_CREATED if bought else HTTP_200_OK,
         )
 
@@ -1058,7 +1102,7 @@ def create_app(
 
     @get("/metrics", summary="Prometheus text exposition", media_type=METRICS_CONTENT_TYPE)
     async def get_metrics() -> str:
-        metrics.projection_lag.set(max(0, events.head().position - runner.position))
+        metrics.projection_lag.set(max(0, events.head().position - usage_reader.checkpoint()))
         return metrics.render()
 
     @get("/healthz", summary="Liveness")
@@ -1122,7 +1166,7 @@ def create_app(
 
 def app_from_parts(
     parts: Parts,
-    runner: ProjectionRunner,
+    runner: BalanceSource,
     tokens: TokenStore,
     writer: Writer,
     metrics: LedgerMetrics = METRICS,

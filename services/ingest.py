@@ -63,6 +63,7 @@ from faststream.redis.parser import BinaryMessageFormatV1, MessageFormat
 from redis.exceptions import ResponseError
 
 from schemas.usage import UsageEvent
+from services.metrics import LedgerMetrics
 
 log = structlog.get_logger(__name__)
 
@@ -102,6 +103,16 @@ StreamEntry = tuple[str, Mapping[bytes, bytes]]
 """One raw Redis stream entry: its id (`"1700000000000-0"`) and its fields."""
 
 USAGE_DECODER: Final = msgspec.json.Decoder(UsageEvent)
+
+
+class _Credits(msgspec.Struct):
+    """The two fields of a log record that the credits-deducted metric needs."""
+
+    type: str
+    credits_ucr: int = 0
+
+
+_CREDITS_DECODER: Final = msgspec.json.Decoder(_Credits)
 _FIELDS_ENCODER: Final = msgspec.json.Encoder()
 
 
@@ -119,6 +130,9 @@ class ChargeOutcome(Protocol):
 
     @property
     def detail(self) -> str | None: ...
+
+    @property
+    def records(self) -> Sequence[Any]: ...  # StoredRecords: `.data` is the event's JSON
 
 
 class ChargingLedger(Protocol):
@@ -257,7 +271,9 @@ class IngestProcessor:
         *,
         message_format: type[MessageFormat] = BinaryMessageFormatV1,
         lock: threading.Lock | threading.RLock | None = None,
+        metrics: LedgerMetrics | None = None,
     ) -> None:
+        self.metrics = metrics
         self.ledger = ledger
         self.projections = projections
         self.dead_letter_sink = dead_letter_sink
@@ -310,7 +326,7 @@ class IngestProcessor:
             else:
                 valid.append(decoded)
 
-        applied = duplicates = 0
+        applied = duplicates = credits_ucr = 0
         projected = True
         with self.lock:
             if valid:
@@ -322,6 +338,8 @@ class IngestProcessor:
                 for item, outcome in zip(valid, outcomes, strict=True):
                     if outcome.status == "applied":
                         applied += 1
+                        if self.metrics is not None:
+                            credits_ucr += _charged_ucr(outcome.records)
                     elif outcome.status == "duplicate":
                         duplicates += 1
                     else:
@@ -352,6 +370,8 @@ class IngestProcessor:
                     reason=letter.reason,
                     detail=letter.detail,
                 )
+        if self.metrics is not None:
+            self._count(len(entries), applied, credits_ucr, letters)
         bound.debug(
             "ingest.batch",
             applied=applied,
@@ -367,6 +387,17 @@ class IngestProcessor:
             projected=projected,
         )
 
+    def _count(
+        self, entries: int, applied: int, credits_ucr: int, letters: Sequence[DeadLetter]
+    ) -> None:
+        metrics = self.metrics
+        assert metrics is not None
+        metrics.events_ingested.inc(entries)
+        metrics.charges.inc(applied)
+        metrics.credits_deducted_ucr.inc(credits_ucr)
+        for reason, count in Counter(letter.reason for letter in letters).items():
+            metrics.dead_lettered.inc(count, reason=reason)
+
     def _catch_up(self, bound: Any) -> bool:
         """Fold the new records into the read models.
 
@@ -381,6 +412,16 @@ class IngestProcessor:
             bound.exception("ingest.projections_failed")
             return False
         return True
+
+
+def _charged_ucr(records: Sequence[Any]) -> int:
+    """Credits of the `usage.charged` records among one applied charge's records."""
+    total = 0
+    for record in records:
+        fields = _CREDITS_DECODER.decode(record.data)
+        if fields.type == "usage.charged":
+            total += fields.credits_ucr
+    return total
 
 
 def _id_key(entry_id: str) -> tuple[int, int]:
@@ -612,6 +653,16 @@ class IngestService:
             await asyncio.wait_for(task, timeout=GRACEFUL_TIMEOUT_S)
         except TimeoutError:
             self.log.warning("ingest.reclaimer_stop_timeout")
+
+    async def consumer_lag(self) -> int:
+        """Entries of the stream the group has not finished: pending (read, not acknowledged)
+        plus, on Redis 7, those not yet read (XINFO GROUPS `lag`; absent on Redis 6.2)."""
+        client = await self.broker.connect()
+        for group in await client.xinfo_groups(self.config.stream):
+            name = group["name"]  # redis-py gives str keys; values may be bytes
+            if name in (self.config.group, self.config.group.encode()):
+                return int(group.get("lag") or 0) + int(group["pending"])
+        return 0
 
     # -- reclaiming ----------------------------------------------------------------------
 

@@ -40,8 +40,10 @@ from services.ingest import (
     RedisDeadLetterSink,
     build_broker,
 )
+from services.metrics import METRICS
 from services.projector import Projector
 from services.redis_server import EmbeddedRedis
+from services.writer import LedgerWriter
 
 HEARTBEAT_FILE: Final = "serve.heartbeat"
 """Touched by every tick on the writer thread: a health check reads its age (compose.yaml)."""
@@ -135,15 +137,17 @@ class _ApiServer(uvicorn.Server):
 
 def _api_server(settings: Settings, worker: Worker, tokens: TokenStore) -> _ApiServer:
     """The HTTP API on LEDGER_HOST:LEDGER_PORT, answering from the live balances, the read
-    model tables and a log connection of its own (opened here, on the event loop's thread)."""
-    assert worker.parts is not None and worker.live is not None
+    model tables and a log connection of its own (opened here, on the event loop's thread);
+    its writes go to the ledger on the writer thread."""
+    assert worker.parts is not None and worker.ledger is not None and worker.live is not None
     events = open_event_store(settings)
     app = create_app(
         events=events,
         read_model_path=settings.read_model_path(),
-        runner=worker.live,  # type: ignore[arg-type]
+        runner=worker.live,
         tokens=tokens,
         clock=worker.parts.clock,
+        writer=LedgerWriter(worker.ledger, worker.live, worker.executor),
     )
     app.on_shutdown.append(events.close)
     config = uvicorn.Config(
@@ -181,7 +185,7 @@ async def run(settings: Settings) -> None:
         resources.callback(projector.stop)
         sink = RedisDeadLetterSink.from_url(redis_url, settings.usage_stream)
         resources.callback(sink.close)
-        processor = IngestProcessor(worker.ledger, worker.live, sink)
+        processor = IngestProcessor(worker.ledger, worker.live, sink, metrics=METRICS)
         claim_idle_ms = int(os.environ.get("LEDGER_CLAIM_IDLE_MS") or IngestConfig.claim_idle_ms)
         config = IngestConfig(stream=settings.usage_stream, claim_idle_ms=claim_idle_ms)
         tokens = TokenStore(settings.data_dir / TOKENS_FILE)
@@ -204,7 +208,7 @@ async def run(settings: Settings) -> None:
             position=worker.ledger.position,
             clock=settings.clock,
         )
-        ticker = asyncio.create_task(_tick_forever(worker, executor, projector, stop))
+        ticker = asyncio.create_task(_tick_forever(worker, executor, projector, service, stop))
         await stop.wait()
         log.info("ledger.stopping")
         api.should_exit = True
@@ -215,14 +219,23 @@ async def run(settings: Settings) -> None:
 
 
 async def _tick_forever(
-    worker: Worker, executor: ThreadPoolExecutor, projector: Projector, stop: asyncio.Event
+    worker: Worker,
+    executor: ThreadPoolExecutor,
+    projector: Projector,
+    ingest: IngestService,
+    stop: asyncio.Event,
 ) -> None:
+    """Every second: the lifecycle tick, the consumer lag gauge, and a look at the projector."""
     loop = asyncio.get_running_loop()
     while not stop.is_set():
         try:
             await loop.run_in_executor(executor, worker.tick)
         except Exception:
             log.exception("lifecycle.tick_failed")
+        try:
+            METRICS.consumer_lag.set(await ingest.consumer_lag())
+        except Exception as error:  # Redis away: ingest reports it; keep ticking
+            log.warning("ingest.lag_unknown", error=str(error))
         if not projector.alive:
             log.error("projector.died", exitcode=projector.exitcode)
             projector.start()

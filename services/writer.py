@@ -3,7 +3,8 @@
 The API never holds a `Ledger` itself. It awaits a `Writer`, whose `execute` returns once the
 events are appended *and* the projections the API reads from have folded them, so the state a
 write answers with includes that write. `LedgerWriter` is the in-process implementation: a
-`Ledger` and its `ProjectionRunner` driven on one executor thread, the same thread (and the same
+`Ledger` and the balances the API reads (`LiveBalances` in `ledger serve`, a
+`ProjectionRunner` in tests) driven on one executor thread, the same thread (and the same
 objects) that ingest and the lifecycle ticker use in `ledger serve`.
 """
 
@@ -15,7 +16,7 @@ from concurrent.futures import Executor
 from typing import Protocol
 
 from ledger.application import Ledger, Outcome
-from projections.runner import ProjectionRunner
+from projections.live import BalanceSource
 from schemas.commands import Command
 
 
@@ -30,13 +31,13 @@ class Writer(Protocol):
 
 
 class LedgerWriter:
-    """`Writer` over a ledger and a projection runner that live on `executor`'s one thread.
+    """`Writer` over a ledger and the balances folded after it, on `executor`'s one thread.
 
     `executor` must run one task at a time (`ThreadPoolExecutor(max_workers=1)`), and be the
     thread that opened the read store: SQLite connections stay on the thread that made them.
     """
 
-    def __init__(self, ledger: Ledger, projections: ProjectionRunner, executor: Executor) -> None:
+    def __init__(self, ledger: Ledger, projections: BalanceSource, executor: Executor) -> None:
         self.ledger = ledger
         self.projections = projections
         self.executor = executor
