@@ -49,7 +49,7 @@ from schemas.events import LogEvent, UsageCharged
 DEFAULT_SCHEMA = "public"
 
 READ_CHUNK_RECORDS = 10_000
-"""Records `read` fetches per query: a long log streams instead of loading at once."""
+"""Positions `read` fetches per query: a long log streams instead of loading at once."""
 
 CONNECT_TIMEOUT_S = 10
 """How long opening the connection may take before the store gives up."""
@@ -175,24 +175,13 @@ class PostgresEventStore:
 
         With no `until`, up to the head as it is when iteration starts.
         """
-        last = self.head().position if until is None else until
-        position = after
-        while position < last:
-            rows = self._fetch(self._q.records, (position, last, READ_CHUNK_RECORDS))
-            if not rows:
-                return
-            for row_position, recorded_at_us, data, prev_hash, digest in rows:
-                yield StoredRecord(row_position, recorded_at_us, data, prev_hash, digest)
-            position = rows[-1][0]
+        for rows in self._chunks(self._q.records, after, until):
+            for position, recorded_at_us, data, prev_hash, digest in rows:
+                yield StoredRecord(position, recorded_at_us, data, prev_hash, digest)
 
     def read_event_data(self, after: int, until: int) -> Iterator[list[bytes]]:
-        position = after
-        while position < until:
-            rows = self._fetch(self._q.event_data, (position, until, READ_CHUNK_RECORDS))
-            if not rows:
-                return
-            yield [data for (data,) in rows]
-            position += len(rows)  # positions are gap-free
+        for rows in self._chunks(self._q.event_data, after, until):
+            yield [data for (_, data) in rows]
 
     def head(self) -> Head:
         rows = self._fetch(self._q.head, ())
@@ -220,6 +209,28 @@ class PostgresEventStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    def _chunks(
+        self, query: sql.Composed, after: int, until: int | None
+    ) -> Iterator[list[tuple[Any, ...]]]:
+        """The rows of `query` for positions `after < position <= until` (up to the head), by
+        ranges of `READ_CHUNK_RECORDS` positions, each sorted by position (its first column).
+
+        The query asks for a bounded range and no order: the plan is then cheap whatever the
+        statistics say. With `ORDER BY position LIMIT n` over an open range, a table not yet
+        analyzed gets a bitmap scan of the whole range and an on-disk sort (measured: 4 times
+        slower); the rows of one range arrive nearly in order, so sorting them here costs a pass.
+        """
+        head = self.head().position
+        last = head if until is None else min(until, head)
+        position = after
+        while position < last:
+            upper = min(last, position + READ_CHUNK_RECORDS)
+            rows = self._fetch(query, (position, upper))
+            rows.sort(key=_first)
+            if rows:
+                yield rows
+            position = upper
 
     def _fetch(self, query: sql.Composed, params: Sequence[Any]) -> list[Any]:
         with self._lock:
@@ -289,11 +300,10 @@ class _Queries:
         )
         self.records = q(
             "SELECT position, recorded_at_us, data, prev_hash, hash FROM {schema}.log"
-            " WHERE position > %b AND position <= %b ORDER BY position LIMIT %b"
+            " WHERE position > %b AND position <= %b"
         )
         self.event_data = q(
-            "SELECT data FROM {schema}.log"
-            " WHERE position > %b AND position <= %b ORDER BY position LIMIT %b"
+            "SELECT position, data FROM {schema}.log WHERE position > %b AND position <= %b"
         )
         self.prior_charges = q(
             "SELECT k.subscription_id, k.event_id, k.payload_digest, k.position"
@@ -305,6 +315,10 @@ class _Queries:
             "SELECT position FROM {schema}.log WHERE recorded_at_us <= %b"
             " ORDER BY recorded_at_us DESC, position DESC LIMIT 1"
         )
+
+
+def _first(row: tuple[Any, ...]) -> Any:
+    return row[0]
 
 
 def _head_of(row: tuple[int, bytes, int] | None) -> Head:
