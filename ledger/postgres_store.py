@@ -21,7 +21,9 @@ overlapping appends could not chain anyway.
 An append costs two round trips in pipeline mode: (lock, head) then (insert the records and
 their keys with one multi-row `unnest` statement each, commit). Data and hashes are `bytea`.
 The usage key table's primary key is the idempotency check itself: a key already stored makes
-the insert fail, and with it the whole transaction.
+the insert fail, and with it the whole transaction. Its columns use the "C" collation: byte
+comparisons, whatever the database's locale (a linguistic collation would make every B-tree
+step a `strcoll`, for keys whose order means nothing).
 """
 
 from __future__ import annotations
@@ -79,8 +81,8 @@ MIGRATIONS: tuple[tuple[int, LiteralString], ...] = (
         );
         CREATE INDEX log_recorded_at_us ON {schema}.log (recorded_at_us, position);
         CREATE TABLE {schema}.usage_keys (
-            subscription_id text NOT NULL,
-            event_id text NOT NULL,
+            subscription_id text COLLATE "C" NOT NULL,
+            event_id text COLLATE "C" NOT NULL,
             payload_digest text NOT NULL,
             position bigint NOT NULL,
             CONSTRAINT usage_keys_pkey PRIMARY KEY (subscription_id, event_id)
@@ -309,7 +311,8 @@ class _Queries:
             "SELECT k.subscription_id, k.event_id, k.payload_digest, k.position"
             " FROM {schema}.usage_keys k"
             " JOIN unnest(%b::text[], %b::text[]) AS wanted (subscription_id, event_id)"
-            " USING (subscription_id, event_id)"
+            ' ON k.subscription_id = wanted.subscription_id COLLATE "C"'
+            ' AND k.event_id = wanted.event_id COLLATE "C"'
         )
         self.position_at = q(
             "SELECT position FROM {schema}.log WHERE recorded_at_us <= %b"

@@ -7,17 +7,19 @@ The store contract itself (appends, keys, chain, races, late commits) is in
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from ledger.application import Ledger
 from ledger.audit import verify
 from ledger.clock import ManualClock
-from ledger.errors import StoreError
+from ledger.errors import DuplicateUsageKey, StoreError
 from ledger.log import StoredRecord, us_from_datetime
 from ledger.postgres_store import SCHEMA_VERSION, PostgresEventStore
 from ledger.rate_card import load_rate_card
@@ -93,6 +95,40 @@ def test_two_schemas_in_one_database_keep_separate_logs_and_keys(
         with psycopg.connect(postgres_url, autocommit=True) as connection:
             query = sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE")
             connection.execute(query.format(sql.Identifier(other_schema)))
+
+
+def test_keys_are_found_in_a_database_whose_default_collation_is_linguistic(
+    postgres_url: str,
+) -> None:
+    name = f"ledger_icu_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        try:
+            admin.execute(
+                sql.SQL(
+                    "CREATE DATABASE {} TEMPLATE template0 LOCALE_PROVIDER icu"
+                    " ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'"
+                ).format(sql.Identifier(name))
+            )
+        except psycopg.Error as exc:
+            pytest.skip(f"this server cannot create an ICU database: {exc}")
+        try:
+            store = PostgresEventStore(conninfo_with_dbname(postgres_url, name))
+            try:
+                store.append(charges("a", 3), T0_US)
+                assert [p.position for p in store.prior_charges(KEYS_A).values()] == [1, 2, 3]
+                with pytest.raises(DuplicateUsageKey):
+                    store.append(charges("a", 1), T0_US)
+            finally:
+                store.close()
+        finally:
+            admin.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(name)))
+
+
+def conninfo_with_dbname(url: str, dbname: str) -> str:
+    return make_conninfo(url, dbname=dbname)
+
+
+KEYS_A = [("sub-1", f"a-{index:05d}") for index in range(3)]
 
 
 def test_an_unreachable_server_is_a_store_error() -> None:
