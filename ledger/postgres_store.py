@@ -56,6 +56,9 @@ READ_CHUNK_RECORDS = 10_000
 CONNECT_TIMEOUT_S = 10
 """How long opening the connection may take before the store gives up."""
 
+APPEND_LOCK_TIMEOUT_MS = 30_000
+"""How long an append waits for another append's lock before giving up (SQLite's busy wait)."""
+
 MAX_SCHEMA_NAME_CHARS = 63
 """PostgreSQL's identifier limit (NAMEDATALEN - 1)."""
 
@@ -118,20 +121,30 @@ class PostgresEventStore:
 
     One instance holds one connection and is used by one thread at a time (a lock guards it,
     so an async service may call it from executor threads); any number of instances, in any
-    processes, may open the same schema.
+    processes, may open the same schema. A connection the server or the network dropped fails
+    the call in flight with `StoreError` and is opened again by the next call (an append whose
+    commit was in flight may or may not have committed: callers read the log again, as
+    `Ledger` does after any failed append).
     """
 
-    def __init__(self, url: str, *, schema: str = DEFAULT_SCHEMA) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        schema: str = DEFAULT_SCHEMA,
+        lock_timeout_ms: int = APPEND_LOCK_TIMEOUT_MS,
+    ) -> None:
         if not schema or len(schema) > MAX_SCHEMA_NAME_CHARS:
             raise ValueError(f"schema must be 1 to {MAX_SCHEMA_NAME_CHARS} characters: {schema!r}")
+        if lock_timeout_ms < 1:
+            raise ValueError(f"lock_timeout_ms must be at least 1, not {lock_timeout_ms}")
         self.schema = schema
+        self._url = url
+        self._lock_timeout_ms = lock_timeout_ms
         self._append_key = append_lock_key(schema)
         self._lock = threading.Lock()
         self._q = _Queries(sql.Identifier(schema))
-        try:
-            self._db = psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
-        except psycopg.Error as error:
-            raise StoreError(f"cannot connect to PostgreSQL: {error}") from error
+        self._db = self._connect()
         try:
             self._migrate()
         except BaseException:
@@ -148,6 +161,7 @@ class PostgresEventStore:
         encoded = [EVENT_ENCODER.encode(event) for event in events]
         charges = _charges_in(events)
         with self._lock:
+            self._reconnect_if_broken()
             try:
                 with self._db.pipeline(), self._db.transaction():
                     # Two statements: the head read must take its snapshot after the lock wait.
@@ -168,6 +182,10 @@ class PostgresEventStore:
                         f"a usage key is already in the log: {error.diag.message_detail}"
                     ) from error
                 raise StoreError(f"append refused: {error}") from error
+            except psycopg.errors.LockNotAvailable as error:
+                raise StoreError(
+                    f"append gave up waiting {self._lock_timeout_ms} ms for another append"
+                ) from error
             except psycopg.Error as error:
                 raise StoreError(f"append failed: {error}") from error
         return records
@@ -236,10 +254,29 @@ class PostgresEventStore:
 
     def _fetch(self, query: sql.Composed, params: Sequence[Any]) -> list[Any]:
         with self._lock:
+            self._reconnect_if_broken()
             try:
                 return self._db.execute(query, params, binary=True).fetchall()
             except psycopg.Error as error:
                 raise StoreError(f"read failed: {error}") from error
+
+    def _connect(self) -> psycopg.Connection[tuple[Any, ...]]:
+        try:
+            db = psycopg.connect(self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
+        except psycopg.Error as error:
+            raise StoreError(f"cannot connect to PostgreSQL: {error}") from error
+        try:
+            db.execute(
+                "SELECT set_config('lock_timeout', %s, false)", (f"{self._lock_timeout_ms}ms",)
+            )
+        except psycopg.Error as error:
+            db.close()
+            raise StoreError(f"cannot set up the PostgreSQL connection: {error}") from error
+        return db
+
+    def _reconnect_if_broken(self) -> None:
+        if self._db.broken:
+            self._db = self._connect()
 
     def _migrate(self) -> None:
         """Create the schema and apply the migrations it lacks, one opener at a time."""

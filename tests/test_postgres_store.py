@@ -21,7 +21,7 @@ from ledger.audit import verify
 from ledger.clock import ManualClock
 from ledger.errors import DuplicateUsageKey, StoreError
 from ledger.log import StoredRecord, us_from_datetime
-from ledger.postgres_store import SCHEMA_VERSION, PostgresEventStore
+from ledger.postgres_store import SCHEMA_VERSION, PostgresEventStore, append_lock_key
 from ledger.rate_card import load_rate_card
 from ledger.sqlite_store import SqliteEventStore
 from services.bootstrap import bootstrap
@@ -129,6 +129,37 @@ def conninfo_with_dbname(url: str, dbname: str) -> str:
 
 
 KEYS_A = [("sub-1", f"a-{index:05d}") for index in range(3)]
+
+
+def test_an_append_that_waits_too_long_for_the_lock_gives_up_and_writes_nothing(
+    postgres_url: str, postgres_schema: str
+) -> None:
+    store = PostgresEventStore(postgres_url, schema=postgres_schema, lock_timeout_ms=200)
+    try:
+        store.append([grant()], T0_US)
+        with psycopg.connect(postgres_url) as holder:  # one open transaction until the end
+            holder.execute("SELECT pg_advisory_xact_lock(%s)", (append_lock_key(postgres_schema),))
+            with pytest.raises(StoreError, match="gave up waiting"):
+                store.append(charges("a", 2), T0_US)
+        assert store.head().position == 1
+        assert store.prior_charges(KEYS_A) == {}
+        assert [r.position for r in store.append(charges("a", 2), T0_US)] == [2, 3]
+    finally:
+        store.close()
+
+
+def test_a_dropped_connection_fails_one_call_and_the_next_one_reconnects(
+    open_store: OpenStore, postgres_url: str
+) -> None:
+    store = open_store()
+    store.append([grant()], T0_US)
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (store._db.info.backend_pid,))
+
+    with pytest.raises(StoreError):
+        store.head()
+    assert [r.position for r in store.append(charges("a", 2), T0_US)] == [2, 3]
+    assert len(store.prior_charges(KEYS_A)) == 2
 
 
 def test_an_unreachable_server_is_a_store_error() -> None:
