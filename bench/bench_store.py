@@ -23,7 +23,7 @@ from pathlib import Path
 
 import msgspec
 
-from ledger.log import us_from_datetime
+from ledger.log import EventStore, us_from_datetime
 from ledger.sqlite_store import SqliteEventStore, UsageKey
 from schemas.events import (
     Allocation,
@@ -107,9 +107,7 @@ def batches(
         yield make(min(batch, events - start), start)
 
 
-def timed_appends(
-    store: SqliteEventStore, make: Make, events: int, batch: int
-) -> tuple[float, float]:
+def timed_appends(store: EventStore, make: Make, events: int, batch: int) -> tuple[float, float]:
     """Seconds spent in `append`, and the slowest single append."""
     spent = slowest = 0.0
     for events_of_batch in batches(make, events, batch):

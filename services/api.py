@@ -454,7 +454,8 @@ class ClockAdvanced(msgspec.Struct, frozen=True):
     now: datetime
     cycles_started: list[CycleStartedView]
     packs_expired: list[PackExpiredView]
-    """What this move appended (a running ticker may have appended some of it first)."""
+    """What fell due by this move: appended by it, or by the ticker of `ledger serve` in
+    between (cycle starts and expiries appended after the request came in)."""
 
 
 # -- request bodies: the fields of schemas/commands.py, with the subscription from the path ---
@@ -1074,6 +1075,9 @@ def create_app(
                 "the ledger runs on the system clock; only LEDGER_CLOCK=manual may be moved",
             )
         before = now()
+        # The ticker of `ledger serve` may append what fell due before this request's own tick:
+        # everything after this position is what the move made due, whoever appended it.
+        position_before = events.head().position
         try:
             clock.set(us_from_datetime(data.now))
         except ValueError:
@@ -1082,8 +1086,12 @@ def create_app(
                 f"now: {data.now.isoformat()} is before the ledger clock's {before.isoformat()}",
                 parameter="now",
             ) from None
-        [outcome] = await writer.execute([AdvanceClock()])
-        appended = [record.event() for record in outcome.records]
+        await writer.execute([AdvanceClock()])
+        appended = [
+            event
+            for record in events.read(after=position_before)
+            if isinstance(event := record.event(), CycleStarted | PackExpired)
+        ]
         return ClockAdvanced(
             now=now(),
             cycles_started=[

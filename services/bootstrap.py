@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from ledger.application import Ledger
 from ledger.clock import Clock, SharedManualClock, SystemClock
 from ledger.log import EventStore, us_from_datetime
+from ledger.postgres_store import PostgresEventStore
 from ledger.rate_card import RateCard, load_rate_card
 from ledger.sqlite_store import SqliteEventStore
 from projections.runner import ProjectionRunner
@@ -15,11 +16,16 @@ from services.config import ConfigError, Settings
 
 
 def open_event_store(settings: Settings) -> EventStore:
+    """PostgreSQL when `LEDGER_DATABASE_URL` is a postgresql:// URL, else the SQLite file."""
+    url = settings.postgres_url()
+    if url is not None:
+        return PostgresEventStore(url, schema=settings.database_schema)
     return SqliteEventStore(settings.sqlite_path())
 
 
 def open_read_store(settings: Settings, store: EventStore) -> SqliteReadModelStore:
-    """Read models live in a file of their own, so a rebuild never holds the log's write lock."""
+    """Read models live in a file of their own, so a rebuild never holds the log's write lock;
+    in SQLite in the data dir even when the log is in PostgreSQL (for now)."""
     return SqliteReadModelStore(settings.read_model_path(), store)
 
 

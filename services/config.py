@@ -13,6 +13,8 @@ ClockKind = Literal["system", "manual"]
 DEFAULT_DATA_DIR = "./var"
 DEFAULT_STREAM = "ledger.usage"
 DATABASE_FILE = "ledger.sqlite3"
+DEFAULT_DATABASE_SCHEMA = "public"
+POSTGRES_URL_PREFIXES = ("postgresql://", "postgres://")
 
 
 class ConfigError(ValueError):
@@ -23,6 +25,7 @@ class ConfigError(ValueError):
 class Settings:
     data_dir: Path = Path(DEFAULT_DATA_DIR)
     database_url: str | None = None
+    database_schema: str = DEFAULT_DATABASE_SCHEMA
     redis_url: str | None = None
     host: str = "127.0.0.1"
     port: int = 8080
@@ -45,6 +48,7 @@ class Settings:
         return cls(
             data_dir=Path(env.get("LEDGER_DATA_DIR", DEFAULT_DATA_DIR)),
             database_url=env.get("LEDGER_DATABASE_URL") or None,
+            database_schema=env.get("LEDGER_DATABASE_SCHEMA") or DEFAULT_DATABASE_SCHEMA,
             redis_url=env.get("LEDGER_REDIS_URL") or None,
             host=env.get("LEDGER_HOST", "127.0.0.1"),
             port=int(port_text),
@@ -62,16 +66,27 @@ class Settings:
     def dead_letter_stream(self) -> str:
         return f"{self.usage_stream}.dead"
 
-    def sqlite_path(self) -> Path:
-        """The SQLite file of the log and read models."""
+    def postgres_url(self) -> str | None:
+        """The URL of the PostgreSQL database holding the log, or None when it is SQLite."""
         url = self.database_url
-        if url is None:
+        if url is not None and url.startswith(POSTGRES_URL_PREFIXES):
+            return url
+        return None
+
+    def sqlite_path(self) -> Path:
+        """The SQLite file of the log, beside which the read models' file lives.
+
+        With the log in PostgreSQL there is no such file: this is then `<data dir>/ledger.sqlite3`,
+        never created, from which the read models' file (still SQLite) takes its name.
+        """
+        url = self.database_url
+        if url is None or self.postgres_url() is not None:
             return self.data_dir / DATABASE_FILE
         if url.startswith("sqlite:///"):
             return Path(url.removeprefix("sqlite:///"))
-        if url.startswith(("postgresql://", "postgres://")):
-            raise ConfigError("LEDGER_DATABASE_URL: the PostgreSQL store has not landed yet")
-        raise ConfigError(f"LEDGER_DATABASE_URL must be sqlite:///PATH, not {url!r}")
+        raise ConfigError(
+            f"LEDGER_DATABASE_URL must be sqlite:///PATH or postgresql://..., not {url!r}"
+        )
 
     def manual_clock_path(self) -> Path:
         """Where LEDGER_CLOCK=manual keeps its time, so `ledger clock set` can move it."""

@@ -12,6 +12,15 @@ Redis (real in every test that crosses it; see the team guide):
 - `redis_sync` / `redis_async` (function): clients of `redis_url` (bytes responses).
 - `embedded_redis` (function): a private server with the append-only file on, in tmp_path,
   for tests that stop, kill or restart Redis.
+
+PostgreSQL (real in every test of the PostgreSQL store):
+- `postgres_url` (session): a server found in this order: env `LEDGER_TEST_DATABASE_URL` or
+  `DATABASE_URL`; a testcontainers PostgreSQL when a Docker engine answers; else a
+  `LocalPostgres` the fixture starts from local `initdb`/`pg_ctl` (PATH, then
+  /usr/lib/postgresql/*/bin; as an unprivileged user when the tests run as root). With none,
+  `no_service` as for Redis.
+- `postgres_schema` (function): a schema name unique to this test, dropped (CASCADE) when it
+  ends; the session server may be shared, so tests keep every table inside it.
 """
 
 from __future__ import annotations
@@ -22,11 +31,14 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import NoReturn
 
+import psycopg
 import pytest
 import redis
 import redis.asyncio
 import structlog
+from psycopg import sql
 
+from services.postgres_server import LocalPostgres, LocalPostgresError, find_postgres_binaries
 from services.redis_server import EmbeddedRedis, EmbeddedRedisError, find_redis_binary
 
 log = structlog.get_logger()
@@ -186,3 +198,84 @@ def embedded_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
         yield server
     finally:
         server.stop()
+
+
+# -- PostgreSQL -------------------------------------------------------------------------------
+
+DATABASE_URL_ENV_VARS = ("LEDGER_TEST_DATABASE_URL", "DATABASE_URL")
+POSTGRES_CONTAINER_IMAGE = "postgres:16-alpine"
+POSTGRES_CONNECT_TIMEOUT_S = 5
+
+
+def _postgres_answers(url: str) -> str | None:
+    """Why `url` cannot be used, or None when a query runs on it."""
+    try:
+        with psycopg.connect(url, connect_timeout=POSTGRES_CONNECT_TIMEOUT_S) as connection:
+            connection.execute("SELECT 1")
+    except psycopg.Error as exc:
+        return str(exc)
+    return None
+
+
+def _missing_postgres_binaries() -> str | None:
+    try:
+        find_postgres_binaries()
+    except LocalPostgresError as exc:
+        return str(exc)
+    return None
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """URL of a real PostgreSQL for the whole session (see the module docstring for the order)."""
+    for variable in DATABASE_URL_ENV_VARS:
+        url = os.environ.get(variable)
+        if url:
+            problem = _postgres_answers(url)
+            if problem is not None:
+                pytest.fail(f"{variable} does not answer: {problem}", pytrace=False)
+            log.info("tests.postgres", source=variable)
+            yield url
+            return
+
+    if docker_engine_answers():
+        try:
+            from testcontainers.community.postgres import PostgresContainer
+        except ImportError:  # testcontainers < 4.14
+            from testcontainers.postgres import PostgresContainer
+        container = PostgresContainer(POSTGRES_CONTAINER_IMAGE, driver=None)
+        try:
+            container.start()
+        except Exception as exc:  # e.g. the image cannot be pulled: fall through to binaries
+            log.warning("tests.postgres_container_failed", error=str(exc))
+        else:
+            try:
+                log.info("tests.postgres", source="testcontainers")
+                yield container.get_connection_url()
+            finally:
+                container.stop()
+            return
+
+    missing = _missing_postgres_binaries()
+    if missing is not None:
+        no_service(
+            "no PostgreSQL for tests: LEDGER_TEST_DATABASE_URL and DATABASE_URL are unset, no "
+            f"Docker engine answers, and {missing}"
+        )
+    server = LocalPostgres().start()
+    log.info("tests.postgres", source="local binaries", url=server.url)
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_schema(postgres_url: str) -> Iterator[str]:
+    """A schema name for this test alone (created by whoever uses it), dropped at the end."""
+    schema = f"test_{uuid.uuid4().hex[:16]}"
+    yield schema
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        connection.execute(
+            sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema))
+        )

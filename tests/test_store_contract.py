@@ -1,28 +1,33 @@
-"""The event store contract: one suite, run against every store kind (SQLite today).
+"""The event store contract: one suite, run against every store kind (SQLite and PostgreSQL).
 
 A new kind joins by adding its name to `STORE_KINDS` and a branch to `StoreOpener` and
-`StoreFactory`'s tampering helpers; the tests themselves do not change.
+`StoreFactory`'s raw helpers (tampering, and an append held open); the tests themselves do not
+change. PostgreSQL runs on the session server of `postgres_url`, each test in its own schema.
 """
 
 from __future__ import annotations
 
 import itertools
 import multiprocessing
+import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
+from psycopg import sql
 
 from ledger.chain import verify_chain
 from ledger.errors import ClockWentBackwards, DuplicateUsageKey
 from ledger.log import (
+    EVENT_ENCODER,
     GENESIS_HASH,
     MAX_APPEND_EVENTS,
     EventStore,
@@ -32,6 +37,7 @@ from ledger.log import (
     record_hash,
     us_from_datetime,
 )
+from ledger.postgres_store import PostgresEventStore, append_lock_key
 from ledger.sqlite_store import SqliteEventStore
 from schemas.events import (
     Allocation,
@@ -43,7 +49,7 @@ from schemas.events import (
 )
 from schemas.usage import Usage
 
-STORE_KINDS = ["sqlite"]
+STORE_KINDS = ["sqlite", "postgres"]
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 T0_US = us_from_datetime(T0)
@@ -54,6 +60,8 @@ RACE_BATCH_EVENTS = 10
 RACE_MERGE_KEYS_EVERY = 64
 RACE_TIMEOUT_S = 120
 RACE_PAUSE_S = 0.001
+HELD_APPEND_WAIT_S = 1.0
+"""How long a second appender is given to (wrongly) get past an append that is held open."""
 
 
 # --- events -----------------------------------------------------------------------------------
@@ -109,10 +117,13 @@ class StoreOpener:
 
     `colliding_keys` makes every usage key look alike to the store's index, where the kind has
     such a thing; `merge_keys_every` makes a kind that batches index maintenance do it often.
+    (PostgreSQL keys its index by the full key and maintains it per append: both are moot.)
+    `location` is a file path for SQLite, a URL for PostgreSQL, which also takes `schema`.
     """
 
     kind: str
     location: str
+    schema: str | None = None
     colliding_keys: bool = False
     merge_keys_every: int | None = None
 
@@ -124,6 +135,9 @@ class StoreOpener:
             if self.merge_keys_every is not None:
                 options["recent_usage_keys_max"] = self.merge_keys_every
             return SqliteEventStore(self.location, **options)
+        if self.kind == "postgres":
+            assert self.schema is not None
+            return PostgresEventStore(self.location, schema=self.schema)
         raise ValueError(f"unknown store kind {self.kind!r}")
 
 
@@ -134,13 +148,14 @@ class StoreFactory:
     write access to the database would.
     """
 
-    def __init__(self, kind: str, tmp_path: Path) -> None:
+    def __init__(self, kind: str, location: str, schema: str | None = None) -> None:
         self.kind = kind
-        self.location = str(tmp_path / "log" / "ledger.sqlite")
+        self.location = location
+        self.schema = schema
         self._opened: list[EventStore] = []
 
     def opener(self, **options: Any) -> StoreOpener:
-        return StoreOpener(self.kind, self.location, **options)
+        return StoreOpener(self.kind, self.location, self.schema, **options)
 
     def __call__(self, **options: Any) -> EventStore:
         store = self.opener(**options)()
@@ -172,20 +187,94 @@ class StoreFactory:
             )
 
     @contextmanager
-    def _raw(self) -> Iterator[sqlite3.Connection]:
-        if self.kind != "sqlite":
+    def append_held_open(self, event: LogEvent, at_us: int) -> Iterator[StoredRecord]:
+        """Appends one event without a usage key the way the kind's store does (takes the
+        append lock, reads the head, writes the next position) and yields the record while its
+        transaction is still open; commits when the block ends."""
+        tag = str(type(event).__struct_config__.tag)
+        data = EVENT_ENCODER.encode(event)
+        if self.kind == "sqlite":
+            db = sqlite3.connect(self.location, isolation_level=None)
+            try:
+                db.execute("BEGIN IMMEDIATE")  # the store's append lock
+                record = _next_record(db.execute(_HEAD_SQL).fetchone(), at_us, data)
+                db.execute(_INSERT_SQL, _row(record, event.subscription_id, tag))
+                yield record
+                db.execute("COMMIT")
+            finally:
+                db.close()
+        elif self.kind == "postgres":
+            assert self.schema is not None
+            with psycopg.connect(self.location) as pg:  # one transaction until commit()
+                pg.execute("SELECT pg_advisory_xact_lock(%s)", (append_lock_key(self.schema),))
+                record = _next_record(pg.execute(self._pg(_HEAD_SQL)).fetchone(), at_us, data)
+                pg.execute(self._pg(_INSERT_SQL), _row(record, event.subscription_id, tag))
+                yield record
+                pg.commit()
+        else:
             raise ValueError(f"no raw access to a {self.kind!r} store")
-        db = sqlite3.connect(self.location)
-        try:
-            with db:
-                yield db
-        finally:
-            db.close()
+
+    @contextmanager
+    def _raw(self) -> Iterator[_RawConnection]:
+        if self.kind == "sqlite":
+            db = sqlite3.connect(self.location)
+            try:
+                with db:
+                    yield _RawConnection(db.execute)
+            finally:
+                db.close()
+        elif self.kind == "postgres":
+            with psycopg.connect(self.location) as pg:  # commits when the block ends
+                yield _RawConnection(lambda text, params: pg.execute(self._pg(text), params))
+        else:
+            raise ValueError(f"no raw access to a {self.kind!r} store")
+
+    def _pg(self, text: str) -> sql.Composed:
+        """A statement written for SQLite, made PostgreSQL's: `%s` marks, this test's schema."""
+        qualified = re.sub(r"\blog\b", "{schema}.log", text.replace("?", "%s"))
+        return sql.SQL(qualified).format(schema=sql.Identifier(self.schema or ""))
+
+
+@dataclass(frozen=True)
+class _RawConnection:
+    execute: Callable[[str, tuple[Any, ...]], Any]
+
+
+_HEAD_SQL = "SELECT position, hash FROM log ORDER BY position DESC LIMIT 1"
+_INSERT_SQL = (
+    "INSERT INTO log (position, recorded_at_us, subscription_id, type, prev_hash, hash, data)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _next_record(head: tuple[int, bytes] | None, at_us: int, data: bytes) -> StoredRecord:
+    position, prev_hash = (0, GENESIS_HASH) if head is None else (head[0], bytes(head[1]))
+    digest = record_hash(prev_hash, position + 1, at_us, data)
+    return StoredRecord(position + 1, at_us, data, prev_hash, digest)
+
+
+def _row(record: StoredRecord, subscription_id: str, tag: str) -> tuple[Any, ...]:
+    return (
+        record.position,
+        record.recorded_at_us,
+        subscription_id,
+        tag,
+        record.prev_hash,
+        record.hash,
+        record.data,
+    )
 
 
 @pytest.fixture(params=STORE_KINDS)
 def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
-    factory = StoreFactory(request.param, tmp_path)
+    if request.param == "postgres":
+        factory = StoreFactory(
+            "postgres",
+            request.getfixturevalue("postgres_url"),
+            request.getfixturevalue("postgres_schema"),
+        )
+    else:
+        factory = StoreFactory(request.param, str(tmp_path / "log" / "ledger.sqlite"))
     yield factory
     factory.close_all()
 
@@ -512,6 +601,38 @@ def test_two_processes_appending_at_once_keep_positions_gap_free(
 
     assert [racer.exitcode for racer in racers] == [0, 0]
     assert_race_outcome(store_factory(), ["left", "right"])
+
+
+def test_a_transaction_that_takes_its_position_first_and_commits_last_is_still_read(
+    store_factory: StoreFactory,
+) -> None:
+    store, late_appender, reader = store_factory(), store_factory(), store_factory()
+    appended(store, [grant()])
+    seen: list[StoredRecord] = []
+
+    def follow() -> None:
+        """A projector's loop body: everything after its cursor, the cursor moved to the last."""
+        seen.extend(reader.read(after=seen[-1].position if seen else 0))
+
+    follow()
+    later: list[StoredRecord] = []
+    with store_factory.append_held_open(grant("seat-first"), T0_US) as first:
+        assert first.position == 2
+        second = threading.Thread(
+            target=lambda: later.extend(late_appender.append([grant("seat-second")], T0_US))
+        )
+        second.start()
+        second.join(HELD_APPEND_WAIT_S)
+        assert second.is_alive(), "the second append did not wait for the one holding position 2"
+        follow()
+        assert [r.position for r in seen] == [1], "nothing may be read past an open position"
+    second.join(RACE_TIMEOUT_S)
+    follow()
+
+    assert [r.position for r in later] == [3]
+    assert [r.position for r in seen] == [1, 2, 3]
+    assert seen[1] == first
+    assert verify_chain(seen) is None
 
 
 # --- tampering --------------------------------------------------------------------------------
