@@ -1,13 +1,20 @@
 """The write path: decide a batch of commands against the in-memory state and append every
 resulting event in one transaction, at one recorded instant taken from the injected clock.
 
-One `Ledger` is the single writer of its log. Its state is folded from the log at start and
-kept in step with every append; when an append fails, the state is folded again from the log,
-so memory never holds a decision the log does not.
+A `Ledger` keeps its state folded from the log at start and in step with every append. Several
+ledgers (processes) may write one log: each append carries the position its batch was decided
+on (`expected_position`), and when another writer appended in between the store refuses it
+(`ConcurrentAppend`); the ledger then undoes its speculative state, catches up and decides
+again, at most `MAX_CONCURRENT_APPEND_RETRIES` times. An append under a partition lease carries
+its `Fence`; a lost lease (`LeaseLost`) undoes the batch and is raised to the caller. Any other
+failed append folds the state again from the log, so memory never holds a decision the log
+does not.
 """
 
 from __future__ import annotations
 
+import random
+import time
 from collections.abc import Sequence
 from typing import Literal
 
@@ -15,16 +22,33 @@ import msgspec
 
 from ledger.clock import Clock
 from ledger.decider import decide
-from ledger.errors import Rejected
+from ledger.errors import ConcurrentAppend, LeaseLost, Rejected
 from ledger.idempotency import UsageKey, payload_digest, usage_key
+from ledger.leases import Fence
 from ledger.log import EventStore, StoredRecord, datetime_from_us
 from ledger.rate_card import RateCard
-from ledger.state import LedgerState, evolve, initial_state
+from ledger.state import (
+    LedgerState,
+    SubscriptionState,
+    copy_subscription,
+    evolve,
+    initial_state,
+    revert_charge,
+)
 from schemas.commands import AdvanceClock, ChargeUsage, Command
-from schemas.events import LogEvent, UsageCharged
+from schemas.events import LogEvent, SeatAdded, UsageCharged
 from schemas.usage import UsageEvent
 
 OutcomeStatus = Literal["applied", "duplicate", "rejected"]
+
+MAX_CONCURRENT_APPEND_RETRIES = 10
+"""Times one `execute` catches up and decides again because another writer appended first;
+then `ConcurrentAppend` is raised (the caller's batch fails and is retried later)."""
+
+RETRY_BACKOFF_BASE_S = 0.002
+RETRY_BACKOFF_MAX_S = 0.1
+"""Before deciding again, a refused writer waits a random time up to base * 2^retries (capped):
+the writer that just won would otherwise win every round, being the one that needs no catch-up."""
 
 
 class Outcome(msgspec.Struct, frozen=True):
@@ -43,6 +67,10 @@ class Ledger:
         self.clock = clock
         self.state: LedgerState = initial_state()
         self.position = 0
+        self.recorded_at_us = 0
+        """The recorded time of the record at `position`."""
+        self.concurrent_appends = 0
+        """Appends refused because another writer appended first (each was decided again)."""
         self.catch_up()
 
     def catch_up(self) -> int:
@@ -50,24 +78,41 @@ class Ledger:
         for record in self.store.read(after=self.position):
             evolve(self.state, record.event())
             self.position = record.position
+            self.recorded_at_us = record.recorded_at_us
         return self.position
 
-    def charge(self, usages: Sequence[UsageEvent]) -> list[Outcome]:
-        return self.execute([ChargeUsage(usage, payload_digest(usage)) for usage in usages])
+    def charge(self, usages: Sequence[UsageEvent], fence: Fence | None = None) -> list[Outcome]:
+        commands = [ChargeUsage(usage, payload_digest(usage)) for usage in usages]
+        return self.execute(commands, fence=fence)
 
-    def tick(self) -> Outcome:
+    def tick(self, fence: Fence | None = None) -> Outcome:
         """Append the cycle starts and pack expiries that fell due by the clock's now."""
-        return self.execute([AdvanceClock()])[0]
+        return self.execute([AdvanceClock()], fence=fence)[0]
 
-    def execute(self, commands: Sequence[Command]) -> list[Outcome]:
-        head = self.store.head()
-        if head.position != self.position:
+    def execute(self, commands: Sequence[Command], *, fence: Fence | None = None) -> list[Outcome]:
+        """Decide `commands` on the state at the head and append the events in one
+        transaction; decide again on a newer head when another writer appended first."""
+        retries = 0
+        while True:
+            try:
+                return self._execute_once(commands, fence)
+            except ConcurrentAppend:
+                self.concurrent_appends += 1
+                if retries == MAX_CONCURRENT_APPEND_RETRIES:
+                    raise
+                retries += 1
+                ceiling_s = min(RETRY_BACKOFF_MAX_S, RETRY_BACKOFF_BASE_S * 2**retries)
+                time.sleep(random.uniform(0, ceiling_s))
+
+    def _execute_once(self, commands: Sequence[Command], fence: Fence | None) -> list[Outcome]:
+        if self.store.head().position != self.position:
             self.catch_up()
-        at_us = max(self.clock.now_us(), head.recorded_at_us)
+        at_us = max(self.clock.now_us(), self.recorded_at_us)
         at = datetime_from_us(at_us)
         charged = self._prior_charges(commands)
         decided: list[tuple[OutcomeStatus, list[LogEvent], Rejected | None]] = []
         batch: list[LogEvent] = []
+        undo = _Undo(self.state)
         try:
             for command in commands:
                 if isinstance(command, ChargeUsage):
@@ -80,18 +125,23 @@ class Ledger:
                     decided.append(("rejected", [], refusal))
                     continue
                 for event in events:
+                    undo.save(event)
                     evolve(self.state, event)
                     if isinstance(event, UsageCharged):
                         charged[(event.subscription_id, event.event_id)] = event.payload_digest
                 duplicate = isinstance(command, ChargeUsage) and not events
                 decided.append(("duplicate" if duplicate else "applied", events, None))
                 batch.extend(events)
-            records = self.store.append(batch, at_us)
+            records = self.store.append(batch, at_us, expected_position=self.position, fence=fence)
+        except (ConcurrentAppend, LeaseLost):  # nothing was written: the state was at `position`
+            undo.restore()
+            raise
         except BaseException:
             self._refold()
             raise
         if records:
             self.position = records[-1].position
+            self.recorded_at_us = at_us
         return self._outcomes(decided, records)
 
     def _prior_charges(self, commands: Sequence[Command]) -> dict[UsageKey, str]:
@@ -101,7 +151,7 @@ class Ledger:
         return {key: prior.payload_digest for key, prior in self.store.prior_charges(keys).items()}
 
     def _refold(self) -> None:
-        self.state, self.position = initial_state(), 0
+        self.state, self.position, self.recorded_at_us = initial_state(), 0, 0
         self.catch_up()
 
     @staticmethod
@@ -118,3 +168,43 @@ class Ledger:
             outcomes.append(Outcome(status, tuple(records[offset : offset + len(events)])))
             offset += len(events)
         return outcomes
+
+
+class _Undo:
+    """What a batch's speculative `evolve` calls changed, to put back when its append is refused.
+
+    A charge only moves credits, so it is undone by moving them back (`revert_charge`): the fast
+    path copies nothing. Before any other event first touches a subscription, a copy of it is
+    kept (None: it did not exist); the charges folded into it before that copy are reverted on
+    the copy. Seat ids a batch added to `seat_owner` are removed again.
+    """
+
+    def __init__(self, state: LedgerState) -> None:
+        self._state = state
+        self._saved: dict[str, SubscriptionState | None] = {}
+        self._charges: list[UsageCharged] = []
+        self._seats_added: list[str] = []
+
+    def save(self, event: LogEvent) -> None:
+        subscription_id = event.subscription_id
+        if type(event) is UsageCharged:
+            if subscription_id not in self._saved:
+                self._charges.append(event)
+            return
+        if subscription_id not in self._saved:
+            current = self._state.subscriptions.get(subscription_id)
+            self._saved[subscription_id] = None if current is None else copy_subscription(current)
+        if isinstance(event, SeatAdded) and event.seat_id not in self._state.seat_owner:
+            self._seats_added.append(event.seat_id)
+
+    def restore(self) -> None:
+        subscriptions = self._state.subscriptions
+        for subscription_id, saved in self._saved.items():
+            if saved is None:
+                subscriptions.pop(subscription_id, None)
+            else:
+                subscriptions[subscription_id] = saved
+        for charge in reversed(self._charges):
+            revert_charge(subscriptions[charge.subscription_id], charge)
+        for seat_id in self._seats_added:
+            self._state.seat_owner.pop(seat_id, None)

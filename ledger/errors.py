@@ -70,5 +70,25 @@ class ClockWentBackwards(StoreError):
     """An append's recorded time is earlier than the log head's."""
 
 
+class ConcurrentAppend(StoreError):
+    """The log head moved past the position an append was decided on; nothing was written.
+
+    Another writer appended in between: the caller catches up and decides again.
+    """
+
+    def __init__(self, expected_position: int, head_position: int) -> None:
+        super().__init__(
+            f"the append was decided at position {expected_position}, the head is at "
+            f"{head_position}"
+        )
+        self.expected_position = expected_position
+        self.head_position = head_position
+
+
+class LeaseLost(StoreError):
+    """An append's fencing token is no longer the partition's current lease; nothing was
+    written. The worker stops consuming that partition (another owns it now)."""
+
+
 class RateCardError(LedgerError):
     """The rate card file is malformed or has no version in force."""

@@ -14,6 +14,7 @@ from typing import Protocol
 
 import msgspec
 
+from ledger.leases import Fence
 from schemas.events import LogEvent
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -84,9 +85,23 @@ class EventStore(Protocol):
       idempotency key (subscription_id, event_id) is written in that same transaction. A key
       already present makes the whole append fail with `DuplicateUsageKey` and write nothing.
     - `recorded_at_us` must not be earlier than the head's; the store refuses it otherwise.
+    - `expected_position`, when given, is the head the events were decided on: if the head
+      moved (another writer appended), the append raises `ConcurrentAppend` and writes nothing.
+    - `fence`, when given, must still be the partition's live lease (owner, token, not expired
+      by the database's clock) or the append raises `LeaseLost` and writes nothing.
+
+    Both are checked inside the append transaction, after its lock, so no other append can
+    come between the check and the commit.
     """
 
-    def append(self, events: Sequence[LogEvent], recorded_at_us: int) -> list[StoredRecord]: ...
+    def append(
+        self,
+        events: Sequence[LogEvent],
+        recorded_at_us: int,
+        *,
+        expected_position: int | None = None,
+        fence: Fence | None = None,
+    ) -> list[StoredRecord]: ...
 
     def read(self, after: int = 0, until: int | None = None) -> Iterator[StoredRecord]:
         """Records with `after < position <= until` (no upper bound when None), in order."""

@@ -36,7 +36,14 @@ from typing import Any, LiteralString, get_args
 import psycopg
 from psycopg import sql
 
-from ledger.errors import ClockWentBackwards, DuplicateUsageKey, StoreError
+from ledger.errors import (
+    ClockWentBackwards,
+    ConcurrentAppend,
+    DuplicateUsageKey,
+    LeaseLost,
+    StoreError,
+)
+from ledger.leases import Fence, Lease, LeaseHolder
 from ledger.log import (
     EVENT_ENCODER,
     GENESIS_HASH,
@@ -58,6 +65,13 @@ CONNECT_TIMEOUT_S = 10
 
 APPEND_LOCK_TIMEOUT_MS = 30_000
 """How long an append waits for another append's lock before giving up (SQLite's busy wait)."""
+
+IDLE_IN_TRANSACTION_TIMEOUT_MS = 10_000
+"""A session that stops in the middle of an append (its process frozen or cut off) is ended by
+the server after this long, which releases the append lock it holds."""
+
+DEAD_WORKER_ROWS_KEPT_S = 3_600
+"""Heartbeat rows of workers gone this long are deleted by the next heartbeat."""
 
 MAX_SCHEMA_NAME_CHARS = 63
 """PostgreSQL's identifier limit (NAMEDATALEN - 1)."""
@@ -89,6 +103,36 @@ MIGRATIONS: tuple[tuple[int, LiteralString], ...] = (
             payload_digest text NOT NULL,
             position bigint NOT NULL,
             CONSTRAINT usage_keys_pkey PRIMARY KEY (subscription_id, event_id)
+        );
+        """,
+    ),
+    (
+        2,
+        """
+        CREATE TABLE {schema}.leases (
+            partition integer PRIMARY KEY,
+            owner text NOT NULL,
+            token bigint NOT NULL,
+            expires_at timestamptz NOT NULL
+        );
+        CREATE TABLE {schema}.lease_takeovers (
+            partition integer NOT NULL,
+            token bigint NOT NULL,
+            owner text NOT NULL,
+            taken_at timestamptz NOT NULL,
+            PRIMARY KEY (partition, token)
+        );
+        CREATE TABLE {schema}.workers (
+            owner text PRIMARY KEY,
+            expires_at timestamptz NOT NULL
+        );
+        CREATE TABLE {schema}.fenced_appends (
+            first_position bigint PRIMARY KEY,
+            last_position bigint NOT NULL,
+            partition integer NOT NULL,
+            owner text NOT NULL,
+            token bigint NOT NULL,
+            checked_at timestamptz NOT NULL
         );
         """,
     ),
@@ -133,6 +177,7 @@ class PostgresEventStore:
         *,
         schema: str = DEFAULT_SCHEMA,
         lock_timeout_ms: int = APPEND_LOCK_TIMEOUT_MS,
+        idle_in_transaction_timeout_ms: int = IDLE_IN_TRANSACTION_TIMEOUT_MS,
     ) -> None:
         if not schema or len(schema) > MAX_SCHEMA_NAME_CHARS:
             raise ValueError(f"schema must be 1 to {MAX_SCHEMA_NAME_CHARS} characters: {schema!r}")
@@ -141,6 +186,7 @@ class PostgresEventStore:
         self.schema = schema
         self._url = url
         self._lock_timeout_ms = lock_timeout_ms
+        self._idle_timeout_ms = idle_in_transaction_timeout_ms
         self._append_key = append_lock_key(schema)
         self._lock = threading.Lock()
         self._q = _Queries(sql.Identifier(schema))
@@ -151,7 +197,14 @@ class PostgresEventStore:
             self._db.close()
             raise
 
-    def append(self, events: Sequence[LogEvent], recorded_at_us: int) -> list[StoredRecord]:
+    def append(
+        self,
+        events: Sequence[LogEvent],
+        recorded_at_us: int,
+        *,
+        expected_position: int | None = None,
+        fence: Fence | None = None,
+    ) -> list[StoredRecord]:
         if not events:
             return []
         if len(events) > MAX_APPEND_EVENTS:
@@ -166,7 +219,13 @@ class PostgresEventStore:
                 with self._db.pipeline(), self._db.transaction():
                     # Two statements: the head read must take its snapshot after the lock wait.
                     self._db.execute(self._q.lock, (self._append_key,))
+                    lease = None
+                    if fence is not None:
+                        lease = self._db.execute(self._q.fence, (fence.partition,), binary=True)
                     head = _head_of(self._db.execute(self._q.head, binary=True).fetchone())
+                    checked_at = _check_fence(fence, lease.fetchone() if lease else None)
+                    if expected_position is not None and head.position != expected_position:
+                        raise ConcurrentAppend(expected_position, head.position)
                     if head.position and recorded_at_us < head.recorded_at_us:
                         raise ClockWentBackwards(
                             f"recorded_at_us {recorded_at_us} is earlier than the head's "
@@ -176,6 +235,18 @@ class PostgresEventStore:
                     if charges:
                         self._db.execute(self._q.insert_keys, _key_columns(charges, records))
                     self._db.execute(self._q.insert_records, _record_columns(records, events))
+                    if fence is not None:
+                        self._db.execute(
+                            self._q.insert_fenced_append,
+                            (
+                                records[0].position,
+                                records[-1].position,
+                                fence.partition,
+                                fence.owner,
+                                fence.token,
+                                checked_at,
+                            ),
+                        )
             except psycopg.errors.UniqueViolation as error:
                 if error.diag.constraint_name == _USAGE_KEYS_PRIMARY_KEY:
                     raise DuplicateUsageKey(
@@ -226,6 +297,61 @@ class PostgresEventStore:
         rows = self._fetch(self._q.position_at, (recorded_at_us,))
         return int(rows[0][0]) if rows else 0
 
+    # -- leases (ledger.leases.LeaseStore) ---------------------------------------------------
+
+    def acquire(self, partition: int, owner: str, ttl_ms: int) -> Lease | None:
+        with self._lock:
+            self._reconnect_if_broken()
+            try:
+                with self._db.transaction():
+                    # Under the append lock: no append is between its fence check and commit.
+                    self._db.execute(self._q.lock, (self._append_key,))
+                    row = self._db.execute(
+                        self._q.take_lease, (partition, owner, ttl_ms)
+                    ).fetchone()
+                    if row is None:
+                        return None
+                    token, expires_at = row
+                    self._db.execute(self._q.record_takeover, (partition, token, owner))
+            except psycopg.Error as error:
+                raise StoreError(f"lease acquisition failed: {error}") from error
+        return Lease(partition, owner, token, expires_at)
+
+    def renew(self, fence: Fence, ttl_ms: int) -> Lease | None:
+        rows = self._fetch(
+            self._q.renew_lease, (ttl_ms, fence.partition, fence.owner, fence.token), binary=False
+        )
+        if not rows:
+            return None
+        return Lease(fence.partition, fence.owner, fence.token, rows[0][0])
+
+    def release(self, fence: Fence) -> None:
+        self._fetch(
+            self._q.release_lease, (fence.partition, fence.owner, fence.token), binary=False
+        )
+
+    def heartbeat(self, owner: str, ttl_ms: int) -> list[str]:
+        with self._lock:
+            self._reconnect_if_broken()
+            try:
+                with self._db.transaction():
+                    self._db.execute(self._q.heartbeat, (owner, ttl_ms))
+                    self._db.execute(self._q.forget_dead_workers, (DEAD_WORKER_ROWS_KEPT_S,))
+                    rows = self._db.execute(self._q.live_workers).fetchall()
+            except psycopg.Error as error:
+                raise StoreError(f"heartbeat failed: {error}") from error
+        return [owner for (owner,) in rows]
+
+    def leave(self, owner: str) -> None:
+        self._fetch(self._q.leave, (owner,), binary=False)
+
+    def holders(self) -> dict[int, LeaseHolder]:
+        rows = self._fetch(self._q.holders, (), binary=False)
+        return {
+            partition: LeaseHolder(partition, owner, token, live)
+            for partition, owner, token, live in rows
+        }
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
@@ -252,13 +378,16 @@ class PostgresEventStore:
                 yield rows
             position = upper
 
-    def _fetch(self, query: sql.Composed, params: Sequence[Any]) -> list[Any]:
+    def _fetch(
+        self, query: sql.Composed, params: Sequence[Any], *, binary: bool = True
+    ) -> list[Any]:
         with self._lock:
             self._reconnect_if_broken()
             try:
-                return self._db.execute(query, params, binary=True).fetchall()
+                cursor = self._db.execute(query, params, binary=binary)
+                return cursor.fetchall() if cursor.description is not None else []
             except psycopg.Error as error:
-                raise StoreError(f"read failed: {error}") from error
+                raise StoreError(f"query failed: {error}") from error
 
     def _connect(self) -> psycopg.Connection[tuple[Any, ...]]:
         try:
@@ -267,7 +396,9 @@ class PostgresEventStore:
             raise StoreError(f"cannot connect to PostgreSQL: {error}") from error
         try:
             db.execute(
-                "SELECT set_config('lock_timeout', %s, false)", (f"{self._lock_timeout_ms}ms",)
+                "SELECT set_config('lock_timeout', %s, false),"
+                " set_config('idle_in_transaction_session_timeout', %s, false)",
+                (f"{self._lock_timeout_ms}ms", f"{self._idle_timeout_ms}ms"),
             )
         except psycopg.Error as error:
             db.close()
@@ -351,10 +482,76 @@ class _Queries:
             ' ON k.subscription_id = wanted.subscription_id COLLATE "C"'
             ' AND k.event_id = wanted.event_id COLLATE "C"'
         )
+        self.fence = q(
+            "SELECT owner, token, clock_timestamp(), expires_at > clock_timestamp()"
+            " FROM {schema}.leases WHERE partition = %b"
+        )
+        self.insert_fenced_append = q(
+            "INSERT INTO {schema}.fenced_appends"
+            " (first_position, last_position, partition, owner, token, checked_at)"
+            " VALUES (%b, %b, %b, %b, %b, %b)"
+        )
+        self.take_lease = q(
+            "INSERT INTO {schema}.leases AS l (partition, owner, token, expires_at)"
+            " VALUES (%s, %s, 1, clock_timestamp() + %s * interval '1 millisecond')"
+            " ON CONFLICT (partition) DO UPDATE"
+            " SET owner = excluded.owner, token = l.token + 1, expires_at = excluded.expires_at"
+            " WHERE l.expires_at <= clock_timestamp() OR l.owner = excluded.owner"
+            " RETURNING token, expires_at"
+        )
+        self.record_takeover = q(
+            "INSERT INTO {schema}.lease_takeovers (partition, token, owner, taken_at)"
+            " VALUES (%s, %s, %s, clock_timestamp())"
+        )
+        self.renew_lease = q(
+            "UPDATE {schema}.leases"
+            " SET expires_at = clock_timestamp() + %s * interval '1 millisecond'"
+            " WHERE partition = %s AND owner = %s AND token = %s"
+            " AND expires_at > clock_timestamp() RETURNING expires_at"
+        )
+        self.release_lease = q(
+            "UPDATE {schema}.leases SET expires_at = clock_timestamp()"
+            " WHERE partition = %s AND owner = %s AND token = %s"
+            " AND expires_at > clock_timestamp()"
+        )
+        self.heartbeat = q(
+            "INSERT INTO {schema}.workers (owner, expires_at)"
+            " VALUES (%s, clock_timestamp() + %s * interval '1 millisecond')"
+            " ON CONFLICT (owner) DO UPDATE SET expires_at = excluded.expires_at"
+        )
+        self.forget_dead_workers = q(
+            "DELETE FROM {schema}.workers"
+            " WHERE expires_at < clock_timestamp() - %s * interval '1 second'"
+        )
+        self.live_workers = q(
+            "SELECT owner FROM {schema}.workers WHERE expires_at > clock_timestamp()"
+            ' ORDER BY owner COLLATE "C"'
+        )
+        self.leave = q("DELETE FROM {schema}.workers WHERE owner = %s")
+        self.holders = q(
+            "SELECT partition, owner, token, expires_at > clock_timestamp() FROM {schema}.leases"
+        )
         self.position_at = q(
             "SELECT position FROM {schema}.log WHERE recorded_at_us <= %b"
             " ORDER BY recorded_at_us DESC, position DESC LIMIT 1"
         )
+
+
+def _check_fence(fence: Fence | None, row: tuple[str, int, Any, bool] | None) -> Any:
+    """The database's time of the check when the fence holds; raises `LeaseLost` otherwise."""
+    if fence is None:
+        return None
+    if row is None:
+        raise LeaseLost(f"partition {fence.partition} has no lease")
+    owner, token, checked_at, live = row
+    if (owner, token) != (fence.owner, fence.token):
+        raise LeaseLost(
+            f"partition {fence.partition} is held by {owner!r} under token {token}; the append "
+            f"carries {fence.owner!r}, token {fence.token}"
+        )
+    if not live:
+        raise LeaseLost(f"the lease of partition {fence.partition} (token {token}) expired")
+    return checked_at
 
 
 def _first(row: tuple[Any, ...]) -> Any:

@@ -29,7 +29,14 @@ from typing import Any, get_args
 
 import msgspec
 
-from ledger.errors import ClockWentBackwards, DuplicateUsageKey, StoreError
+from ledger.errors import (
+    ClockWentBackwards,
+    ConcurrentAppend,
+    DuplicateUsageKey,
+    LeaseLost,
+    StoreError,
+)
+from ledger.leases import Fence, Lease, LeaseHolder
 from ledger.log import (
     EVENT_ENCODER,
     GENESIS_HASH,
@@ -37,6 +44,7 @@ from ledger.log import (
     Head,
     PriorCharge,
     StoredRecord,
+    datetime_from_us,
     record_hash,
 )
 from schemas.events import LogEvent, UsageCharged
@@ -60,6 +68,9 @@ READ_CHUNK_RECORDS = 10_000
 
 RECENT_USAGE_KEYS_MAX = 131_072
 """Unmerged keys after which an append merges them into `usage_keys` (~14 MiB of dict)."""
+
+DEAD_WORKER_ROWS_KEPT_S = 3_600
+"""Heartbeat rows of workers gone this long are deleted by the next heartbeat."""
 
 SQL_VARIABLES_PER_QUERY = 500
 """Bound parameters per `IN (...)` list, well under SQLite's limit."""
@@ -101,6 +112,20 @@ CREATE TABLE IF NOT EXISTS usage_keys_overflow (
     position INTEGER NOT NULL,
     PRIMARY KEY (subscription_id, event_id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS leases (
+    partition INTEGER PRIMARY KEY,
+    owner TEXT NOT NULL,
+    token INTEGER NOT NULL,
+    expires_at_us INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS lease_takeovers (
+    partition INTEGER NOT NULL,
+    token INTEGER NOT NULL,
+    owner TEXT NOT NULL,
+    taken_at_us INTEGER NOT NULL,
+    PRIMARY KEY (partition, token)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS workers (owner TEXT PRIMARY KEY, expires_at_us INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '{SCHEMA_VERSION}');
 INSERT OR IGNORE INTO meta (key, value) VALUES ('usage_keys_merged_through', '0');
 """
@@ -173,7 +198,14 @@ class SqliteEventStore:
         self._recent_through = 0
         self._merged_through: int | None = None  # None: the mirror was never loaded
 
-    def append(self, events: Sequence[LogEvent], recorded_at_us: int) -> list[StoredRecord]:
+    def append(
+        self,
+        events: Sequence[LogEvent],
+        recorded_at_us: int,
+        *,
+        expected_position: int | None = None,
+        fence: Fence | None = None,
+    ) -> list[StoredRecord]:
         if not events:
             return []
         if len(events) > MAX_APPEND_EVENTS:
@@ -185,7 +217,11 @@ class SqliteEventStore:
         hashed = {key: self._key_hash(*key) for _, key, _ in charges}
         with self._lock:
             with self._transaction("BEGIN IMMEDIATE"):
+                if fence is not None:
+                    self._check_fence(fence)
                 head = self._read_head()
+                if expected_position is not None and head.position != expected_position:
+                    raise ConcurrentAppend(expected_position, head.position)
                 if head.position and recorded_at_us < head.recorded_at_us:
                     raise ClockWentBackwards(
                         f"recorded_at_us {recorded_at_us} is earlier than the head's "
@@ -279,9 +315,103 @@ class SqliteEventStore:
                     high = middle - 1
             return low
 
+    # -- leases (ledger.leases.LeaseStore) ---------------------------------------------------
+    # The database's clock is this machine's: every process sharing the file shares it.
+
+    def acquire(self, partition: int, owner: str, ttl_ms: int) -> Lease | None:
+        with self._lock, self._transaction("BEGIN IMMEDIATE"):  # the append lock
+            now_us = _now_us()
+            row = self._db.execute(
+                "SELECT owner, token, expires_at_us FROM leases WHERE partition = ?", (partition,)
+            ).fetchone()
+            if row is not None and row[0] != owner and row[2] > now_us:
+                return None
+            token = 1 if row is None else row[1] + 1
+            expires_at_us = now_us + ttl_ms * 1_000
+            self._db.execute(
+                "INSERT OR REPLACE INTO leases (partition, owner, token, expires_at_us)"
+                " VALUES (?, ?, ?, ?)",
+                (partition, owner, token, expires_at_us),
+            )
+            self._db.execute(
+                "INSERT INTO lease_takeovers (partition, token, owner, taken_at_us)"
+                " VALUES (?, ?, ?, ?)",
+                (partition, token, owner, now_us),
+            )
+        return Lease(partition, owner, token, datetime_from_us(expires_at_us))
+
+    def renew(self, fence: Fence, ttl_ms: int) -> Lease | None:
+        with self._lock, self._transaction("BEGIN IMMEDIATE"):
+            now_us = _now_us()
+            expires_at_us = now_us + ttl_ms * 1_000
+            renewed = self._db.execute(
+                "UPDATE leases SET expires_at_us = ?"
+                " WHERE partition = ? AND owner = ? AND token = ? AND expires_at_us > ?",
+                (expires_at_us, fence.partition, fence.owner, fence.token, now_us),
+            ).rowcount
+        if not renewed:
+            return None
+        return Lease(fence.partition, fence.owner, fence.token, datetime_from_us(expires_at_us))
+
+    def release(self, fence: Fence) -> None:
+        with self._lock, self._transaction("BEGIN IMMEDIATE"):
+            now_us = _now_us()
+            self._db.execute(
+                "UPDATE leases SET expires_at_us = ?"
+                " WHERE partition = ? AND owner = ? AND token = ? AND expires_at_us > ?",
+                (now_us, fence.partition, fence.owner, fence.token, now_us),
+            )
+
+    def heartbeat(self, owner: str, ttl_ms: int) -> list[str]:
+        with self._lock, self._transaction("BEGIN IMMEDIATE"):
+            now_us = _now_us()
+            self._db.execute(
+                "INSERT OR REPLACE INTO workers (owner, expires_at_us) VALUES (?, ?)",
+                (owner, now_us + ttl_ms * 1_000),
+            )
+            self._db.execute(
+                "DELETE FROM workers WHERE expires_at_us < ?",
+                (now_us - DEAD_WORKER_ROWS_KEPT_S * 1_000_000,),
+            )
+            rows = self._db.execute(
+                "SELECT owner FROM workers WHERE expires_at_us > ? ORDER BY owner", (now_us,)
+            ).fetchall()
+        return [owner for (owner,) in rows]
+
+    def leave(self, owner: str) -> None:
+        with self._lock, self._transaction("BEGIN IMMEDIATE"):
+            self._db.execute("DELETE FROM workers WHERE owner = ?", (owner,))
+
+    def holders(self) -> dict[int, LeaseHolder]:
+        with self._lock:
+            now_us = _now_us()
+            rows = self._db.execute(
+                "SELECT partition, owner, token, expires_at_us FROM leases"
+            ).fetchall()
+        return {
+            partition: LeaseHolder(partition, owner, token, expires_at_us > now_us)
+            for partition, owner, token, expires_at_us in rows
+        }
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    def _check_fence(self, fence: Fence) -> None:
+        row = self._db.execute(
+            "SELECT owner, token, expires_at_us FROM leases WHERE partition = ?",
+            (fence.partition,),
+        ).fetchone()
+        if row is None:
+            raise LeaseLost(f"partition {fence.partition} has no lease")
+        owner, token, expires_at_us = row
+        if (owner, token) != (fence.owner, fence.token):
+            raise LeaseLost(
+                f"partition {fence.partition} is held by {owner!r} under token {token}; the "
+                f"append carries {fence.owner!r}, token {fence.token}"
+            )
+        if expires_at_us <= _now_us():
+            raise LeaseLost(f"the lease of partition {fence.partition} (token {token}) expired")
 
     def _prepare(self, path: Path) -> None:
         self._enter_wal_mode()
@@ -493,6 +623,10 @@ def _log_rows(
             record.hash,
             record.data,
         )
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1_000
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:

@@ -6,7 +6,6 @@ than the decision itself); `decide` never mutates a state it is given.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
@@ -84,8 +83,27 @@ def initial_state() -> LedgerState:
     return LedgerState()
 
 
-def copy_subscription(subscription: SubscriptionState) -> SubscriptionState:
-    return copy.deepcopy(subscription)
+def copy_subscription(sub: SubscriptionState) -> SubscriptionState:
+    """A copy sharing nothing mutable with `sub`, field by field (`deepcopy`: 40x slower)."""
+    return SubscriptionState(
+        sub.subscription_id,
+        sub.anchor,
+        sub.cycle,
+        sub.cycle_start,
+        sub.cycle_end,
+        {
+            seat_id: SeatState(s.seat_id, s.tier, s.quota_ucr, s.used_ucr, s.status, s.pending_tier)
+            for seat_id, s in sub.seats.items()
+        },
+        {
+            pack_id: PackState(
+                p.pack_id, p.credits_ucr, p.remaining_ucr, p.purchased_at, p.expires_at
+            )
+            for pack_id, p in sub.live_packs.items()
+        },
+        set(sub.pack_ids),
+        sub.next_due_at,
+    )
 
 
 def evolve(state: LedgerState, event: LogEvent) -> LedgerState:
@@ -99,6 +117,17 @@ def evolve(state: LedgerState, event: LogEvent) -> LedgerState:
     if isinstance(event, SeatAdded):
         state.seat_owner[event.seat_id] = event.subscription_id
     return state
+
+
+def revert_charge(sub: SubscriptionState, event: UsageCharged) -> SubscriptionState:
+    """Undo `evolve_subscription(sub, event)` for a charge folded speculatively (its append was
+    refused): the credits go back where they came from."""
+    for part in event.allocation:
+        if part.source == "seat":
+            sub.seats[part.id].used_ucr -= part.credits_ucr
+        elif part.source == "pack":
+            sub.live_packs[part.id].remaining_ucr += part.credits_ucr
+    return sub
 
 
 def evolve_subscription(sub: SubscriptionState, event: LogEvent) -> SubscriptionState:

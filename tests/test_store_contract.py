@@ -20,12 +20,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import psycopg
 import pytest
 from psycopg import sql
 
+from ledger.application import Ledger
+from ledger.audit import verify
 from ledger.chain import verify_chain
-from ledger.errors import ClockWentBackwards, DuplicateUsageKey
+from ledger.clock import ManualClock
+from ledger.errors import ClockWentBackwards, ConcurrentAppend, DuplicateUsageKey, LeaseLost
+from ledger.idempotency import payload_digest
+from ledger.leases import Fence, LeaseHolder
 from ledger.log import (
     EVENT_ENCODER,
     GENESIS_HASH,
@@ -38,7 +44,9 @@ from ledger.log import (
     us_from_datetime,
 )
 from ledger.postgres_store import PostgresEventStore, append_lock_key
+from ledger.rate_card import load_rate_card
 from ledger.sqlite_store import SqliteEventStore
+from schemas.commands import AddSeat, BuyPack, ChargeUsage, OpenSubscription
 from schemas.events import (
     Allocation,
     Coefficients,
@@ -47,7 +55,7 @@ from schemas.events import (
     SeatQuotaGranted,
     UsageCharged,
 )
-from schemas.usage import Usage
+from schemas.usage import Usage, UsageEvent
 
 STORE_KINDS = ["sqlite", "postgres"]
 
@@ -686,3 +694,291 @@ def test_read_event_data_gives_the_events_bytes_in_position_order(store: EventSt
     records = store.append(charges("e", 25), 1_000)
     chunks = list(store.read_event_data(3, 20))
     assert [data for chunk in chunks for data in chunk] == [r.data for r in records[3:20]]
+
+
+# --- optimistic appends: the head an append was decided on ------------------------------------
+
+
+def test_an_append_decided_on_the_head_is_accepted(store: EventStore) -> None:
+    appended(store, [grant()])
+    records = store.append(charges("a", 2), T0_US, expected_position=1)
+    assert [record.position for record in records] == [2, 3]
+
+
+def test_an_append_decided_on_an_older_head_is_refused_and_writes_nothing(
+    store_factory: StoreFactory,
+) -> None:
+    mine, theirs = store_factory(), store_factory()
+    appended(mine, [grant()])
+    decided_at = mine.head().position
+    appended(theirs, [grant("seat-2")])  # another writer, between the decision and the append
+
+    with pytest.raises(ConcurrentAppend) as refusal:
+        mine.append([charge("late")], T0_US, expected_position=decided_at)
+
+    assert (refusal.value.expected_position, refusal.value.head_position) == (1, 2)
+    assert mine.head().position == 2
+    assert mine.prior_charges([("sub-1", "late")]) == {}
+
+
+def test_an_append_decided_on_a_head_past_the_log_is_refused(store: EventStore) -> None:
+    with pytest.raises(ConcurrentAppend):
+        store.append([grant()], T0_US, expected_position=5)
+    assert store.head().position == 0
+
+
+# --- leases and fencing -----------------------------------------------------------------------
+
+TTL_MS = 60_000
+SHORT_TTL_MS = 200
+EXPIRY_MARGIN_S = 0.1
+
+
+def test_a_free_partition_is_taken_with_token_one(store: EventStore) -> None:
+    lease = store.acquire(0, "worker-a", TTL_MS)
+    assert lease is not None
+    assert (lease.partition, lease.owner, lease.token) == (0, "worker-a", 1)
+    assert store.holders() == {0: LeaseHolder(0, "worker-a", 1, True)}
+
+
+def test_a_live_lease_of_another_owner_is_not_taken(store_factory: StoreFactory) -> None:
+    store, rival = store_factory(), store_factory()
+    assert store.acquire(3, "worker-a", TTL_MS) is not None
+    assert rival.acquire(3, "worker-b", TTL_MS) is None
+    assert rival.holders()[3].owner == "worker-a"
+
+
+def test_each_takeover_of_an_expired_lease_increases_the_token(store: EventStore) -> None:
+    first = store.acquire(1, "worker-a", SHORT_TTL_MS)
+    time.sleep(SHORT_TTL_MS / 1000 + EXPIRY_MARGIN_S)
+    assert store.holders()[1].live is False
+    second = store.acquire(1, "worker-b", TTL_MS)
+    assert first is not None and second is not None
+    assert (second.owner, second.token) == ("worker-b", first.token + 1)
+
+
+def test_a_renewal_extends_a_held_lease_and_fails_once_it_was_taken_over(
+    store: EventStore,
+) -> None:
+    lease = store.acquire(0, "worker-a", SHORT_TTL_MS)
+    assert lease is not None
+    renewed = store.renew(lease.fence, TTL_MS)
+    assert renewed is not None and renewed.expires_at > lease.expires_at
+    store.release(lease.fence)
+    taken = store.acquire(0, "worker-b", TTL_MS)
+    assert taken is not None and taken.token == lease.token + 1
+    assert store.renew(lease.fence, TTL_MS) is None
+
+
+def test_an_append_under_the_current_lease_is_accepted(store: EventStore) -> None:
+    lease = store.acquire(2, "worker-a", TTL_MS)
+    assert lease is not None
+    records = store.append([charge("fenced")], T0_US, fence=lease.fence)
+    assert [record.position for record in records] == [1]
+
+
+def test_an_append_under_a_superseded_token_is_refused_and_writes_nothing(
+    store_factory: StoreFactory,
+) -> None:
+    old_owner, new_owner = store_factory(), store_factory()
+    lease = old_owner.acquire(2, "worker-a", SHORT_TTL_MS)
+    assert lease is not None
+    time.sleep(SHORT_TTL_MS / 1000 + EXPIRY_MARGIN_S)
+    assert new_owner.acquire(2, "worker-b", TTL_MS) is not None
+
+    with pytest.raises(LeaseLost):
+        old_owner.append([charge("stale")], T0_US, fence=lease.fence)
+
+    assert old_owner.head().position == 0
+
+
+def test_an_append_under_an_expired_lease_nobody_took_is_refused(store: EventStore) -> None:
+    lease = store.acquire(0, "worker-a", SHORT_TTL_MS)
+    assert lease is not None
+    time.sleep(SHORT_TTL_MS / 1000 + EXPIRY_MARGIN_S)
+
+    with pytest.raises(LeaseLost):
+        store.append([charge("expired")], T0_US, fence=lease.fence)
+
+    assert store.head().position == 0
+
+
+def test_an_append_for_a_partition_without_a_lease_is_refused(store: EventStore) -> None:
+    with pytest.raises(LeaseLost):
+        store.append([grant()], T0_US, fence=Fence(7, "worker-a", 1))
+
+
+def test_a_heartbeat_lists_the_live_workers_and_a_leaving_one_is_forgotten(
+    store_factory: StoreFactory,
+) -> None:
+    store, other = store_factory(), store_factory()
+    assert store.heartbeat("worker-b", TTL_MS) == ["worker-b"]
+    assert other.heartbeat("worker-a", TTL_MS) == ["worker-a", "worker-b"]
+    other.heartbeat("worker-c", SHORT_TTL_MS)
+    store.leave("worker-b")
+    time.sleep(SHORT_TTL_MS / 1000 + EXPIRY_MARGIN_S)
+    assert other.heartbeat("worker-a", TTL_MS) == ["worker-a"]
+
+
+# --- several ledgers on one log ---------------------------------------------------------------
+
+RACING_LEDGERS = 2
+RACING_CHARGES_PER_LEDGER = 60
+RACING_BATCH_CHARGES = 3
+
+
+def _open_ledger(store: EventStore, clock: ManualClock) -> Ledger:
+    return Ledger(store, load_rate_card(None), clock)
+
+
+def _usage(event_id: str, seat_id: str = "seat-1") -> UsageEvent:
+    return UsageEvent(
+        event_id=event_id,
+        subscription_id="sub-1",
+        seat_id=seat_id,
+        model="qwen3.6-plus",
+        input_tokens=8_349,
+        cached_tokens=40_794,
+        output_tokens=573,
+        occurred_at=T0,
+    )
+
+
+def _set_up_subscription(ledger: Ledger) -> None:
+    outcomes = ledger.execute(
+        [
+            OpenSubscription("sub-1"),
+            AddSeat("sub-1", "seat-1", "standard"),
+            AddSeat("sub-1", "seat-2", "standard"),
+        ]
+    )
+    assert [outcome.status for outcome in outcomes] == ["applied"] * 3
+
+
+def test_a_ledger_that_decided_on_a_stale_head_decides_again_and_charges_once(
+    store_factory: StoreFactory,
+) -> None:
+    clock = ManualClock(T0_US)
+    first, second = (_open_ledger(store_factory(), clock) for _ in range(2))
+    _set_up_subscription(first)
+    second.charge([_usage("from-second")])  # `first` has not seen it: its state is stale
+
+    [outcome] = first.charge([_usage("from-second")])  # the same usage, redelivered
+
+    assert outcome.status == "duplicate"
+    assert first.concurrent_appends == 0  # it caught up before deciding: no refusal needed
+    assert first.state.subscriptions["sub-1"].seats["seat-1"].used_ucr == 3_180_000
+
+
+def test_a_ledger_refused_by_a_concurrent_append_undoes_its_batch_and_decides_again(
+    store_factory: StoreFactory,
+) -> None:
+    clock = ManualClock(T0_US)
+    store = store_factory()
+    first, second = _open_ledger(store, clock), _open_ledger(store_factory(), clock)
+    _set_up_subscription(first)
+    second.catch_up()
+    real_append = store.append
+    interleaved = []
+
+    def append_after_the_other_writer(*args: Any, **kwargs: Any) -> list[StoredRecord]:
+        if not interleaved:  # the other writer appends between first's decision and append
+            interleaved.append(second.charge([_usage("other")]))
+        return real_append(*args, **kwargs)
+
+    store.append = append_after_the_other_writer  # type: ignore[method-assign]
+    [outcome] = first.charge([_usage("mine")])
+
+    assert outcome.status == "applied" and first.concurrent_appends == 1
+    seat = first.state.subscriptions["sub-1"].seats["seat-1"]
+    assert seat.used_ucr == 2 * 3_180_000  # "other" folded once, "mine" once
+    fresh = _open_ledger(store_factory(), clock)
+    assert fresh.state == first.state and fresh.position == first.position
+
+
+def _charge_as_racer(opener: StoreOpener, name: str, start: threading.Barrier) -> int:
+    store = opener()
+    try:
+        ledger = _open_ledger(store, ManualClock(T0_US))
+        start.wait(RACE_TIMEOUT_S)
+        for first in range(0, RACING_CHARGES_PER_LEDGER, RACING_BATCH_CHARGES):
+            usages = [
+                _usage(f"{name}-{n:04d}", seat_id=f"seat-{1 + n % 2}")
+                for n in range(first, first + RACING_BATCH_CHARGES)
+            ]
+            assert [o.status for o in ledger.charge(usages)] == ["applied"] * len(usages)
+        return ledger.concurrent_appends
+    finally:
+        store.close()
+
+
+def test_ledgers_racing_on_one_log_charge_every_usage_once_and_the_log_verifies(
+    store_factory: StoreFactory,
+) -> None:
+    _set_up_subscription(_open_ledger(store_factory(), ManualClock(T0_US)))
+    opener = store_factory.opener()
+    start = threading.Barrier(RACING_LEDGERS)
+    failures: list[BaseException] = []
+    refusals: list[int] = []
+
+    def run(name: str) -> None:
+        try:
+            refusals.append(_charge_as_racer(opener, name, start))
+        except BaseException as failure:
+            failures.append(failure)
+            start.abort()
+
+    names = [f"racer{n}" for n in range(RACING_LEDGERS)]
+    racers = [threading.Thread(target=run, args=(name,)) for name in names]
+    for racer in racers:
+        racer.start()
+    for racer in racers:
+        racer.join(RACE_TIMEOUT_S)
+
+    assert failures == []
+    reader = store_factory()
+    report = verify(reader.read(), load_rate_card(None))
+    assert report.ok, report
+    state = _open_ledger(reader, ManualClock(T0_US)).state
+    seats = state.subscriptions["sub-1"].seats.values()
+    charged = RACING_LEDGERS * RACING_CHARGES_PER_LEDGER
+    assert sum(seat.used_ucr for seat in seats) == charged * 3_180_000
+    keys = [
+        ("sub-1", f"{name}-{n:04d}") for name in names for n in range(RACING_CHARGES_PER_LEDGER)
+    ]
+    assert len(reader.prior_charges(keys)) == charged
+    print(f"concurrent appends refused and decided again: {sum(refusals)}")
+
+
+def test_a_refused_batch_of_every_kind_of_event_is_undone_exactly(
+    store_factory: StoreFactory,
+) -> None:
+    clock = ManualClock(T0_US)
+    store = store_factory()
+    first, second = _open_ledger(store, clock), _open_ledger(store_factory(), clock)
+    _set_up_subscription(first)
+    second.catch_up()
+    real_append = store.append
+    interleaved = []
+
+    def append_after_the_other_writer(*args: Any, **kwargs: Any) -> list[StoredRecord]:
+        if not interleaved:
+            interleaved.append(second.charge([_usage("other", seat_id="seat-2")]))
+        return real_append(*args, **kwargs)
+
+    store.append = append_after_the_other_writer  # type: ignore[method-assign]
+    huge = msgspec.structs.replace(_usage("huge"), output_tokens=30_000_000)  # beyond the quota
+    outcomes = first.execute(
+        [
+            ChargeUsage(_usage("before"), payload_digest(_usage("before"))),
+            ChargeUsage(huge, payload_digest(huge)),  # uncovered: suspends seat-1
+            AddSeat("sub-1", "seat-3", "premium"),
+            BuyPack("sub-1", "pack-1"),
+            OpenSubscription("sub-2"),
+            ChargeUsage(_usage("after"), payload_digest(_usage("after"))),
+        ]
+    )
+
+    assert [o.status for o in outcomes] == ["applied"] * 6 and first.concurrent_appends == 1
+    fresh = _open_ledger(store_factory(), clock)
+    assert fresh.state == first.state and fresh.position == first.position
