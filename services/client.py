@@ -2,7 +2,9 @@
 
 It writes exactly what any gateway writes: `XADD <stream> * data <json>`, with the event
 encoded by msgspec. Synchronous (redis-py) and free of FastStream, so a gateway depends on
-`redis` and `msgspec` alone.
+`redis` and `msgspec` alone. With `partitions` > 1 (LEDGER_PARTITIONS) each event goes to its
+subscription's partition stream (`ledger.partitions`: SHA-256 of the subscription id, first 8
+bytes big-endian, modulo the count; stream `{<stream>.<k>}`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Final
 import msgspec
 import redis
 
+from ledger.partitions import check_partitions, partition_of, partition_stream
 from schemas.usage import UsageEvent
 
 DEFAULT_STREAM: Final = "ledger.usage"
@@ -37,14 +40,23 @@ class UsagePublisher:
         redis_url: str,
         stream: str = DEFAULT_STREAM,
         *,
+        partitions: int = 1,
         client: redis.Redis | None = None,
     ) -> None:
         self.stream = stream
+        self.partitions = check_partitions(partitions)
+        self._streams = [partition_stream(stream, k, partitions) for k in range(partitions)]
         self._own_client = client is None
         self._client = client if client is not None else redis.Redis.from_url(redis_url)
 
+    def stream_of(self, event: UsageEvent) -> str:
+        """The stream this event is published on: its subscription's partition."""
+        if self.partitions == 1:
+            return self.stream
+        return self._streams[partition_of(event.subscription_id, self.partitions)]
+
     def publish(self, event: UsageEvent) -> str:
-        entry_id = self._client.xadd(self.stream, {DATA_FIELD: encode_usage(event)})
+        entry_id = self._client.xadd(self.stream_of(event), {DATA_FIELD: encode_usage(event)})
         return _text(entry_id)
 
     def publish_many(self, events: Iterable[UsageEvent]) -> list[str]:
@@ -53,7 +65,7 @@ class UsagePublisher:
         pipe = self._client.pipeline(transaction=False)
         pending = 0
         for event in events:
-            pipe.xadd(self.stream, {DATA_FIELD: encode_usage(event)})
+            pipe.xadd(self.stream_of(event), {DATA_FIELD: encode_usage(event)})
             pending += 1
             if pending == PUBLISH_CHUNK_EVENTS:
                 ids.extend(_text(entry_id) for entry_id in pipe.execute())

@@ -7,9 +7,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
+
+from ledger.leases import LEASE_TTL_MS, MIN_LEASE_TTL_MS
+from ledger.partitions import MAX_PARTITIONS, partition_stream
 
 ClockKind = Literal["system", "manual"]
+Role = Literal["all", "ingest", "api"]
+"""What `ledger serve` runs: everything in one process (the default), the ingest workers'
+part (ingest under partition leases, lifecycle ticker), or the API's (HTTP, projector)."""
 DEFAULT_DATA_DIR = "./var"
 DEFAULT_STREAM = "ledger.usage"
 DATABASE_FILE = "ledger.sqlite3"
@@ -34,6 +40,9 @@ class Settings:
     rate_card: Path | None = None
     clock: ClockKind = "system"
     clock_start: datetime | None = None
+    partitions: int = 1
+    lease_ttl_ms: int = LEASE_TTL_MS
+    role: Role = "all"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -45,6 +54,15 @@ class Settings:
         if not port_text.isdigit() or not 0 < int(port_text) < 65536:
             raise ConfigError(f"LEDGER_PORT must be a TCP port, not {port_text!r}")
         start = env.get("LEDGER_CLOCK_START")
+        partitions = _int_in(env, "LEDGER_PARTITIONS", 1, 1, MAX_PARTITIONS)
+        stream = env.get("LEDGER_USAGE_STREAM", DEFAULT_STREAM)
+        if partitions > 1 and ("{" in stream or "}" in stream):
+            raise ConfigError(
+                f"LEDGER_USAGE_STREAM may not contain braces with LEDGER_PARTITIONS > 1: {stream!r}"
+            )
+        role = env.get("LEDGER_ROLE", "all")
+        if role not in get_args(Role):
+            raise ConfigError(f"LEDGER_ROLE must be one of {', '.join(get_args(Role))}: {role!r}")
         return cls(
             data_dir=Path(env.get("LEDGER_DATA_DIR", DEFAULT_DATA_DIR)),
             database_url=env.get("LEDGER_DATABASE_URL") or None,
@@ -52,11 +70,16 @@ class Settings:
             redis_url=env.get("LEDGER_REDIS_URL") or None,
             host=env.get("LEDGER_HOST", "127.0.0.1"),
             port=int(port_text),
-            usage_stream=env.get("LEDGER_USAGE_STREAM", DEFAULT_STREAM),
+            usage_stream=stream,
             admin_token=env.get("LEDGER_ADMIN_TOKEN") or None,
             rate_card=Path(env["LEDGER_RATE_CARD"]) if env.get("LEDGER_RATE_CARD") else None,
             clock=clock,  # type: ignore[arg-type]
             clock_start=parse_instant(start, "LEDGER_CLOCK_START") if start else None,
+            partitions=partitions,
+            lease_ttl_ms=_int_in(
+                env, "LEDGER_LEASE_TTL_MS", LEASE_TTL_MS, MIN_LEASE_TTL_MS, 24 * 3_600_000
+            ),
+            role=role,  # type: ignore[arg-type]
         )
 
     def with_overrides(self, **changes: object) -> Settings:
@@ -65,6 +88,10 @@ class Settings:
     @property
     def dead_letter_stream(self) -> str:
         return f"{self.usage_stream}.dead"
+
+    def partition_stream(self, partition: int) -> str:
+        """The usage stream of one partition (`usage_stream` itself with one partition)."""
+        return partition_stream(self.usage_stream, partition, self.partitions)
 
     def postgres_url(self) -> str | None:
         """The URL of the PostgreSQL database holding the log, or None when it is SQLite."""
@@ -96,6 +123,13 @@ class Settings:
         """The read models' SQLite file: beside the log's, derived and disposable."""
         log = self.sqlite_path()
         return log.with_name(log.stem + ".readmodels" + log.suffix)
+
+
+def _int_in(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    text = env.get(name) or str(default)
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise ConfigError(f"{name} must be an integer in {low}..{high}, not {text!r}")
+    return int(text)
 
 
 def parse_instant(text: str, what: str) -> datetime:

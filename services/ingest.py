@@ -31,6 +31,12 @@ Dead letters go to `<stream>.dead` with the fields `reason`, `detail`, `data` (t
 bytes of the payload field, envelope included; for `missing_data`, a JSON object of the
 entry's fields), `source_id` (the entry id) and `stream` (the source stream).
 
+Partitions: with LEDGER_PARTITIONS > 1 each partition's stream (`{<stream>.<k>}`) has its own
+`IngestService` and processor, which dead-letters an event whose subscription belongs to
+another partition (`wrong_partition`: charging it here could race its partition's owner) and
+appends under the partition lease's `Fence`. A service whose lease is gone (`PartitionLease`)
+processes and acknowledges nothing more: its entries stay pending for the new owner.
+
 Threading: `Ledger` and the SQLite stores are synchronous and single-threaded. The service runs
 every `process` call on one executor thread (a private single-thread executor unless one is
 given) and the processor holds a lock around ledger and projection work, which callers that
@@ -62,6 +68,9 @@ from faststream.redis.message import DATA_KEY, BatchStreamMessage
 from faststream.redis.parser import BinaryMessageFormatV1, MessageFormat
 from redis.exceptions import ResponseError
 
+from ledger.errors import LeaseLost
+from ledger.leases import Fence
+from ledger.partitions import partition_of
 from schemas.usage import UsageEvent
 from services.metrics import LedgerMetrics
 
@@ -96,6 +105,8 @@ overlaps the current append. Each stays pending (unacknowledged) until it is cha
 INVALID_JSON: Final = "invalid_json"
 INVALID_EVENT: Final = "invalid_event"
 MISSING_DATA: Final = "missing_data"
+WRONG_PARTITION: Final = "wrong_partition"
+"""The event's subscription hashes to another partition than the stream it arrived on."""
 REJECTED: Final = "rejected"
 """Fallback reason for a ledger rejection that carries none."""
 
@@ -137,6 +148,24 @@ class ChargeOutcome(Protocol):
 
 class ChargingLedger(Protocol):
     def charge(self, usages: Sequence[UsageEvent]) -> Sequence[ChargeOutcome]: ...
+
+
+class FencedLedger(Protocol):
+    def charge(
+        self, usages: Sequence[UsageEvent], fence: Fence | None = None
+    ) -> Sequence[ChargeOutcome]: ...
+
+
+class PartitionLease(Protocol):
+    """A consumer's hold on its partition, as the lease keeper sees it."""
+
+    def held(self) -> bool:
+        """False once the lease may have expired (by this process's clock, conservatively)."""
+        ...
+
+    def lost(self) -> None:
+        """Tell the keeper the store refused the lease (`LeaseLost`)."""
+        ...
 
 
 class Projections(Protocol):
@@ -272,7 +301,17 @@ class IngestProcessor:
         message_format: type[MessageFormat] = BinaryMessageFormatV1,
         lock: threading.Lock | threading.RLock | None = None,
         metrics: LedgerMetrics | None = None,
+        partition: int = 0,
+        partitions: int = 1,
+        fence: Fence | None = None,
     ) -> None:
+        if not 0 <= partition < partitions:
+            raise ValueError(f"partition {partition} is not in 0..{partitions - 1}")
+        if fence is not None and fence.partition != partition:
+            raise ValueError(f"a fence of partition {fence.partition} for partition {partition}")
+        self.partition = partition
+        self.partitions = partitions
+        self.fence = fence
         self.metrics = metrics
         self.ledger = ledger
         self.projections = projections
@@ -323,6 +362,20 @@ class IngestProcessor:
             decoded = self.decode(entry)
             if isinstance(decoded, DeadLetter):
                 letters.append(decoded)
+            elif (
+                self.partitions > 1
+                and (home := partition_of(decoded.event.subscription_id, self.partitions))
+                != self.partition
+            ):
+                letters.append(
+                    DeadLetter(
+                        decoded.entry_id,
+                        WRONG_PARTITION,
+                        f"subscription {decoded.event.subscription_id!r} belongs to partition "
+                        f"{home} of {self.partitions}, not {self.partition}",
+                        decoded.original,
+                    )
+                )
             else:
                 valid.append(decoded)
 
@@ -330,7 +383,12 @@ class IngestProcessor:
         projected = True
         with self.lock:
             if valid:
-                outcomes = self.ledger.charge([item.event for item in valid])
+                usages = [item.event for item in valid]
+                if self.fence is None:
+                    outcomes = self.ledger.charge(usages)
+                else:
+                    fenced: FencedLedger = self.ledger  # type: ignore[assignment]
+                    outcomes = fenced.charge(usages, fence=self.fence)
                 if len(outcomes) != len(valid):
                     raise RuntimeError(
                         f"ledger answered {len(outcomes)} outcomes for {len(valid)} usages"
@@ -543,10 +601,12 @@ class IngestService:
         config: IngestConfig,
         *,
         executor: Executor | None = None,
+        lease: PartitionLease | None = None,
     ) -> None:
         self.broker = broker
         self.processor = processor
         self.config = config
+        self.lease = lease
         self._own_executor = executor is None
         self.executor: Executor = executor or ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="ledger-ingest"
@@ -592,6 +652,13 @@ class IngestService:
                 await self._process(entries)
                 client = await self.broker.connect()
                 await client.xack(config.stream, config.group, *(i for i, _ in entries))
+            except LeaseLost as error:  # left pending: the partition's new owner takes it over
+                self.log.warning(
+                    "ingest.lease_lost",
+                    entries=len(entries),
+                    first_id=entries[0][0],
+                    error=str(error),
+                )
             except Exception:
                 self.log.exception(
                     "ingest.batch_failed", entries=len(entries), first_id=entries[0][0]
@@ -610,8 +677,23 @@ class IngestService:
         await task
 
     async def _process(self, entries: Sequence[StreamEntry]) -> BatchResult:
+        """Process a batch on the executor; under a lease, only while it is held."""
+        lease = self.lease
+        if lease is not None and not lease.held():
+            raise LeaseLost(f"{self.config.stream}: the lease ran out before the batch was charged")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, self.processor.process, entries)
+        try:
+            return await loop.run_in_executor(self.executor, self._process_held, entries)
+        except LeaseLost:
+            if lease is not None:
+                lease.lost()
+            raise
+
+    def _process_held(self, entries: Sequence[StreamEntry]) -> BatchResult:
+        """On the executor: the lease is looked at again, as a queued batch may have waited."""
+        if self.lease is not None and not self.lease.held():
+            raise LeaseLost(f"{self.config.stream}: the lease ran out before the batch was charged")
+        return self.processor.process(entries)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -670,6 +752,8 @@ class IngestService:
         while not self._stopping.is_set():
             try:
                 await self.reclaim_once()
+            except LeaseLost as error:
+                self.log.warning("ingest.reclaim_lease_lost", error=str(error))
             except Exception:
                 self.log.exception("ingest.reclaim_failed")
             with contextlib.suppress(TimeoutError):
@@ -717,6 +801,8 @@ class IngestService:
     async def _process_reclaimed(self, entries: list[StreamEntry]) -> list[str]:
         try:
             await self._process(entries)
+        except LeaseLost:
+            raise  # no entry of this partition can be charged here any more
         except Exception:
             self.log.exception("ingest.reclaimed_batch_failed", entries=len(entries))
         else:
@@ -727,6 +813,8 @@ class IngestService:
         for entry in entries:
             try:
                 await self._process([entry])
+            except LeaseLost:
+                raise
             except Exception:
                 self.log.exception("ingest.entry_failed", entry_id=entry[0])
             else:
