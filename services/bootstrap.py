@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 from ledger.application import Ledger
 from ledger.clock import Clock, SharedManualClock, SystemClock
+from ledger.leases import LeaseStore
 from ledger.log import EventStore, us_from_datetime
-from ledger.postgres_store import PostgresEventStore
+from ledger.postgres_store import IDLE_IN_TRANSACTION_TIMEOUT_MS, PostgresEventStore
 from ledger.rate_card import RateCard, load_rate_card
 from ledger.sqlite_store import SqliteEventStore
 from projections.runner import ProjectionRunner
@@ -19,7 +20,25 @@ def open_event_store(settings: Settings) -> EventStore:
     """PostgreSQL when `LEDGER_DATABASE_URL` is a postgresql:// URL, else the SQLite file."""
     url = settings.postgres_url()
     if url is not None:
-        return PostgresEventStore(url, schema=settings.database_schema)
+        return _postgres(settings, url)
+    return SqliteEventStore(settings.sqlite_path())
+
+
+def _postgres(settings: Settings, url: str) -> PostgresEventStore:
+    """A session frozen inside an append is ended within a lease's TTL, which frees the
+    append lock for the partition's next owner."""
+    idle_ms = min(IDLE_IN_TRANSACTION_TIMEOUT_MS, settings.lease_ttl_ms)
+    return PostgresEventStore(
+        url, schema=settings.database_schema, idle_in_transaction_timeout_ms=idle_ms
+    )
+
+
+def open_lease_store(settings: Settings) -> LeaseStore:
+    """The leases live in the log's store; an ingest worker opens a second connection for
+    them, so a renewal never waits behind an append."""
+    url = settings.postgres_url()
+    if url is not None:
+        return _postgres(settings, url)
     return SqliteEventStore(settings.sqlite_path())
 
 

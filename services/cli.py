@@ -96,6 +96,12 @@ def main(ctx: click.Context, data_dir: Path | None, database_url: str | None) ->
 @click.option("--port", type=int, help="Overrides LEDGER_PORT.")
 @click.option("--redis-url", help="Overrides LEDGER_REDIS_URL (unset: a private Redis).")
 @click.option("--stream", help="Overrides LEDGER_USAGE_STREAM.")
+@click.option(
+    "--role",
+    type=click.Choice(["all", "ingest", "api"]),
+    help="Overrides LEDGER_ROLE: all (default, one process), ingest (a worker under partition "
+    "leases), api (HTTP and projector).",
+)
 @click.pass_obj
 @one_line_errors
 def serve(
@@ -104,12 +110,16 @@ def serve(
     port: int | None,
     redis_url: str | None,
     stream: str | None,
+    role: str | None,
 ) -> None:
-    """Run ingest, the lifecycle ticker and projections in one process."""
+    """Run ingest, the lifecycle ticker and projections in one process (--role all), or one
+    part of them."""
     from services.serve import serve as run_service
 
     run_service(
-        settings.with_overrides(host=host, port=port, redis_url=redis_url, usage_stream=stream)
+        settings.with_overrides(
+            host=host, port=port, redis_url=redis_url, usage_stream=stream, role=role
+        )
     )
 
 
