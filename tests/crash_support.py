@@ -497,12 +497,13 @@ class ServeProcesses:
     def current(self) -> ServeRun:
         return self.runs[-1]
 
-    def spawn(self) -> ServeRun:
+    def spawn(self, *args: str) -> ServeRun:
+        """Start `ledger serve` with these extra arguments."""
         n = len(self.runs) + 1
         log_path = self.log_dir / f"serve-{n}.log"
         with log_path.open("wb") as log_file:
             process = subprocess.Popen(
-                [*LEDGER_COMMAND, "serve"],
+                [*LEDGER_COMMAND, "serve", *args],
                 env=dict(self.env),
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
