@@ -57,8 +57,12 @@ class HeldPartition:
     on_lost: Callable[[], None]
     service: IngestService | None = None
     sink: RedisDeadLetterSink | None = None
+    starting: asyncio.Task[None] | None = None
+    """The consumer's start (taking over a backlog may outlast a TTL: renewals go on meanwhile)."""
     refused: bool = False
     """The store refused the fence (`LeaseLost`)."""
+    failed: bool = False
+    """The consumer could not start (Redis away?): the lease is let go, and taken again."""
 
     @property
     def partition(self) -> int:
@@ -126,6 +130,9 @@ class PartitionKeeper:
             if held.refused:
                 await self._drop(held, "the store refused its fence")
                 continue
+            if held.failed:
+                await self._release(held)
+                continue
             sent = time.monotonic()
             try:
                 renewed = await self._call(self.leases.renew, held.lease.fence, self.ttl_ms)
@@ -166,13 +173,19 @@ class PartitionKeeper:
             held = HeldPartition(lease, self._deadline(sent), self._wake.set)
             self.held[partition] = held
             log.info("lease.acquired", partition=partition, token=lease.token, owner=self.owner)
-            try:
-                await self._start_consumer(held)
-            except Exception:
-                log.exception("lease.consumer_failed_to_start", partition=partition)
-                await self._release(held)
+            held.starting = asyncio.create_task(
+                self._start_consumer(held), name=f"partition-{partition}-start"
+            )
 
     async def _start_consumer(self, held: HeldPartition) -> None:
+        try:
+            await self._start_service(held)
+        except Exception:  # its lease is let go at the next step
+            log.exception("lease.consumer_failed_to_start", partition=held.partition)
+            held.failed = True
+            self._wake.set()
+
+    async def _start_service(self, held: HeldPartition) -> None:
         stream = self.stream_of(held.partition)
         held.sink = RedisDeadLetterSink.from_url(self.redis_url, stream)
         processor = IngestProcessor(
@@ -210,6 +223,9 @@ class PartitionKeeper:
         log.info("lease.released", partition=held.partition, token=held.lease.token)
 
     async def _stop_consumer(self, held: HeldPartition) -> None:
+        starting, held.starting = held.starting, None
+        if starting is not None:
+            await starting  # never raises; ends soon once the lease is no longer held
         service, held.service = held.service, None
         if service is not None:
             try:
