@@ -204,7 +204,7 @@ async def run(settings: Settings) -> None:
             "ledger.started",
             stream=settings.usage_stream,
             http=f"http://{settings.host}:{settings.port}",
-            database=str(settings.sqlite_path()),
+            database=settings.log_location(),
             position=worker.ledger.position,
             clock=settings.clock,
         )
