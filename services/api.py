@@ -18,11 +18,12 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Final
+from urllib.parse import quote
 
 import msgspec
 import structlog
@@ -30,11 +31,16 @@ from litestar import Litestar, Request, Response, Router, delete, get, patch, po
 from litestar.connection import ASGIConnection
 from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException, ValidationException
-from litestar.handlers import BaseRouteHandler
+from litestar.handlers import BaseRouteHandler, HTTPRouteHandler
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.params import HeaderParameter, JSONBody, PathParameter, QueryParameter
-from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
+from litestar.status_codes import (
+    HTTP_200_OK,
+    HTTP_201_CREATED,
+    HTTP_204_NO_CONTENT,
+    HTTP_503_SERVICE_UNAVAILABLE,
+)
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from ledger.application import Outcome
@@ -98,6 +104,7 @@ from schemas.read_models import (
 )
 from schemas.usage import Id, UtcInstant
 from services.auth import (
+    BOOTSTRAP_ADMIN_ID,
     MAX_SCOPE_SUBSCRIPTIONS,
     InvalidTokenRequest,
     Principal,
@@ -141,6 +148,7 @@ PROBLEMS: Final[dict[str, tuple[int, str]]] = {
     "duplicate-conflict": (409, "The same id was used before with another payload"),
     "clock-not-manual": (409, "The ledger clock is the system clock"),
     "clock-backwards": (409, "The ledger clock only moves forward"),
+    "token-not-revocable": (409, "The bootstrap admin token is set by configuration"),
     "body-too-large": (413, "The request body is too large"),
     "unsupported-media-type": (415, "Unsupported media type"),
     "internal": (500, "Internal error"),
@@ -245,7 +253,8 @@ def _on_http(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, An
     slug = _SLUG_BY_STATUS.get(
         exc.status_code, "internal" if exc.status_code >= 500 else "bad-request"
     )
-    return problem_response(slug, str(exc.detail))
+    # Keep what the framework says must go with the status (`Allow` on a 405, RFC 9110).
+    return problem_response(slug, str(exc.detail), dict(exc.headers or {}) or None)
 
 
 def _on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
@@ -911,6 +920,14 @@ def create_app(
     @delete("/v1/tokens/{token_id:str}", status_code=HTTP_204_NO_CONTENT, summary="Revoke a token")
     async def delete_token(request: Request[Any, Any, Any], token_id: PathId) -> None:
         access(request, ADMINS)
+        if token_id == BOOTSTRAP_ADMIN_ID:
+            # Revoking it over the API would lock every admin out until a restart reinstates
+            # it; it is replaced by changing LEDGER_ADMIN_TOKEN or the admin-token file.
+            raise Problem(
+                "token-not-revocable",
+                "the bootstrap admin token is LEDGER_ADMIN_TOKEN or the admin-token file:"
+                " change it there and restart",
+            )
         if not tokens.revoke(token_id):
             raise Problem("not-found", f"no live token {token_id!r}")
 
@@ -964,7 +981,7 @@ def create_app(
         return Response(
             view,
             status_code=HTTP_201_CREATED if created else HTTP_200_OK,
-            headers={"Location": f"/v1/subscriptions/{sub}/overview"},
+            headers={"Location": f"/v1/subscriptions/{quote(sub, safe='')}/overview"},
         )
 
     @post(
@@ -1131,28 +1148,33 @@ def create_app(
         HTTPException: _on_http,
         Exception: _on_unexpected,
     }
+    v1_handlers: list[HTTPRouteHandler] = [
+        get_overview,
+        get_seat,
+        get_packs,
+        get_billing,
+        get_usage,
+        get_authorization,
+        get_log,
+        get_digest,
+        post_token,
+        delete_token,
+        post_subscription,
+        post_seat,
+        patch_seat,
+        delete_seat,
+        post_pack,
+        get_clock,
+        post_clock,
+    ]
+    for handler in v1_handlers:
+        _document_problems(handler, V1_PROBLEM_STATUSES)
+    _document_problems(readyz, (HTTP_503_SERVICE_UNAVAILABLE,))
     v1 = Router(
         path="/",
         guards=[authenticated],
-        route_handlers=[
-            get_overview,
-            get_seat,
-            get_packs,
-            get_billing,
-            get_usage,
-            get_authorization,
-            get_log,
-            get_digest,
-            post_token,
-            delete_token,
-            post_subscription,
-            post_seat,
-            patch_seat,
-            delete_seat,
-            post_pack,
-            get_clock,
-            post_clock,
-        ],
+        route_handlers=v1_handlers,
+        security=[{"bearer": []}],  # health, readiness and metrics need no token (SPEC §3)
     )
     return Litestar(
         route_handlers=[v1, get_metrics, healthz, readyz],
@@ -1162,7 +1184,6 @@ def create_app(
         openapi_config=OpenAPIConfig(
             title="Credits ledger",
             version=API_VERSION,
-            security=[{"bearer": []}],
             components=Components(
                 security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}
             ),
@@ -1228,6 +1249,40 @@ def _latency_middleware(metrics: LedgerMetrics) -> Callable[[ASGIApp], ASGIApp]:
         return timed
 
     return wrap
+
+
+class ProblemView(msgspec.Struct, frozen=True):
+    """An RFC 9457 problem, as every error is answered (`application/problem+json`)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    parameter: str | None = None
+    reason: str | None = None
+    errors: list[dict[str, Any]] | None = None
+
+
+V1_PROBLEM_STATUSES: Final = (400, 401, 403, 404, 409, 413, 415)
+"""What any /v1 path may answer besides success (a read never 409s; documenting it costs
+nothing and keeps one list)."""
+
+
+def _document_problems(handler: HTTPRouteHandler, statuses: Sequence[int]) -> None:
+    """Declare in the OpenAPI document the problem responses a handler may give."""
+    responses = dict(handler.responses or {})
+    for status in statuses:
+        titles = sorted({title for code, title in PROBLEMS.values() if code == status})
+        responses.setdefault(
+            status,
+            ResponseSpec(
+                data_container=ProblemView,
+                media_type=PROBLEM_MEDIA_TYPE,
+                description="; ".join(titles) or "Problem",
+                generate_examples=False,
+            ),
+        )
+    handler.responses = responses
 
 
 def _again(view: type[msgspec.Struct], description: str) -> ResponseSpec:
