@@ -57,6 +57,7 @@ from schemas.read_models import (
 from schemas.usage import UtcInstant
 from services.auth import (
     MAX_SCOPE_SUBSCRIPTIONS,
+    ROLES,
     InvalidTokenRequest,
     Principal,
     Role,
@@ -341,6 +342,17 @@ class TokenCreated(msgspec.Struct, frozen=True):
     """Shown once: only its hash is kept."""
     role: Role
     subscription_ids: list[str] | None
+
+
+class TokenSelfView(msgspec.Struct, frozen=True):
+    """Who the bearer is (for the console: which actions to offer, which subscription to open)."""
+
+    token_id: str
+    role: Role
+    subscription_ids: list[str] | None
+    """None: every subscription."""
+    now: datetime
+    """The ledger clock's now, which a manual clock may hold far from the wall clock."""
 
 
 def seat_view(seat: SeatBalance, balances: Balances) -> SeatView:
@@ -709,6 +721,12 @@ def create_app(
         if not tokens.revoke(token_id):
             raise Problem("not-found", f"no live token {token_id!r}")
 
+    @get("/v1/tokens/self", summary="The bearer token's own role and scope, and the ledger's now")
+    async def get_token_self(request: Request[Any, Any, Any]) -> TokenSelfView:
+        me = access(request, frozenset(ROLES))
+        scope = None if me.subscription_ids is None else sorted(me.subscription_ids)
+        return TokenSelfView(me.token_id, me.role, scope, datetime_from_us(clock.now_us()))
+
     @get("/healthz", summary="Liveness")
     async def healthz() -> HealthView:
         return HealthView("ok")
@@ -741,6 +759,7 @@ def create_app(
             delete_token,
             healthz,
             readyz,
+            get_token_self,
         ],
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
         request_max_body_size=max_body_bytes,
