@@ -64,6 +64,7 @@ from services.auth import (
     TokenStore,
 )
 from services.bootstrap import Parts
+from services.console import console_router
 
 API_VERSION: Final = "1"
 MAX_BODY_BYTES: Final = 64 * 1024
@@ -760,6 +761,7 @@ def create_app(
             healthz,
             readyz,
             get_token_self,
+            console_router(),
         ],
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
         request_max_body_size=max_body_bytes,
