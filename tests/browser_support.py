@@ -93,6 +93,7 @@ def start_chromium(profile_dir: Path, download_dir: Path) -> WebDriver:
         options.add_argument(argument)
     options.add_argument(f"--user-data-dir={profile_dir}")
     options.add_argument(f"--window-size={DESKTOP[0]},{DESKTOP[1]}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
     driver.execute_cdp_cmd(
         "Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(download_dir)}

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import Select
@@ -476,6 +477,81 @@ def test_both_pages_fit_desktop_and_phone_widths_and_are_photographed(
                 assert path.stat().st_size > 0
     finally:
         clear_emulation(driver)
+
+
+def test_the_console_works_from_the_keyboard(browser: Browser, console: ConsoleServer) -> None:
+    driver = browser.driver
+    driver.get(console.console_url)
+    driver.execute_script("sessionStorage.clear()")
+    driver.refresh()
+    wait_for(driver, lambda d: d.switch_to.active_element == find(d, "#token-input"))
+    driver.switch_to.active_element.send_keys(ADMIN, Keys.TAB, "team-1", Keys.ENTER)
+    wait_for(driver, lambda d: find(d, "#app").is_displayed())
+    wait_idle(driver)
+    find(driver, '#nav a[data-page="billing"]').send_keys(Keys.ENTER)
+    wait_for(driver, lambda d: find(d, "#billing-page").is_displayed())
+    go(driver, "subscription")
+    find(driver, "#buy-pack").send_keys(Keys.ENTER)
+    assert find(driver, "#confirm-dialog").is_displayed()
+    assert driver.switch_to.active_element == find(driver, "#confirm-ok")
+    driver.switch_to.active_element.send_keys(Keys.ESCAPE)  # cancels: nothing is bought
+    wait_for(driver, lambda d: not find(d, "#confirm-dialog").is_displayed())
+    assert len(console.get("/v1/subscriptions/team-1/packs")["items"]) == 2
+
+
+CONTRAST_SCRIPT = r"""
+const luminance = (rgb) => {
+  const [r, g, b] = rgb.map((c) => {
+    c /= 255;
+    return c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4;
+  });
+  return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+};
+const parse = (color) => color.match(/[\d.]+/g).map(Number);
+const background = (element) => {
+  for (let e = element; e; e = e.parentElement) {
+    const c = parse(getComputedStyle(e).backgroundColor);
+    if (c.length < 4 || c[3] === 1) return c.slice(0, 3);
+  }
+  return [255, 255, 255];
+};
+const low = [];
+for (const e of document.querySelectorAll("body *")) {
+  const own = [...e.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim());
+  if (!own || !e.getClientRects().length) continue;
+  if (e.closest("[disabled], svg, .visually-hidden")) continue;
+  const a = luminance(parse(getComputedStyle(e).color).slice(0, 3));
+  const b = luminance(background(e));
+  const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+  if (ratio < 4.5) low.push(`${e.tagName}#${e.id}.${e.className}: ${ratio.toFixed(2)}`);
+}
+return low;
+"""
+
+
+def test_every_text_meets_wcag_aa_contrast_on_both_pages(
+    browser: Browser, console: ConsoleServer
+) -> None:
+    driver = browser.driver
+    sign_in(driver, console, ADMIN, "team-2")  # a suspended seat and the uncovered callout
+    for page in ("subscription", "billing"):
+        go(driver, page)
+        assert driver.execute_script(CONTRAST_SCRIPT) == [], page
+
+
+def test_the_pages_log_no_script_or_policy_errors(browser: Browser, console: ConsoleServer) -> None:
+    driver = browser.driver
+    sign_in(driver, console, ADMIN, "team-1")
+    driver.get_log("browser")  # what earlier tests left (a refused sign-in logs its 401)
+    driver.refresh()
+    wait_for(driver, lambda d: find(d, "#app").is_displayed())
+    wait_idle(driver)
+    go(driver, "billing")
+    find(driver, "input[name=stack-by][value=model]").click()
+    download_csv(browser)
+    go(driver, "subscription")
+    severe = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+    assert severe == []
 
 
 # -- admin writes (SPEC §3; being built on branch api) --------------------------------------
