@@ -440,6 +440,20 @@ def test_a_viewer_sees_no_admin_actions_and_no_other_subscription(
     assert not find(driver, "#app").is_displayed()
 
 
+def test_an_auditor_reads_any_subscription_without_admin_actions_and_a_gateway_is_refused(
+    browser: Browser, console: ConsoleServer
+) -> None:
+    driver = browser.driver
+    sign_in(driver, console, console.auditor_token, "team-2")
+    assert find(driver, "#who-text").text == "auditor · team-2"
+    assert seat_row(driver, "carol")[7] == "⚠ Suspended"
+    assert find_all(driver, "[data-action]") == []
+    assert not find(driver, "#buy-pack").is_displayed()
+    _, gateway = console.tokens.create("gateway", ["team-1"])
+    sign_in(driver, console, gateway, "team-1")
+    assert "role may not read subscriptions" in find(driver, "#sign-in-error").text
+
+
 def test_an_admin_is_offered_every_admin_action(browser: Browser, console: ConsoleServer) -> None:
     driver = browser.driver
     sign_in(driver, console, ADMIN, "team-1")
