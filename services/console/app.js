@@ -568,7 +568,7 @@ function renderUsage() {
     el("td", {}, timeEl(row.recorded_at)),
     el("td", {}, row.seat_id),
     el("td", {}, row.product),
-    el("td", {}, row.model),
+    el("td", { className: "model" }, row.model),
     el("td", { className: "usage" }, usageText(row)),
     el("td", { className: "coefficients", title: `rate card ${row.rate_card_version}` }, coefficientText(row)),
     el("td", { className: "num credits" }, row.credits),
