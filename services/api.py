@@ -106,12 +106,14 @@ from schemas.usage import Id, UtcInstant
 from services.auth import (
     BOOTSTRAP_ADMIN_ID,
     MAX_SCOPE_SUBSCRIPTIONS,
+    ROLES,
     InvalidTokenRequest,
     Principal,
     Role,
     TokenStore,
 )
 from services.bootstrap import Parts
+from services.console import console_router
 from services.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from services.metrics import METRICS, LedgerMetrics
 from services.writer import Writer
@@ -502,6 +504,17 @@ def pack_id_for(subscription_id: str, idempotency_key: str | None) -> str:
         return PACK_ID_PREFIX + secrets.token_hex(PACK_ID_HEX_CHARS // 2)
     material = f"{subscription_id}\x00{idempotency_key}".encode()
     return PACK_ID_PREFIX + hashlib.sha256(material).hexdigest()[:PACK_ID_HEX_CHARS]
+
+
+class TokenSelfView(msgspec.Struct, frozen=True):
+    """Who the bearer is (for the console: which actions to offer, which subscription to open)."""
+
+    token_id: str
+    role: Role
+    subscription_ids: list[str] | None
+    """None: every subscription."""
+    now: datetime
+    """The ledger clock's now, which a manual clock may hold far from the wall clock."""
 
 
 def seat_view(seat: SeatBalance, balances: Balances) -> SeatView:
@@ -1130,6 +1143,12 @@ def create_app(
         metrics.projection_lag.set(max(0, events.head().position - usage_reader.checkpoint()))
         return metrics.render()
 
+    @get("/v1/tokens/self", summary="The bearer token's own role and scope, and the ledger's now")
+    async def get_token_self(request: Request[Any, Any, Any]) -> TokenSelfView:
+        me = access(request, frozenset(ROLES))
+        scope = None if me.subscription_ids is None else sorted(me.subscription_ids)
+        return TokenSelfView(me.token_id, me.role, scope, datetime_from_us(clock.now_us()))
+
     @get("/healthz", summary="Liveness")
     async def healthz() -> HealthView:
         return HealthView("ok")
@@ -1166,6 +1185,7 @@ def create_app(
         post_pack,
         get_clock,
         post_clock,
+        get_token_self,
     ]
     for handler in v1_handlers:
         _document_problems(handler, V1_PROBLEM_STATUSES)
@@ -1177,7 +1197,7 @@ def create_app(
         security=[{"bearer": []}],  # health, readiness and metrics need no token (SPEC §3)
     )
     return Litestar(
-        route_handlers=[v1, get_metrics, healthz, readyz],
+        route_handlers=[v1, get_metrics, healthz, readyz, console_router()],
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
         middleware=[_latency_middleware(metrics)],
         request_max_body_size=max_body_bytes,
