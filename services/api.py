@@ -18,11 +18,12 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Final
+from urllib.parse import quote
 
 import msgspec
 import structlog
@@ -30,11 +31,16 @@ from litestar import Litestar, Request, Response, Router, delete, get, patch, po
 from litestar.connection import ASGIConnection
 from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException, ValidationException
-from litestar.handlers import BaseRouteHandler
+from litestar.handlers import BaseRouteHandler, HTTPRouteHandler
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.params import HeaderParameter, JSONBody, PathParameter, QueryParameter
-from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
+from litestar.status_codes import (
+    HTTP_200_OK,
+    HTTP_201_CREATED,
+    HTTP_204_NO_CONTENT,
+    HTTP_503_SERVICE_UNAVAILABLE,
+)
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from ledger.application import Outcome
@@ -98,13 +104,16 @@ from schemas.read_models import (
 )
 from schemas.usage import Id, UtcInstant
 from services.auth import (
+    BOOTSTRAP_ADMIN_ID,
     MAX_SCOPE_SUBSCRIPTIONS,
+    ROLES,
     InvalidTokenRequest,
     Principal,
     Role,
     TokenStore,
 )
 from services.bootstrap import Parts
+from services.console import console_router
 from services.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from services.metrics import METRICS, LedgerMetrics
 from services.writer import Writer
@@ -141,6 +150,7 @@ PROBLEMS: Final[dict[str, tuple[int, str]]] = {
     "duplicate-conflict": (409, "The same id was used before with another payload"),
     "clock-not-manual": (409, "The ledger clock is the system clock"),
     "clock-backwards": (409, "The ledger clock only moves forward"),
+    "token-not-revocable": (409, "The bootstrap admin token is set by configuration"),
     "body-too-large": (413, "The request body is too large"),
     "unsupported-media-type": (415, "Unsupported media type"),
     "internal": (500, "Internal error"),
@@ -245,7 +255,8 @@ def _on_http(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, An
     slug = _SLUG_BY_STATUS.get(
         exc.status_code, "internal" if exc.status_code >= 500 else "bad-request"
     )
-    return problem_response(slug, str(exc.detail))
+    # Keep what the framework says must go with the status (`Allow` on a 405, RFC 9110).
+    return problem_response(slug, str(exc.detail), dict(exc.headers or {}) or None)
 
 
 def _on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
@@ -493,6 +504,17 @@ def pack_id_for(subscription_id: str, idempotency_key: str | None) -> str:
         return PACK_ID_PREFIX + secrets.token_hex(PACK_ID_HEX_CHARS // 2)
     material = f"{subscription_id}\x00{idempotency_key}".encode()
     return PACK_ID_PREFIX + hashlib.sha256(material).hexdigest()[:PACK_ID_HEX_CHARS]
+
+
+class TokenSelfView(msgspec.Struct, frozen=True):
+    """Who the bearer is (for the console: which actions to offer, which subscription to open)."""
+
+    token_id: str
+    role: Role
+    subscription_ids: list[str] | None
+    """None: every subscription."""
+    now: datetime
+    """The ledger clock's now, which a manual clock may hold far from the wall clock."""
 
 
 def seat_view(seat: SeatBalance, balances: Balances) -> SeatView:
@@ -911,6 +933,14 @@ def create_app(
     @delete("/v1/tokens/{token_id:str}", status_code=HTTP_204_NO_CONTENT, summary="Revoke a token")
     async def delete_token(request: Request[Any, Any, Any], token_id: PathId) -> None:
         access(request, ADMINS)
+        if token_id == BOOTSTRAP_ADMIN_ID:
+            # Revoking it over the API would lock every admin out until a restart reinstates
+            # it; it is replaced by changing LEDGER_ADMIN_TOKEN or the admin-token file.
+            raise Problem(
+                "token-not-revocable",
+                "the bootstrap admin token is LEDGER_ADMIN_TOKEN or the admin-token file:"
+                " change it there and restart",
+            )
         if not tokens.revoke(token_id):
             raise Problem("not-found", f"no live token {token_id!r}")
 
@@ -964,7 +994,7 @@ def create_app(
         return Response(
             view,
             status_code=HTTP_201_CREATED if created else HTTP_200_OK,
-            headers={"Location": f"/v1/subscriptions/{sub}/overview"},
+            headers={"Location": f"/v1/subscriptions/{quote(sub, safe='')}/overview"},
         )
 
     @post(
@@ -1113,6 +1143,12 @@ def create_app(
         metrics.projection_lag.set(max(0, events.head().position - usage_reader.checkpoint()))
         return metrics.render()
 
+    @get("/v1/tokens/self", summary="The bearer token's own role and scope, and the ledger's now")
+    async def get_token_self(request: Request[Any, Any, Any]) -> TokenSelfView:
+        me = access(request, frozenset(ROLES))
+        scope = None if me.subscription_ids is None else sorted(me.subscription_ids)
+        return TokenSelfView(me.token_id, me.role, scope, datetime_from_us(clock.now_us()))
+
     @get("/healthz", summary="Liveness")
     async def healthz() -> HealthView:
         return HealthView("ok")
@@ -1131,38 +1167,43 @@ def create_app(
         HTTPException: _on_http,
         Exception: _on_unexpected,
     }
+    v1_handlers: list[HTTPRouteHandler] = [
+        get_overview,
+        get_seat,
+        get_packs,
+        get_billing,
+        get_usage,
+        get_authorization,
+        get_log,
+        get_digest,
+        post_token,
+        delete_token,
+        post_subscription,
+        post_seat,
+        patch_seat,
+        delete_seat,
+        post_pack,
+        get_clock,
+        post_clock,
+        get_token_self,
+    ]
+    for handler in v1_handlers:
+        _document_problems(handler, V1_PROBLEM_STATUSES)
+    _document_problems(readyz, (HTTP_503_SERVICE_UNAVAILABLE,))
     v1 = Router(
         path="/",
         guards=[authenticated],
-        route_handlers=[
-            get_overview,
-            get_seat,
-            get_packs,
-            get_billing,
-            get_usage,
-            get_authorization,
-            get_log,
-            get_digest,
-            post_token,
-            delete_token,
-            post_subscription,
-            post_seat,
-            patch_seat,
-            delete_seat,
-            post_pack,
-            get_clock,
-            post_clock,
-        ],
+        route_handlers=v1_handlers,
+        security=[{"bearer": []}],  # health, readiness and metrics need no token (SPEC §3)
     )
     return Litestar(
-        route_handlers=[v1, get_metrics, healthz, readyz],
+        route_handlers=[v1, get_metrics, healthz, readyz, console_router()],
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
         middleware=[_latency_middleware(metrics)],
         request_max_body_size=max_body_bytes,
         openapi_config=OpenAPIConfig(
             title="Credits ledger",
             version=API_VERSION,
-            security=[{"bearer": []}],
             components=Components(
                 security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}
             ),
@@ -1228,6 +1269,40 @@ def _latency_middleware(metrics: LedgerMetrics) -> Callable[[ASGIApp], ASGIApp]:
         return timed
 
     return wrap
+
+
+class ProblemView(msgspec.Struct, frozen=True):
+    """An RFC 9457 problem, as every error is answered (`application/problem+json`)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    parameter: str | None = None
+    reason: str | None = None
+    errors: list[dict[str, Any]] | None = None
+
+
+V1_PROBLEM_STATUSES: Final = (400, 401, 403, 404, 409, 413, 415)
+"""What any /v1 path may answer besides success (a read never 409s; documenting it costs
+nothing and keeps one list)."""
+
+
+def _document_problems(handler: HTTPRouteHandler, statuses: Sequence[int]) -> None:
+    """Declare in the OpenAPI document the problem responses a handler may give."""
+    responses = dict(handler.responses or {})
+    for status in statuses:
+        titles = sorted({title for code, title in PROBLEMS.values() if code == status})
+        responses.setdefault(
+            status,
+            ResponseSpec(
+                data_container=ProblemView,
+                media_type=PROBLEM_MEDIA_TYPE,
+                description="; ".join(titles) or "Problem",
+                generate_examples=False,
+            ),
+        )
+    handler.responses = responses
 
 
 def _again(view: type[msgspec.Struct], description: str) -> ResponseSpec:

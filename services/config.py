@@ -100,6 +100,16 @@ class Settings:
             return url
         return None
 
+    def log_location(self) -> str:
+        """Where the log is, for logs and messages (a PostgreSQL URL without its password)."""
+        url = self.postgres_url()
+        if url is None:
+            return str(self.sqlite_path())
+        scheme, _, rest = url.partition("://")
+        credentials, at, host = rest.rpartition("@")
+        user = credentials.partition(":")[0]
+        return f"{scheme}://{user}{at}{host}" if at else url
+
     def sqlite_path(self) -> Path:
         """The SQLite file of the log, beside which the read models' file lives.
 

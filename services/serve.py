@@ -267,7 +267,7 @@ async def run(settings: Settings) -> None:
             stream=settings.usage_stream,
             partitions=settings.partitions,
             http=f"http://{settings.host}:{settings.port}" if api is not None else None,
-            database="postgresql" if settings.postgres_url() else str(settings.sqlite_path()),
+            database=settings.log_location(),
             position=worker.ledger.position,
             clock=settings.clock,
             held=sorted(keeper.held) if keeper is not None else None,
