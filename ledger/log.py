@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -102,6 +103,12 @@ class EventStore(Protocol):
         expected_position: int | None = None,
         fence: Fence | None = None,
     ) -> list[StoredRecord]: ...
+
+    def exclusive(self) -> AbstractContextManager[None]:
+        """Hold the append lock for the block: what it reads stays the head until its one
+        append, which therefore never meets `ConcurrentAppend` (a writer that lost a race
+        decides again in here, so it cannot lose every time)."""
+        ...
 
     def read(self, after: int = 0, until: int | None = None) -> Iterator[StoredRecord]:
         """Records with `after < position <= until` (no upper bound when None), in order."""

@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, LiteralString, get_args
 
 import psycopg
@@ -188,7 +189,7 @@ class PostgresEventStore:
         self._lock_timeout_ms = lock_timeout_ms
         self._idle_timeout_ms = idle_in_transaction_timeout_ms
         self._append_key = append_lock_key(schema)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._q = _Queries(sql.Identifier(schema))
         self._db = self._connect()
         try:
@@ -260,6 +261,23 @@ class PostgresEventStore:
             except psycopg.Error as error:
                 raise StoreError(f"append failed: {error}") from error
         return records
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the append lock across the calls made in the block, on this thread: reads, then
+        at most one append, in one transaction committed at the end (a savepoint each)."""
+        with self._lock:
+            self._reconnect_if_broken()
+            try:
+                with self._db.transaction():
+                    self._db.execute(self._q.lock, (self._append_key,))
+                    yield
+            except psycopg.errors.LockNotAvailable as error:
+                raise StoreError(
+                    f"gave up waiting {self._lock_timeout_ms} ms for another append"
+                ) from error
+            except psycopg.Error as error:
+                raise StoreError(f"exclusive section failed: {error}") from error
 
     def read(self, after: int = 0, until: int | None = None) -> Iterator[StoredRecord]:
         """Records with `after < position <= until`, in order, `READ_CHUNK_RECORDS` per query.

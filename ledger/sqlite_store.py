@@ -184,7 +184,9 @@ class SqliteEventStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._key_hash = usage_key_hash
         self._recent_max = recent_usage_keys_max
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._after_commit: list[Callable[[], None]] | None = None
+        """Inside `exclusive`: what to do once its transaction commits."""
         self._db = sqlite3.connect(
             path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
         )
@@ -243,16 +245,42 @@ class SqliteEventStore:
                     )
                 through = records[-1].position
                 merged = bool(recent_rows) and self._merge_recent_if_full(len(recent_rows), through)
+
             # Committed: only now does the mirror take this append's keys. With charges in the
             # batch it was synced inside the transaction, so it is current up to `through`.
-            if merged:
-                self._recent.clear()
-                self._merged_through = through
-            else:
-                self._recent.update((key, position) for position, key in recent_rows)
-            if charges:
-                self._recent_through = through
+            def mirror() -> None:
+                if merged:
+                    self._recent.clear()
+                    self._merged_through = through
+                else:
+                    self._recent.update((key, position) for position, key in recent_rows)
+                if charges:
+                    self._recent_through = through
+
+            self._on_commit(mirror)
         return records
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the write lock (`BEGIN IMMEDIATE`) across the calls made in the block, on this
+        thread: reads, then at most one append, commit together at the end."""
+        with self._lock:
+            if self._after_commit is not None:
+                raise RuntimeError("exclusive sections do not nest")
+            self._db.execute("BEGIN IMMEDIATE")
+            self._after_commit = []
+            try:
+                yield
+                self._db.execute("COMMIT")
+                actions = self._after_commit
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+            finally:
+                self._after_commit = None
+            for action in actions:
+                action()
 
     def read(self, after: int = 0, until: int | None = None) -> Iterator[StoredRecord]:
         """Records with `after < position <= until`, in order, `READ_CHUNK_RECORDS` per query.
@@ -448,8 +476,17 @@ class SqliteEventStore:
         if str(mode).lower() != "wal":
             raise StoreError(f"SQLite refused WAL mode (journal mode is {mode})")
 
+    def _on_commit(self, action: Callable[[], None]) -> None:
+        if self._after_commit is None:
+            action()
+        else:
+            self._after_commit.append(action)
+
     @contextmanager
     def _transaction(self, begin: str) -> Iterator[None]:
+        if self._after_commit is not None:  # inside `exclusive`: part of its transaction
+            yield
+            return
         self._db.execute(begin)
         try:
             yield

@@ -982,3 +982,38 @@ def test_a_refused_batch_of_every_kind_of_event_is_undone_exactly(
     assert [o.status for o in outcomes] == ["applied"] * 6 and first.concurrent_appends == 1
     fresh = _open_ledger(store_factory(), clock)
     assert fresh.state == first.state and fresh.position == first.position
+
+
+def test_an_exclusive_section_keeps_the_head_until_its_append(
+    store_factory: StoreFactory,
+) -> None:
+    mine, theirs = store_factory(), store_factory()
+    appended(mine, [grant()])
+    other_done = threading.Event()
+
+    def other_writer() -> None:
+        appended(theirs, [grant("seat-2")])
+        other_done.set()
+
+    with mine.exclusive():
+        decided_at = mine.head().position
+        writer = threading.Thread(target=other_writer)
+        writer.start()
+        assert not other_done.wait(HELD_APPEND_WAIT_S)  # it waits for our lock
+        records = mine.append([charge("mine")], T0_US, expected_position=decided_at)
+    writer.join(RACE_TIMEOUT_S)
+
+    assert other_done.is_set() and [r.position for r in records] == [2]
+    assert [r.position for r in store_factory().read()] == [1, 2, 3]
+
+
+def test_an_exclusive_section_that_fails_writes_nothing_and_forgets_its_keys(
+    store: EventStore,
+) -> None:
+    with pytest.raises(RuntimeError), store.exclusive():
+        store.append([charge("undone")], T0_US)
+        raise RuntimeError("the decision failed after the append")
+
+    assert store.head().position == 0
+    assert store.prior_charges([("sub-1", "undone")]) == {}
+    assert [r.position for r in store.append([charge("undone")], T0_US)] == [1]
