@@ -12,14 +12,19 @@ it for good. Each append therefore takes a transaction-level advisory lock
 own so that the head read takes a fresh snapshot after the wait. The lock is released only
 after the commit is visible to everyone, so positions are assigned, committed and made visible
 in one order: whoever sees N+1 sees N. The price is one appender at a time per log, which the
-writer is anyway (it batches a thousand events per transaction); partitions will each get
-their own key. Fencing readers on transaction ids (`pg_snapshot_xmin`) would let appends
+writer is anyway (it batches a thousand events per transaction); the partitions of the
+usage stream share it, as they share the chain. Fencing readers on transaction ids (`pg_snapshot_xmin`) would let appends
 overlap, but positions would then come from a sequence with holes and commit out of order,
 and the hash chain needs the previous record's hash before the next can be written, so
 overlapping appends could not chain anyway.
 
-An append costs two round trips in pipeline mode: (lock, head) then (insert the records and
-their keys with one multi-row `unnest` statement each, commit). Data and hashes are `bytea`.
+An append costs two round trips in pipeline mode: (lock, lease, head) then (insert the records
+and their keys with one multi-row `unnest` statement each, commit). Inside the lock it checks
+the head it was decided on (`ConcurrentAppend`) and, for an ingest worker, its partition lease
+(`LeaseLost`, on the database's clock); a lease is taken over under the same lock, so no append
+under an old token commits after a takeover. Every fenced append leaves a `fenced_appends` row
+(token and time of the check), every takeover a `lease_takeovers` row: the failover test
+proves the fencing from them. Data and hashes are `bytea`.
 The usage key table's primary key is the idempotency check itself: a key already stored makes
 the insert fail, and with it the whole transaction. Its columns use the "C" collation: byte
 comparisons, whatever the database's locale (a linguistic collation would make every B-tree
