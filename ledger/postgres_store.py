@@ -12,11 +12,11 @@ it for good. Each append therefore takes a transaction-level advisory lock
 own so that the head read takes a fresh snapshot after the wait. The lock is released only
 after the commit is visible to everyone, so positions are assigned, committed and made visible
 in one order: whoever sees N+1 sees N. The price is one appender at a time per log, which the
-writer is anyway (it batches a thousand events per transaction); the partitions of the
-usage stream share it, as they share the chain. Fencing readers on transaction ids (`pg_snapshot_xmin`) would let appends
-overlap, but positions would then come from a sequence with holes and commit out of order,
-and the hash chain needs the previous record's hash before the next can be written, so
-overlapping appends could not chain anyway.
+writer is anyway (it batches a thousand events per transaction); the partitions of the usage
+stream share it, as they share the chain. Fencing readers on transaction ids
+(`pg_snapshot_xmin`) would let appends overlap, but positions would then come from a sequence
+with holes and commit out of order, and the hash chain needs the previous record's hash
+before the next can be written, so overlapping appends could not chain anyway.
 
 An append costs two round trips in pipeline mode: (lock, lease, head) then (insert the records
 and their keys with one multi-row `unnest` statement each, commit). Inside the lock it checks
