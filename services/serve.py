@@ -139,6 +139,10 @@ class Worker:
             self.live.catch_up()
         return len(outcome.records)
 
+    def beat(self) -> None:
+        """An ingest worker not holding partition 0: the writer thread is alive, nothing due."""
+        (self.settings.data_dir / HEARTBEAT_FILE).touch()
+
     def follow(self) -> int:
         """The `api` role's tick: fold what other processes appended into the live balances."""
         assert self.live is not None
@@ -311,6 +315,8 @@ async def _tick_forever(
                 await loop.run_in_executor(executor, worker.follow)
             elif keeper is not None and (fence := keeper.fence(0)) is not None:
                 await loop.run_in_executor(executor, worker.tick, fence)
+            else:
+                await loop.run_in_executor(executor, worker.beat)
         except Exception:
             log.exception("lifecycle.tick_failed")
         services = consumers if keeper is None else keeper.consumers()
