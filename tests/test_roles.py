@@ -8,11 +8,13 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 import redis
 
 from ledger.partitions import partition_of, partition_stream
 from schemas.usage import UsageEvent
 from services.client import UsagePublisher
+from services.config import ConfigError, Settings
 from tests.crash_support import (
     ServeProcesses,
     ledger_env,
@@ -124,3 +126,10 @@ def test_the_single_process_consumes_every_partition(
     assert charged == sorted(event.event_id for event in events)
     client.delete(*(partition_stream(stream_name, k, PARTITIONS) for k in range(PARTITIONS)))
     client.close()
+
+
+def test_the_role_comes_from_the_environment_and_defaults_to_all() -> None:
+    assert Settings.from_env({}).role == "all"
+    assert Settings.from_env({"LEDGER_ROLE": "ingest"}).role == "ingest"
+    with pytest.raises(ConfigError):
+        Settings.from_env({"LEDGER_ROLE": "worker"})
