@@ -1,36 +1,40 @@
-"""`ledger serve`: ingest, lifecycle ticker and live balances in one process, and the read
-model tables in a projector process beside it (`services.projector`).
+"""`ledger serve`: ingest and the lifecycle ticker in this process, the HTTP API and the
+projector in child processes beside it.
 
-Every piece that writes the log runs on one worker thread (the ledger is a single writer), so
-the event loop stays free for Redis. That thread also folds each append into the in-memory
-balances before the batch is acknowledged; the projector folds the same records into the
-read model tables on the other core. With no Redis URL a private Redis server is started with
-its data and append-only file in the data dir. SIGTERM and SIGINT stop it gracefully: the
-batch in hand is finished and acknowledged, then the broker, the projector, the stores and
-the private Redis are closed in that order.
+- This process: every piece that writes the log runs on one worker thread (the ledger is a
+  single writer), so the event loop stays free for Redis; admin writes from the API arrive over
+  a pipe (`services.write_channel`) and run on that same thread.
+- The API process (`services.api_process`): uvicorn and the Litestar app, with balances in
+  memory folded from the log, on an interpreter lock of its own: ingest never delays a
+  gateway's pre-check by holding it.
+- The projector process (`services.projector`): the read model tables.
+
+With no Redis URL a private Redis server is started with its data and append-only file in the
+data dir. SIGTERM and SIGINT stop it gracefully: the API stops taking requests, the batch in
+hand is finished and acknowledged, then the broker, the children, the stores and the private
+Redis are closed in that order. A child that dies is started again by the ticker.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import multiprocessing
 import os
 import signal
 import sys
-from collections.abc import Iterator
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, suppress
+from multiprocessing.connection import Connection
 from typing import Final
 
 import structlog
-import uvicorn
 
 from ledger.application import Ledger
-from projections.live import LiveBalances
-from services.api import create_app
+from services.api_process import ApiProcess
 from services.auth import TOKENS_FILE, TokenStore, ensure_admin_token
-from services.bootstrap import Parts, bootstrap, open_event_store
+from services.bootstrap import Parts, bootstrap
 from services.config import Settings
 from services.ingest import (
     BROKER_LOGGER,
@@ -43,7 +47,7 @@ from services.ingest import (
 from services.metrics import METRICS
 from services.projector import Projector
 from services.redis_server import EmbeddedRedis
-from services.writer import LedgerWriter
+from services.write_channel import WriteChannelServer
 
 HEARTBEAT_FILE: Final = "serve.heartbeat"
 """Touched by every tick on the writer thread: a health check reads its age (compose.yaml)."""
@@ -51,9 +55,12 @@ HEARTBEAT_FILE: Final = "serve.heartbeat"
 TICK_INTERVAL_S: Final = 1.0
 """How often cycle starts and pack expiries that fell due are appended (SPEC: within ~1 s)."""
 API_START_POLL_S: Final = 0.01
-GIL_SWITCH_INTERVAL_S: Final = 0.000_5
-"""How long a thread holds the GIL while another waits for it. Python's 5 ms default would let
-a batch on the writer thread hold an HTTP request on the event loop for up to 5 ms."""
+API_START_TIMEOUT_S: Final = 60.0
+"""Longest wait for the API process to load the balances and listen."""
+API_START_ATTEMPTS: Final = 20
+API_START_RETRY_S: Final = 0.25
+"""Pause between two attempts to start the API process (a port is freed within moments by a
+predecessor killed with its serve)."""
 
 log = structlog.get_logger("ledger.serve")
 
@@ -96,30 +103,25 @@ def configure_logging(json_lines: bool | None = None) -> None:
 
 
 class Worker:
-    """The ledger, its projections and their thread: everything that writes state."""
+    """The ledger and its thread: everything that writes the log."""
 
     def __init__(self, settings: Settings, executor: ThreadPoolExecutor) -> None:
         self.settings = settings
         self.executor = executor
         self.parts: Parts | None = None
         self.ledger: Ledger | None = None
-        self.live: LiveBalances | None = None
 
     def open(self) -> None:
         """Runs on the worker thread: SQLite connections belong to the thread that made them."""
         self.parts = bootstrap(self.settings)
         self.ledger = self.parts.ledger()
-        balances, position = self.parts.read_store.snapshot()
-        self.live = LiveBalances(self.parts.store, balances, position)
-        self.live.catch_up()
 
     def tick(self) -> int:
-        assert self.ledger is not None and self.live is not None
+        assert self.ledger is not None
         outcome = self.ledger.tick()
         (self.settings.data_dir / HEARTBEAT_FILE).touch()
         if outcome.records:
             log.info("lifecycle.appended", events=len(outcome.records))
-            self.live.catch_up()
         return len(outcome.records)
 
     def close(self) -> None:
@@ -127,43 +129,69 @@ class Worker:
             self.parts.close()
 
 
-class _ApiServer(uvicorn.Server):
-    """uvicorn without its own signal handling: `run` owns SIGTERM and SIGINT."""
+class ApiSupervisor:
+    """The HTTP API process and the write channel that serves it, (re)started from the main
+    thread (the parent-death signal is tied to the thread that starts a child)."""
 
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
+    def __init__(self, settings: Settings, worker: Worker) -> None:
+        self.settings = settings
+        self.worker = worker
+        self._process: ApiProcess | None = None
+        self._channel: Connection | None = None
 
+    async def start(self) -> None:
+        """Start the API process and wait until it listens; a port still held by a
+        predecessor that is going away is waited for, a port taken for good is an error."""
+        for attempt in range(1, API_START_ATTEMPTS + 1):
+            self._spawn()
+            if await self._listening():
+                return
+            log.warning("api.start_failed", attempt=attempt, exitcode=self.exitcode)
+            await asyncio.sleep(API_START_RETRY_S)
+        raise OSError(
+            f"the HTTP API could not listen on {self.settings.host}:{self.settings.port}"
+            f" (exit {self.exitcode}); is another process using that port?"
+        )
 
-def _api_server(settings: Settings, worker: Worker, tokens: TokenStore) -> _ApiServer:
-    """The HTTP API on LEDGER_HOST:LEDGER_PORT, answering from the live balances, the read
-    model tables and a log connection of its own (opened here, on the event loop's thread);
-    its writes go to the ledger on the writer thread."""
-    assert worker.parts is not None and worker.ledger is not None and worker.live is not None
-    events = open_event_store(settings)
-    app = create_app(
-        events=events,
-        read_model_path=settings.read_model_path(),
-        runner=worker.live,
-        tokens=tokens,
-        clock=worker.parts.clock,
-        writer=LedgerWriter(worker.ledger, worker.live, worker.executor),
-    )
-    app.on_shutdown.append(events.close)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        lifespan="on",
-    )
-    return _ApiServer(config)
+    def _spawn(self) -> None:
+        assert self.worker.ledger is not None
+        context = multiprocessing.get_context("spawn")
+        ours, theirs = context.Pipe()
+        self._ready = context.Event()
+        WriteChannelServer(ours, self.worker.ledger, self.worker.executor, METRICS).start()
+        self._process = ApiProcess(self.settings, theirs, self._ready)
+        self._process.start()
+        theirs.close()  # the child has its own end now
+        self._channel = ours
+
+    async def _listening(self) -> bool:
+        assert self._process is not None
+        deadline = time.monotonic() + API_START_TIMEOUT_S
+        while not self._ready.is_set():
+            if not self._process.alive or time.monotonic() > deadline:
+                self.stop()
+                return False
+            await asyncio.sleep(API_START_POLL_S)
+        return True
+
+    @property
+    def alive(self) -> bool:
+        return self._process is not None and self._process.alive
+
+    @property
+    def exitcode(self) -> int | None:
+        return None if self._process is None else self._process.exitcode
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.stop()
+        if self._channel is not None:
+            self._channel.close()  # ends the channel's thread
+            self._channel = None
 
 
 async def run(settings: Settings) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -179,25 +207,19 @@ async def run(settings: Settings) -> None:
         worker = Worker(settings, executor)
         await loop.run_in_executor(executor, worker.open)
         resources.callback(lambda: executor.submit(worker.close).result())
-        assert worker.ledger is not None and worker.live is not None
+        assert worker.ledger is not None
         projector = Projector(settings)
         projector.start()
         resources.callback(projector.stop)
         sink = RedisDeadLetterSink.from_url(redis_url, settings.usage_stream)
         resources.callback(sink.close)
-        processor = IngestProcessor(worker.ledger, worker.live, sink, metrics=METRICS)
+        processor = IngestProcessor(worker.ledger, None, sink, metrics=METRICS)
         claim_idle_ms = int(os.environ.get("LEDGER_CLAIM_IDLE_MS") or IngestConfig.claim_idle_ms)
         config = IngestConfig(stream=settings.usage_stream, claim_idle_ms=claim_idle_ms)
-        tokens = TokenStore(settings.data_dir / TOKENS_FILE)
-        resources.callback(tokens.close)
-        generated = ensure_admin_token(tokens, settings.data_dir, settings.admin_token)
-        if generated is not None:
-            # Printed once, on its own line, for the operator; it is saved 0600 in the data dir.
-            print(f"admin token (saved in {settings.data_dir}/admin-token): {generated}")
-        api = _api_server(settings, worker, tokens)
-        api_task = asyncio.create_task(api.serve(), name="http-api")
-        while not api.started:  # uvicorn exits the process when it cannot listen
-            await asyncio.sleep(API_START_POLL_S)
+        _install_admin_token(settings)
+        api = ApiSupervisor(settings, worker)
+        resources.callback(api.stop)
+        await api.start()
         service = IngestService(build_broker(redis_url), processor, config, executor=executor)
         await service.start()
         log.info(
@@ -208,24 +230,35 @@ async def run(settings: Settings) -> None:
             position=worker.ledger.position,
             clock=settings.clock,
         )
-        ticker = asyncio.create_task(_tick_forever(worker, executor, projector, service, stop))
+        ticker = asyncio.create_task(_tick_forever(worker, executor, projector, api, service, stop))
         await stop.wait()
         log.info("ledger.stopping")
-        api.should_exit = True
         await ticker
+        api.stop()  # no new admin writes; requests in flight are answered first
         await service.stop()
-        await api_task
     log.info("ledger.stopped")
+
+
+def _install_admin_token(settings: Settings) -> None:
+    tokens = TokenStore(settings.data_dir / TOKENS_FILE)
+    try:
+        generated = ensure_admin_token(tokens, settings.data_dir, settings.admin_token)
+    finally:
+        tokens.close()
+    if generated is not None:
+        # Printed once, on its own line, for the operator; it is saved 0600 in the data dir.
+        print(f"admin token (saved in {settings.data_dir}/admin-token): {generated}")
 
 
 async def _tick_forever(
     worker: Worker,
     executor: ThreadPoolExecutor,
     projector: Projector,
+    api: ApiSupervisor,
     ingest: IngestService,
     stop: asyncio.Event,
 ) -> None:
-    """Every second: the lifecycle tick, the consumer lag gauge, and a look at the projector."""
+    """Every second: the lifecycle tick, the consumer lag gauge, and a look at the children."""
     loop = asyncio.get_running_loop()
     while not stop.is_set():
         try:
@@ -239,6 +272,12 @@ async def _tick_forever(
         if not projector.alive:
             log.error("projector.died", exitcode=projector.exitcode)
             projector.start()
+        if not api.alive and not stop.is_set():
+            log.error("api.died", exitcode=api.exitcode)
+            try:
+                await api.start()
+            except OSError:
+                log.exception("api.restart_failed")
         with suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), TICK_INTERVAL_S)
 
