@@ -190,28 +190,35 @@ def download_csv(browser: Browser) -> list[dict[str, str]]:
 
 RECORD_WRITES_SCRIPT = """
 window.sentWrites = [];
+window.loseNextReply = false;
 const send = window.fetch;
 window.unrecordedFetch = send;
 window.fetch = (url, init = {}) => {
-  if (init.method && init.method !== "GET") {
-    window.sentWrites.push(
-      {url: String(url), method: init.method, body: init.body, headers: init.headers});
-  }
-  return send(url, init);
+  if (!init.method || init.method === "GET") return send(url, init);
+  window.sentWrites.push(
+    {url: String(url), method: init.method, body: init.body, headers: init.headers});
+  return send(url, init).then((reply) => {
+    if (!window.loseNextReply) return reply;
+    window.loseNextReply = false;  // the ledger has applied it; the page never hears back
+    throw new TypeError("Failed to fetch");
+  });
 };
 """
 REPLAY_SCRIPT = """
 const [w, done] = arguments;
-(window.unrecordedFetch || fetch)(w.url, {method: w.method, body: w.body, headers: w.headers}).then((r) => done(r.status));
+window.unrecordedFetch(w.url, {method: w.method, body: w.body, headers: w.headers})
+  .then((r) => done(r.status));
 """
 
 
 def record_writes(driver: WebDriver) -> None:
-    """From now on the page keeps every write request it sends in `window.sentWrites`."""
+    """From now on the page keeps every write request it sends in `window.sentWrites`; with
+    `window.loseNextReply` set, the next write reaches the ledger but its reply is lost."""
     driver.execute_script(RECORD_WRITES_SCRIPT)
 
 
 def sent_writes(driver: WebDriver) -> list[dict[str, Any]]:
+    """The writes recorded since the last call."""
     writes: list[dict[str, Any]] = driver.execute_script("return window.sentWrites.splice(0)")
     return writes
 
@@ -665,27 +672,54 @@ def test_an_admin_adds_a_seat_changes_its_tier_and_removes_it_each_confirmed_and
     assert len(of_dave("seat.removed")) == 1
 
 
-def test_a_double_clicked_and_retried_pack_purchase_buys_one_pack(
+def bought_packs(console: ConsoleServer, sub: str) -> list[str]:
+    """The pack ids of every `pack.purchased` of `sub` in the log, oldest first."""
+    return [
+        e["pack_id"] for e in console.log_events("pack.purchased") if e["subscription_id"] == sub
+    ]
+
+
+def test_a_pack_purchase_whose_reply_is_lost_is_retried_with_its_key_and_buys_one_pack(
     browser: Browser, console: ConsoleServer
 ) -> None:
     driver = browser.driver
     console.open("team-4", {"gil": "standard"})
     sign_in(driver, console, ADMIN, "team-4")
     record_writes(driver)
+    driver.execute_script("window.loseNextReply = true")
+    find(driver, "#buy-pack").click()
+    confirm(driver, "Buy a pack of 625,000 credits for team-4?")
+    wait_for(driver, lambda d: find(d, "#confirm-ok").text == "Retry")
+    assert "Not confirmed by the ledger" in find(driver, "#confirm-error").text
+    find(driver, "#confirm-ok").click()
+    wait_for(driver, lambda d: "bought" in find(d, "#action-result").text)
+    wait_idle(driver)
+    first, retry = sent_writes(driver)
+    assert first["headers"]["Idempotency-Key"] and retry == first
+    [pack] = console.get("/v1/subscriptions/team-4/packs")["items"]
+    assert find(driver, "#action-result").text.startswith(
+        f"Pack {pack['pack_id']} bought: 625,000.00 of 625,000.00 credits"
+    )
+    assert len(find_all(driver, "#packs-table tbody tr")) == 1
+    assert bought_packs(console, "team-4") == [pack["pack_id"]]
+
+
+def test_a_double_clicked_pack_purchase_sends_one_request_and_buys_one_pack(
+    browser: Browser, console: ConsoleServer
+) -> None:
+    driver = browser.driver
+    console.open("team-5", {"hana": "standard"})
+    sign_in(driver, console, ADMIN, "team-5")
+    record_writes(driver)
     find(driver, "#buy-pack").click()
     wait_for(driver, lambda d: find(d, "#confirm-dialog").is_displayed())
     ActionChains(driver).double_click(find(driver, "#confirm-ok")).perform()
     wait_for(driver, lambda d: "bought" in find(d, "#action-result").text)
     wait_idle(driver)
-    assert "bought: 625,000.00 of 625,000.00 credits" in find(driver, "#action-result").text
-    assert len(find_all(driver, "#packs-table tbody tr")) == 1
     [sent] = sent_writes(driver)  # the second click found the button disabled
-    assert sent["headers"]["Idempotency-Key"]
-    assert replay(driver, sent) == 200  # a retry: "this pack id was bought already"
-    [pack] = console.get("/v1/subscriptions/team-4/packs")["items"]
-    assert pack["pack_id"] in find(driver, "#action-result").text
-    bought = [e for e in console.log_events("pack.purchased") if e["subscription_id"] == "team-4"]
-    assert [e["pack_id"] for e in bought] == [pack["pack_id"]]
+    assert replay(driver, sent) == 200  # a retry all the same: "this pack id was bought already"
+    [pack] = console.get("/v1/subscriptions/team-5/packs")["items"]
+    assert bought_packs(console, "team-5") == [pack["pack_id"]]
 
 
 def test_a_manual_clock_advance_shows_the_reset_cycle_and_an_expired_pack(
