@@ -21,11 +21,11 @@ from typing import Any
 
 from selenium import webdriver
 from selenium.common.exceptions import WebDriverException
-from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.chrome.service import Service as DriverService
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.service_support import Response, ServeProcess, running_serve
+from tests.service_support import Response, Service, start_service
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -73,7 +73,7 @@ def start_chromium(profile_dir: Path, download_dir: Path) -> WebDriver:
     options.add_argument(f"--user-data-dir={profile_dir}")
     options.add_argument(f"--window-size={DESKTOP[0]},{DESKTOP[1]}")
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    driver = webdriver.Chrome(service=DriverService(executable_path=CHROMEDRIVER), options=options)
     driver.execute_cdp_cmd(
         "Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(download_dir)}
     )
@@ -88,7 +88,7 @@ def rfc3339(instant: datetime) -> str:
 class ConsoleServer:
     """A running `ledger serve` (API + console) and the ways a test feeds and reads it."""
 
-    serve: ServeProcess
+    serve: Service
     viewer_token: str = ""
     auditor_token: str = ""
     log_scanned: int = field(default=0)
@@ -147,7 +147,7 @@ class ConsoleServer:
         """Publish usage events on the stream and wait (bounded) until the log holds a charge
         of each; a dead letter fails at once with its reason."""
         for event in events:
-            self.serve.publish(event)
+            self.serve.publish_event(event)
         waiting = {str(event["event_id"]) for event in events}
         deadline = time.monotonic() + CHARGE_WAIT_S
         while waiting:
@@ -265,9 +265,8 @@ def console_server(
 ) -> Iterator[ConsoleServer]:
     """A `ledger serve` on a manual clock from `ANCHOR`, fed by `populate`, with a viewer token
     scoped to team-1 and an auditor token made through `POST /v1/tokens`."""
-    with running_serve(
-        work_dir, redis_url, admin_token=ADMIN, clock_start=rfc3339(ANCHOR)
-    ) as serve:
+    running = contextmanager(start_service)
+    with running(work_dir, redis_url, admin_token=ADMIN, clock_start=rfc3339(ANCHOR)) as serve:
         server = ConsoleServer(serve)
         populate(server, with_bob=with_bob)
         server.viewer_token = server.token("viewer", ["team-1"])

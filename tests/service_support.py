@@ -1,6 +1,6 @@
 """Helpers for tests that run `ledger serve` as a real process: a free loopback port for its
-HTTP API, a small HTTP client for it, and `running_serve`, which starts one on a usage stream
-of its own in a real Redis and stops it (exit status 0 expected) when the block ends."""
+HTTP API, a small HTTP client for it, and `start_service`, which runs one with a manual clock
+on a Redis stream of its own and stops it (exit status 0 expected) when its user is done."""
 
 from __future__ import annotations
 
@@ -14,8 +14,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,10 +22,13 @@ from typing import Any
 import redis
 
 HTTP_TIMEOUT_S = 10.0
-LEDGER_COMMAND = (sys.executable, "-m", "services.cli")
-"""`ledger`, run by this interpreter (a subprocess inherits PYTHONPATH, so a worktree's code)."""
-SERVE_READY_TIMEOUT_S = 60.0
-SERVE_STOP_TIMEOUT_S = 30.0
+START = "2026-03-01T09:00:00Z"
+"""Where the services' manual clocks start."""
+ADMIN_TOKEN = "service-test-admin-token"
+WAIT_S = 30.0
+MAX_TOKENS = 50_000_000
+"""Every component at its bound: 10,000 + 1,000 + 60,000 = 71,000 credits per event."""
+LEDGER = (sys.executable, "-m", "services.cli")
 LOG_TAIL_CHARS = 4_000
 
 
@@ -106,8 +108,8 @@ def _json(raw: bytes) -> Any:
 
 
 @dataclass
-class ServeProcess:
-    """A running `ledger serve`: its process, HTTP as the admin, and its Redis usage stream."""
+class Service:
+    """A running `ledger serve` and the ways in: HTTP as admin, and its usage stream."""
 
     process: subprocess.Popen[bytes]
     api: HttpClient
@@ -116,75 +118,103 @@ class ServeProcess:
     data_dir: Path
     log_path: Path
 
-    def publish(self, event: dict[str, Any]) -> None:
-        """What a gateway does: `XADD <stream> * data <json>`."""
+    def publish(self, sub: str, seat: str, event_id: str | None = None, **counts: int) -> str:
+        event_id = event_id or uuid.uuid4().hex
+        event = {
+            "event_id": event_id,
+            "subscription_id": sub,
+            "seat_id": seat,
+            "model": "qwen3.6-plus",
+            "occurred_at": START,
+            **counts,
+        }
+        self.publish_event(event)
+        return event_id
+
+    def publish_event(self, event: dict[str, Any]) -> None:
+        """What a gateway does: `XADD <stream> * data <json>`, with any event (or non-event)."""
         self.redis.xadd(self.stream, {"data": json.dumps(event)})
 
     def dead_letters(self) -> list[dict[bytes, bytes]]:
+        """The fields of every entry of the dead-letter stream, oldest first."""
         return [fields for _, fields in self.redis.xrange(f"{self.stream}.dead")]
 
     def log_tail(self, chars: int = LOG_TAIL_CHARS) -> str:
+        """The end of what the process wrote on stdout and stderr."""
         return self.log_path.read_text(errors="replace")[-chars:]
 
+    def publish_max(self, sub: str, seat: str, times: int = 1) -> None:
+        for _ in range(times):
+            self.publish(
+                sub,
+                seat,
+                input_tokens=MAX_TOKENS,
+                cached_tokens=MAX_TOKENS,
+                output_tokens=MAX_TOKENS,
+            )
 
-@contextmanager
-def running_serve(
-    work_dir: Path,
-    redis_url: str,
-    *,
-    admin_token: str,
-    clock_start: str | None = None,
-    extra_env: dict[str, str] | None = None,
-) -> Iterator[ServeProcess]:
-    """`ledger serve` with its data in `work_dir/data`, on a free port and a stream of its own
-    (`test.<hex>.usage`), with the manual clock at `clock_start` when one is given. Its stdout
-    and stderr go to `work_dir/serve.log`, printed when it fails to start. At the end it is sent
-    SIGTERM and must exit 0; the stream and its dead letters are deleted."""
-    prefix = f"test.{uuid.uuid4().hex[:12]}"
-    stream = f"{prefix}.usage"
+    def ok(self, method: str, path: str, body: Any = None, **kw: Any) -> Any:
+        reply = self.api.request(method, path, body, **kw)
+        assert reply.status < 300, (method, path, reply.status, reply.body)
+        return reply.body
+
+    def open(self, sub: str, seats: dict[str, str], packs: tuple[str, ...] = ()) -> None:
+        self.ok("POST", "/v1/subscriptions", {"subscription_id": sub})
+        for seat, tier in seats.items():
+            self.ok("POST", f"/v1/subscriptions/{sub}/seats", {"seat_id": seat, "tier": tier})
+        for pack in packs:
+            self.ok("POST", f"/v1/subscriptions/{sub}/packs", {"pack_id": pack})
+
+
+def eventually(fetch: Callable[[], Any], check: Callable[[Any], bool], what: str) -> Any:
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        value = fetch()
+        if check(value):
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}; last: {value}"
+        time.sleep(0.05)
+
+
+def start_service(
+    tmp_path: Path, redis_url: str, *, admin_token: str = ADMIN_TOKEN, clock_start: str = START
+) -> Iterator[Service]:
+    """A generator for a fixture: `ledger serve` with its data in `tmp_path/data`, output in
+    `tmp_path/serve.log` (printed when the block fails), the manual clock at `clock_start`."""
+    stream = f"test.{uuid.uuid4().hex[:12]}.usage"
     port = free_port()
-    data_dir = work_dir / "data"
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
     env.update(
-        LEDGER_DATA_DIR=str(data_dir),
+        LEDGER_DATA_DIR=str(tmp_path / "data"),
         LEDGER_REDIS_URL=redis_url,
         LEDGER_USAGE_STREAM=stream,
         LEDGER_PORT=str(port),
         LEDGER_ADMIN_TOKEN=admin_token,
+        LEDGER_CLOCK="manual",
+        LEDGER_CLOCK_START=clock_start,
         PYTHONUNBUFFERED="1",
     )
-    if clock_start is not None:
-        env.update(LEDGER_CLOCK="manual", LEDGER_CLOCK_START=clock_start)
-    env.update(extra_env or {})
-    log_path = work_dir / "serve.log"
-    work_dir.mkdir(parents=True, exist_ok=True)
+    log_path = tmp_path / "serve.log"
     with log_path.open("wb") as log:
-        process = subprocess.Popen([*LEDGER_COMMAND, "serve"], env=env, stdout=log, stderr=log)
+        process = subprocess.Popen([*LEDGER, "serve"], env=env, stdout=log, stderr=log)
     client = redis.Redis.from_url(redis_url)
-    serve = ServeProcess(
+    service = Service(
         process,
         HttpClient(f"http://127.0.0.1:{port}", admin_token),
         client,
         stream,
-        data_dir,
+        tmp_path / "data",
         log_path,
     )
     try:
-        try:
-            serve.api.wait_ready(SERVE_READY_TIMEOUT_S)
-        except AssertionError:
-            print(serve.log_tail())
-            raise
-        yield serve
+        service.api.wait_ready()
+        yield service
+    except BaseException:
+        print(service.log_tail())
+        raise
     finally:
         process.terminate()
-        try:
-            code = process.wait(timeout=SERVE_STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            code = process.wait()
-        keys = list(client.scan_iter(match=f"{prefix}*"))
-        if keys:
-            client.delete(*keys)
+        code = process.wait(timeout=30)
+        client.delete(stream, f"{stream}.dead", f"{stream}.dead.index")
         client.close()
-        assert code == 0, f"ledger serve exited {code}:\n{serve.log_tail()}"
+        assert code == 0, service.log_tail()

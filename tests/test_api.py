@@ -353,6 +353,19 @@ def test_opening_a_subscription_answers_its_overview_anchored_at_the_ledger_cloc
     assert api.get("/v1/subscriptions/team-3/overview").json() == view
 
 
+def test_a_subscription_id_beyond_latin_1_is_percent_encoded_in_the_location(api: Api) -> None:
+    opened = api.post("/v1/subscriptions", {"subscription_id": "équipe/𝔸"})
+    assert opened.status_code == 201, opened.text
+    assert opened.headers["location"] == "/v1/subscriptions/%C3%A9quipe%2F%F0%9D%94%B8/overview"
+
+
+def test_the_bootstrap_admin_token_cannot_be_revoked_over_the_api(api: Api) -> None:
+    refused = api.client.delete("/v1/tokens/admin-bootstrap", headers=_auth(ADMIN))
+    assert refused.status_code == 409
+    assert refused.json()["type"].endswith("token-not-revocable")
+    assert api.get("/v1/audit/digest").status_code == 200  # still the admin
+
+
 def test_opening_a_subscription_again_is_200_with_its_state_and_appends_nothing(api: Api) -> None:
     first = api.post("/v1/subscriptions", {"subscription_id": "team-3"})
     again = api.post("/v1/subscriptions", {"subscription_id": "team-3"})

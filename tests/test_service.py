@@ -10,123 +10,22 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
-import time
-import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
-from tests.service_support import HttpClient, Response, free_port
-
-START = "2026-03-01T09:00:00Z"
-ADMIN_TOKEN = "service-test-admin-token"
-WAIT_S = 30.0
-MAX_TOKENS = 50_000_000
-"""Every component at its bound: 10,000 + 1,000 + 60,000 = 71,000 credits per event."""
-LEDGER = (sys.executable, "-m", "services.cli")
-
-
-@dataclass
-class Service:
-    """A running `ledger serve` and the ways in: HTTP as admin, and its usage stream."""
-
-    process: subprocess.Popen[bytes]
-    api: HttpClient
-    redis: redis.Redis
-    stream: str
-    data_dir: Path
-    log_path: Path
-
-    def publish(self, sub: str, seat: str, event_id: str | None = None, **counts: int) -> str:
-        event_id = event_id or uuid.uuid4().hex
-        event = {
-            "event_id": event_id,
-            "subscription_id": sub,
-            "seat_id": seat,
-            "model": "qwen3.6-plus",
-            "occurred_at": START,
-            **counts,
-        }
-        self.redis.xadd(self.stream, {"data": json.dumps(event)})
-        return event_id
-
-    def publish_max(self, sub: str, seat: str, times: int = 1) -> None:
-        for _ in range(times):
-            self.publish(
-                sub,
-                seat,
-                input_tokens=MAX_TOKENS,
-                cached_tokens=MAX_TOKENS,
-                output_tokens=MAX_TOKENS,
-            )
-
-    def ok(self, method: str, path: str, body: Any = None, **kw: Any) -> Any:
-        reply = self.api.request(method, path, body, **kw)
-        assert reply.status < 300, (method, path, reply.status, reply.body)
-        return reply.body
-
-    def open(self, sub: str, seats: dict[str, str], packs: tuple[str, ...] = ()) -> None:
-        self.ok("POST", "/v1/subscriptions", {"subscription_id": sub})
-        for seat, tier in seats.items():
-            self.ok("POST", f"/v1/subscriptions/{sub}/seats", {"seat_id": seat, "tier": tier})
-        for pack in packs:
-            self.ok("POST", f"/v1/subscriptions/{sub}/packs", {"pack_id": pack})
-
-
-def eventually(fetch: Callable[[], Any], check: Callable[[Any], bool], what: str) -> Any:
-    deadline = time.monotonic() + WAIT_S
-    while True:
-        value = fetch()
-        if check(value):
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}; last: {value}"
-        time.sleep(0.05)
-
-
-def start_service(tmp_path: Path, redis_url: str) -> Iterator[Service]:
-    stream = f"test.{uuid.uuid4().hex[:12]}.usage"
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
-    env.update(
-        LEDGER_DATA_DIR=str(tmp_path / "data"),
-        LEDGER_REDIS_URL=redis_url,
-        LEDGER_USAGE_STREAM=stream,
-        LEDGER_PORT=str(port),
-        LEDGER_ADMIN_TOKEN=ADMIN_TOKEN,
-        LEDGER_CLOCK="manual",
-        LEDGER_CLOCK_START=START,
-        PYTHONUNBUFFERED="1",
-    )
-    log_path = tmp_path / "serve.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen([*LEDGER, "serve"], env=env, stdout=log, stderr=log)
-    client = redis.Redis.from_url(redis_url)
-    service = Service(
-        process,
-        HttpClient(f"http://127.0.0.1:{port}", ADMIN_TOKEN),
-        client,
-        stream,
-        tmp_path / "data",
-        log_path,
-    )
-    try:
-        service.api.wait_ready()
-        yield service
-    except BaseException:
-        print(log_path.read_text()[-4000:])
-        raise
-    finally:
-        process.terminate()
-        code = process.wait(timeout=30)
-        client.delete(stream, f"{stream}.dead", f"{stream}.dead.index")
-        client.close()
-        assert code == 0, log_path.read_text()[-4000:]
+from tests.service_support import (
+    ADMIN_TOKEN,
+    LEDGER,
+    START,
+    Response,
+    Service,
+    eventually,
+    start_service,
+)
 
 
 @pytest.fixture(scope="module")
