@@ -49,7 +49,7 @@ def setup_jsonl() -> str:
                 {
                     "type": "seat.add",
                     "subscription_id": f"sub-{sub}",
-                    "seat_id": f"seat-{seat}",
+                    "seat_id": f"sub-{sub}-seat-{seat}",
                     "tier": "premium",
                 }
             )
@@ -72,7 +72,7 @@ def publish(redis_url: str, stream: str, rate: float, seconds: float, done: obje
             event = {
                 "event_id": f"bench-{i}",
                 "subscription_id": f"sub-{sub}",
-                "seat_id": f"seat-{rng.randrange(SEATS)}",
+                "seat_id": f"sub-{sub}-seat-{rng.randrange(SEATS)}",
                 "model": rng.choice(MODELS),
                 "input_tokens": rng.randrange(100, 5_000),
                 "cached_tokens": rng.randrange(0, 20_000),
@@ -92,10 +92,10 @@ async def _load(
     """Open-loop requests; (latencies from due time, from send time) in ms, and errors."""
     total = int(rate * seconds)
     rng = random.Random(11)
+    subs = [rng.randrange(SUBSCRIPTIONS) for _ in range(total)]
     paths = [
-        f"/v1/subscriptions/sub-{rng.randrange(SUBSCRIPTIONS)}/seats/"
-        f"seat-{rng.randrange(SEATS)}/authorization"
-        for _ in range(total)
+        f"/v1/subscriptions/sub-{sub}/seats/sub-{sub}-seat-{rng.randrange(SEATS)}/authorization"
+        for sub in subs
     ]
     queue: asyncio.Queue[tuple[float, str] | None] = asyncio.Queue()
     from_due: list[float] = []

@@ -18,7 +18,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -115,7 +115,7 @@ from services.auth import (
 from services.bootstrap import Parts
 from services.console import console_router
 from services.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from services.metrics import METRICS, LedgerMetrics
+from services.metrics import METRICS, WRITER_METRIC_NAMES, LedgerMetrics
 from services.writer import Writer
 
 API_VERSION: Final = "1"
@@ -720,22 +720,26 @@ def create_app(
     clock: Clock,
     writer: Writer,
     metrics: LedgerMetrics = METRICS,
+    writer_metrics: Callable[[], Awaitable[str]] | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
     debug: bool = False,
 ) -> Litestar:
     """The API over these parts. Handlers run on the event loop's thread, one at a time.
 
-    `runner` must be the projection runner that `writer` catches up after each write (in
-    `ledger serve`, the writer thread's); `clock` the ledger's clock (a manual one may be moved
-    by `POST /v1/clock`); `metrics` what `GET /metrics` renders and request latency goes to.
+    `runner` must be the balances that `writer` catches up after each write (in `ledger
+    serve`, the API process's live balances); `clock` the ledger's clock (a manual one may be
+    moved by `POST /v1/clock`); `metrics` what `GET /metrics` renders and request latency goes
+    to. With `writer_metrics` (the writer in another process), `GET /metrics` shows this
+    process's own metrics and, for the writer's (`WRITER_METRIC_NAMES`), what that returns.
     """
     usage_reader = _UsageReader(read_model_path, events)
 
-    def authenticated(
+    async def authenticated(
         connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler
     ) -> None:
         """The guard of every /v1 path. It runs before the body is read, so a caller without
-        a live token learns nothing, not even what a body should look like."""
+        a live token learns nothing, not even what a body should look like. Async, so it runs
+        on the event loop (one indexed look-up) instead of hopping to a worker thread."""
         scheme, _, bearer = connection.headers.get("authorization", "").partition(" ")
         principal = tokens.authenticate(bearer.strip()) if scheme.lower() == "bearer" else None
         if principal is None:
@@ -1141,7 +1145,10 @@ def create_app(
     @get("/metrics", summary="Prometheus text exposition", media_type=METRICS_CONTENT_TYPE)
     async def get_metrics() -> str:
         metrics.projection_lag.set(max(0, events.head().position - usage_reader.checkpoint()))
-        return metrics.render()
+        if writer_metrics is None:
+            return metrics.render()
+        own = metrics.registry.names() - WRITER_METRIC_NAMES
+        return metrics.render(own) + await writer_metrics()
 
     @get("/v1/tokens/self", summary="The bearer token's own role and scope, and the ledger's now")
     async def get_token_self(request: Request[Any, Any, Any]) -> TokenSelfView:

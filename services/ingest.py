@@ -97,6 +97,10 @@ RECLAIM_INTERVAL_S: Final = 5.0
 """Seconds between two sweeps of the pending list with XAUTOCLAIM."""
 GRACEFUL_TIMEOUT_S: Final = 15.0
 """Seconds the broker waits, when stopping, for a batch in flight to finish."""
+LINGER_S: Final = 0.01
+"""After a batch that was not full, seconds to wait before reading the next: under a steady
+trickle the writer then appends (and commits, and acknowledges) tens of entries at once instead
+of one or two, for at most this much added delay. A full batch (a backlog) reads on at once."""
 READ_AHEAD_BATCHES: Final = 2
 """Batches read from Redis and queued while the one before them is charged: the next read
 overlaps the current append. Each stays pending (unacknowledged) until it is charged."""
@@ -504,6 +508,7 @@ class IngestConfig:
     group: str = CONSUMER_GROUP
     consumer: str = field(default_factory=default_consumer_name)
     max_records: int = MAX_RECORDS
+    linger_s: float = LINGER_S
     poll_block_ms: int = POLL_BLOCK_MS
     claim_idle_ms: int = CLAIM_IDLE_MS
     reclaim_interval_s: float = RECLAIM_INTERVAL_S
@@ -637,6 +642,8 @@ class IngestService:
         async def ingest_usage(entries: NoCast[list[StreamEntry]]) -> None:
             """Queue a batch of usage events to be charged, then acknowledged."""
             await self._batches.put(entries)
+            if len(entries) < self.config.max_records:
+                await asyncio.sleep(self.config.linger_s)
 
         return ingest_usage
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Final
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
@@ -241,6 +241,10 @@ class Registry:
                 raise ValueError(f"a metric named {metric.name!r} is registered already")
             self._metrics[metric.name] = metric
 
+    def names(self) -> frozenset[str]:
+        with self._lock:
+            return frozenset(self._metrics)
+
     def counter(self, name: str, help_text: str, label_names: Sequence[str] = ()) -> Counter:
         metric = Counter(name, help_text, label_names)
         self.register(metric)
@@ -256,10 +260,13 @@ class Registry:
         self.register(metric)
         return metric
 
-    def render(self) -> str:
-        """The exposition text: every metric's HELP, TYPE and samples, by name."""
+    def render(self, names: Collection[str] | None = None) -> str:
+        """The exposition text: every metric's (or those `names`') HELP, TYPE and samples."""
         with self._lock:
-            metrics = sorted(self._metrics.values(), key=lambda m: m.name)
+            metrics = sorted(
+                (m for m in self._metrics.values() if names is None or m.name in names),
+                key=lambda m: m.name,
+            )
         lines: list[str] = []
         for metric in metrics:
             lines += metric.header() + metric.render()
@@ -298,9 +305,21 @@ class LedgerMetrics:
             ("method", "route", "status"),
         )
 
-    def render(self) -> str:
-        return self.registry.render()
+    def render(self, names: Collection[str] | None = None) -> str:
+        return self.registry.render(names)
 
+
+WRITER_METRIC_NAMES: Final = frozenset(
+    {
+        "ledger_events_ingested_total",
+        "ledger_events_dead_lettered_total",
+        "ledger_charges_total",
+        "ledger_credits_deducted_ucr_total",
+        "ledger_consumer_lag_events",
+    }
+)
+"""The metrics the writer (ingest) sets. `ledger serve` runs the HTTP API in a process of its
+own, which renders the rest and asks the writer for these."""
 
 METRICS: Final = LedgerMetrics()
 """The process's instruments; `GET /metrics` renders these unless the app is given others."""

@@ -1,46 +1,49 @@
-"""`ledger serve`: ingest, lifecycle ticker and live balances in one process, and the read
-model tables in a projector process beside it (`services.projector`).
+"""`ledger serve`: ingest and the lifecycle ticker in this process, the HTTP API and the
+projector in child processes beside it.
 
-Roles (`--role`, LEDGER_ROLE): `all` (the default) is everything in one process, which consumes
-every partition of the usage stream without leases: it must be the only ingest of its log.
-`ingest` is one of several ingest workers: no HTTP, no projector; it consumes the partitions
-it holds a lease on (`services.partition_leases`), and the holder of partition 0 runs the
-lifecycle ticker, appending under that partition's fence (a deposed holder cannot append a
-cycle start twice, and any writer that decided on a stale head decides again). `api` serves
-HTTP and runs the projector, with no ingest and no ticker; its live balances follow the log
-every tick, and its admin writes append optimistically beside the workers.
+- This process: every piece that writes the log runs on one worker thread (the ledger is a
+  single writer), so the event loop stays free for Redis; admin writes from the API arrive over
+  a pipe (`services.write_channel`) and run on that same thread.
+- The API process (`services.api_process`): uvicorn and the Litestar app, with balances in
+  memory folded from the log, on an interpreter lock of its own: ingest never delays a
+  gateway's pre-check by holding it.
+- The projector process (`services.projector`): the read model tables.
 
-Every piece that writes the log runs on one worker thread (the ledger is a single writer), so
-the event loop stays free for Redis. That thread also folds each append into the in-memory
-balances before the batch is acknowledged; the projector folds the same records into the
-read model tables on the other core. With no Redis URL a private Redis server is started with
-its data and append-only file in the data dir. SIGTERM and SIGINT stop it gracefully: the
-batch in hand is finished and acknowledged, then the broker, the projector, the stores and
-the private Redis are closed in that order.
+With no Redis URL a private Redis server is started with its data and append-only file in the
+data dir. SIGTERM and SIGINT stop it gracefully: the API stops taking requests, the batch in
+hand is finished and acknowledged, then the broker, the children, the stores and the private
+Redis are closed in that order. A child that dies is started again by the ticker.
+
+Roles (`--role`, LEDGER_ROLE): `all` (the default) is all of the above, and consumes every
+partition of the usage stream without leases: it must be the only ingest of its log. `ingest`
+is one of several ingest workers: no API, no projector; it consumes the partitions it holds a
+lease on (`services.partition_leases`), and the holder of partition 0 runs the lifecycle
+ticker, appending under that partition's fence (a deposed holder cannot append, and a writer
+that decided on a stale head decides again). `api` runs the API and the projector, with no
+ingest and no ticker; its admin writes append optimistically beside the workers.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import multiprocessing
 import os
 import signal
 import sys
-from collections.abc import Iterator
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, suppress
+from multiprocessing.connection import Connection
 from typing import Final
 
 import structlog
-import uvicorn
 
 from ledger.application import Ledger
 from ledger.leases import Fence
-from projections.live import LiveBalances
-from services.api import create_app
+from services.api_process import ApiProcess
 from services.auth import TOKENS_FILE, TokenStore, ensure_admin_token
-from services.bootstrap import Parts, bootstrap, open_event_store, open_lease_store
+from services.bootstrap import Parts, bootstrap, open_lease_store
 from services.config import Settings
 from services.ingest import (
     BROKER_LOGGER,
@@ -55,7 +58,7 @@ from services.metrics import METRICS
 from services.partition_leases import PartitionKeeper
 from services.projector import Projector
 from services.redis_server import EmbeddedRedis
-from services.writer import LedgerWriter
+from services.write_channel import WriteChannelServer
 
 HEARTBEAT_FILE: Final = "serve.heartbeat"
 """Touched by every tick on the writer thread: a health check reads its age (compose.yaml)."""
@@ -63,9 +66,12 @@ HEARTBEAT_FILE: Final = "serve.heartbeat"
 TICK_INTERVAL_S: Final = 1.0
 """How often cycle starts and pack expiries that fell due are appended (SPEC: within ~1 s)."""
 API_START_POLL_S: Final = 0.01
-GIL_SWITCH_INTERVAL_S: Final = 0.000_5
-"""How long a thread holds the GIL while another waits for it. Python's 5 ms default would let
-a batch on the writer thread hold an HTTP request on the event loop for up to 5 ms."""
+API_START_TIMEOUT_S: Final = 60.0
+"""Longest wait for the API process to load the balances and listen."""
+API_START_ATTEMPTS: Final = 20
+API_START_RETRY_S: Final = 0.25
+"""Pause between two attempts to start the API process (a port is freed within moments by a
+predecessor killed with its serve)."""
 
 log = structlog.get_logger("ledger.serve")
 
@@ -108,89 +114,101 @@ def configure_logging(json_lines: bool | None = None) -> None:
 
 
 class Worker:
-    """The ledger, its projections and their thread: everything that writes state."""
+    """The ledger and its thread: everything that writes the log."""
 
     def __init__(self, settings: Settings, executor: ThreadPoolExecutor) -> None:
         self.settings = settings
         self.executor = executor
         self.parts: Parts | None = None
         self.ledger: Ledger | None = None
-        self.live: LiveBalances | None = None
 
     def open(self) -> None:
-        """Runs on the worker thread: SQLite connections belong to the thread that made them.
-
-        An ingest worker keeps no live balances: it answers no reads."""
+        """Runs on the worker thread: SQLite connections belong to the thread that made them."""
         self.parts = bootstrap(self.settings)
         self.ledger = self.parts.ledger()
-        if self.settings.role != "ingest":
-            balances, position = self.parts.read_store.snapshot()
-            self.live = LiveBalances(self.parts.store, balances, position)
-            self.live.catch_up()
 
     def tick(self, fence: Fence | None = None) -> int:
-        """Append what fell due (under `fence` when given), then follow the log."""
+        """Append what fell due (under `fence` when given)."""
         assert self.ledger is not None
         outcome = self.ledger.tick(fence)
         (self.settings.data_dir / HEARTBEAT_FILE).touch()
         if outcome.records:
             log.info("lifecycle.appended", events=len(outcome.records))
-        if self.live is not None:
-            self.live.catch_up()
         return len(outcome.records)
 
     def beat(self) -> None:
-        """An ingest worker not holding partition 0: the writer thread is alive, nothing due."""
+        """A tick with nothing to append (an ingest worker without partition 0, or the `api`
+        role): the writer thread is alive."""
         (self.settings.data_dir / HEARTBEAT_FILE).touch()
-
-    def follow(self) -> int:
-        """The `api` role's tick: fold what other processes appended into the live balances."""
-        assert self.live is not None
-        (self.settings.data_dir / HEARTBEAT_FILE).touch()
-        return self.live.catch_up()
 
     def close(self) -> None:
         if self.parts is not None:
             self.parts.close()
 
 
-class _ApiServer(uvicorn.Server):
-    """uvicorn without its own signal handling: `run` owns SIGTERM and SIGINT."""
+class ApiSupervisor:
+    """The HTTP API process and the write channel that serves it, (re)started from the main
+    thread (the parent-death signal is tied to the thread that starts a child)."""
 
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
+    def __init__(self, settings: Settings, worker: Worker) -> None:
+        self.settings = settings
+        self.worker = worker
+        self._process: ApiProcess | None = None
+        self._channel: Connection | None = None
 
+    async def start(self) -> None:
+        """Start the API process and wait until it listens; a port still held by a
+        predecessor that is going away is waited for, a port taken for good is an error."""
+        for attempt in range(1, API_START_ATTEMPTS + 1):
+            self._spawn()
+            if await self._listening():
+                return
+            log.warning("api.start_failed", attempt=attempt, exitcode=self.exitcode)
+            await asyncio.sleep(API_START_RETRY_S)
+        raise OSError(
+            f"the HTTP API could not listen on {self.settings.host}:{self.settings.port}"
+            f" (exit {self.exitcode}); is another process using that port?"
+        )
 
-def _api_server(settings: Settings, worker: Worker, tokens: TokenStore) -> _ApiServer:
-    """The HTTP API on LEDGER_HOST:LEDGER_PORT, answering from the live balances, the read
-    model tables and a log connection of its own (opened here, on the event loop's thread);
-    its writes go to the ledger on the writer thread."""
-    assert worker.parts is not None and worker.ledger is not None and worker.live is not None
-    events = open_event_store(settings)
-    app = create_app(
-        events=events,
-        read_model_path=settings.read_model_path(),
-        runner=worker.live,
-        tokens=tokens,
-        clock=worker.parts.clock,
-        writer=LedgerWriter(worker.ledger, worker.live, worker.executor),
-    )
-    app.on_shutdown.append(events.close)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        lifespan="on",
-    )
-    return _ApiServer(config)
+    def _spawn(self) -> None:
+        assert self.worker.ledger is not None
+        context = multiprocessing.get_context("spawn")
+        ours, theirs = context.Pipe()
+        self._ready = context.Event()
+        WriteChannelServer(ours, self.worker.ledger, self.worker.executor, METRICS).start()
+        self._process = ApiProcess(self.settings, theirs, self._ready)
+        self._process.start()
+        theirs.close()  # the child has its own end now
+        self._channel = ours
+
+    async def _listening(self) -> bool:
+        assert self._process is not None
+        deadline = time.monotonic() + API_START_TIMEOUT_S
+        while not self._ready.is_set():
+            if not self._process.alive or time.monotonic() > deadline:
+                self.stop()
+                return False
+            await asyncio.sleep(API_START_POLL_S)
+        return True
+
+    @property
+    def alive(self) -> bool:
+        return self._process is not None and self._process.alive
+
+    @property
+    def exitcode(self) -> int | None:
+        return None if self._process is None else self._process.exitcode
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.stop()
+        if self._channel is not None:
+            self._channel.close()  # ends the channel's thread
+            self._channel = None
 
 
 async def run(settings: Settings) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -209,22 +227,15 @@ async def run(settings: Settings) -> None:
         resources.callback(lambda: executor.submit(worker.close).result())
         assert worker.ledger is not None
         projector: Projector | None = None
-        api: _ApiServer | None = None
-        api_task: asyncio.Task[None] | None = None
+        api: ApiSupervisor | None = None
         if role != "ingest":
             projector = Projector(settings)
             projector.start()
             resources.callback(projector.stop)
-            tokens = TokenStore(settings.data_dir / TOKENS_FILE)
-            resources.callback(tokens.close)
-            generated = ensure_admin_token(tokens, settings.data_dir, settings.admin_token)
-            if generated is not None:
-                # Printed once, on its own line, for the operator; saved 0600 in the data dir.
-                print(f"admin token (saved in {settings.data_dir}/admin-token): {generated}")
-            api = _api_server(settings, worker, tokens)
-            api_task = asyncio.create_task(api.serve(), name="http-api")
-            while not api.started:  # uvicorn exits the process when it cannot listen
-                await asyncio.sleep(API_START_POLL_S)
+            _install_admin_token(settings)
+            api = ApiSupervisor(settings, worker)
+            resources.callback(api.stop)
+            await api.start()
         claim_idle_ms = int(os.environ.get("LEDGER_CLAIM_IDLE_MS") or IngestConfig.claim_idle_ms)
         consumers: list[IngestService] = []
         keeper: PartitionKeeper | None = None
@@ -237,7 +248,7 @@ async def run(settings: Settings) -> None:
                 resources.callback(sink.close)
                 processor = IngestProcessor(
                     worker.ledger,
-                    worker.live,
+                    None,
                     sink,
                     metrics=METRICS,
                     partition=partition,
@@ -277,42 +288,49 @@ async def run(settings: Settings) -> None:
             held=sorted(keeper.held) if keeper is not None else None,
         )
         ticker = asyncio.create_task(
-            _tick_forever(worker, executor, projector, consumers, keeper, stop)
+            _tick_forever(worker, executor, projector, api, consumers, keeper, stop)
         )
         await stop.wait()
         log.info("ledger.stopping")
-        if api is not None:
-            api.should_exit = True
         await ticker
+        if api is not None:
+            api.stop()  # no new admin writes; requests in flight are answered first
         for service in consumers:
             await service.stop()
         if keeper_task is not None and keeper is not None:
             await keeper_task
             await keeper.close()
-        if api_task is not None:
-            await api_task
     log.info("ledger.stopped")
+
+
+def _install_admin_token(settings: Settings) -> None:
+    tokens = TokenStore(settings.data_dir / TOKENS_FILE)
+    try:
+        generated = ensure_admin_token(tokens, settings.data_dir, settings.admin_token)
+    finally:
+        tokens.close()
+    if generated is not None:
+        # Printed once, on its own line, for the operator; it is saved 0600 in the data dir.
+        print(f"admin token (saved in {settings.data_dir}/admin-token): {generated}")
 
 
 async def _tick_forever(
     worker: Worker,
     executor: ThreadPoolExecutor,
     projector: Projector | None,
+    api: ApiSupervisor | None,
     consumers: list[IngestService],
     keeper: PartitionKeeper | None,
     stop: asyncio.Event,
 ) -> None:
     """Every second: the lifecycle tick (role `all`; role `ingest` on the holder of partition
-    0, under its fence) or following the log (role `api`), the consumer lag gauge, and a look
-    at the projector."""
+    0, under its fence), the consumer lag gauge, and a look at the children."""
     loop = asyncio.get_running_loop()
     role = worker.settings.role
     while not stop.is_set():
         try:
             if role == "all":
                 await loop.run_in_executor(executor, worker.tick)
-            elif role == "api":
-                await loop.run_in_executor(executor, worker.follow)
             elif keeper is not None and (fence := keeper.fence(0)) is not None:
                 await loop.run_in_executor(executor, worker.tick, fence)
             else:
@@ -327,6 +345,12 @@ async def _tick_forever(
         if projector is not None and not projector.alive:
             log.error("projector.died", exitcode=projector.exitcode)
             projector.start()
+        if api is not None and not api.alive and not stop.is_set():
+            log.error("api.died", exitcode=api.exitcode)
+            try:
+                await api.start()
+            except OSError:
+                log.exception("api.restart_failed")
         with suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), TICK_INTERVAL_S)
 

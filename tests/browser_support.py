@@ -1,46 +1,31 @@
-"""Support for the console's browser tests: a ledger with known data served over HTTP on a free
-loopback port, and a headless Chromium (Debian's `chromium` + `chromium-driver`) to drive it.
+"""Support for the console's browser tests: a running `ledger serve` fed through its Redis usage
+stream with known data, and a headless Chromium (Debian's `chromium` + `chromium-driver`) to
+drive it.
 
-The server is the Litestar app of `services.api` run by uvicorn on a thread, over real SQLite
-files written through `Ledger`. A pump on the server's own event loop does what `ledger serve`
-does between requests: it appends what fell due on the clock and catches the projections up.
+The data goes in only the ways a deployment's would: subscriptions, seats and packs through the
+admin API, usage as `XADD <stream> * data <json>` the way a gateway publishes it, each at its
+instant of a manual ledger clock moved with `POST /v1/clock`. Nothing writes the ledger directly.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import json
 import shutil
-import socket
-import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import uvicorn
-from litestar import Litestar
 from selenium import webdriver
 from selenium.common.exceptions import WebDriverException
-from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.chrome.service import Service as DriverService
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
-from ledger.application import Ledger, Outcome
-from ledger.log import us_from_datetime
-from projections.runner import ProjectionRunner
-from schemas.commands import AddSeat, BuyPack, Command, OpenSubscription
-from schemas.usage import UsageEvent
-from services.api import app_from_parts
-from services.auth import TokenStore
-from services.bootstrap import Parts, bootstrap
-from services.config import Settings
+from tests.service_support import Response, Service, start_service
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -57,9 +42,11 @@ CHROMIUM_ARGS = (
 )
 DESKTOP = (1366, 900)
 PHONE = (390, 844)
-SERVER_START_TIMEOUT_S = 15.0
-PUMP_INTERVAL_S = 0.1
 WAIT_S = 15.0
+CHARGE_WAIT_S = 30.0
+"""Longest the ledger may take to charge what was published (its log shows the charge)."""
+CHARGE_POLL_S = 0.01
+MAX_LOG_PAGE_RECORDS = 1_000  # services/api.py MAX_LOG_PAGE_RECORDS
 MAX_SCREENSHOT_HEIGHT_PX = 3_000
 """A long usage table is cut off here: the picture shows the top of the page."""
 
@@ -68,14 +55,6 @@ NOW = datetime(2026, 2, 4, 10, 0, tzinfo=UTC)
 ADMIN = "lt_console-test-admin"
 MAX_TOKENS = 50_000_000  # every component at its bound: 10000 + 1000 + 60000 = 71000 credits
 BOB_CHARGES = 64  # three pages of the console's usage table (25 rows)
-SEED = {
-    "subscription_id": "team-1",
-    "seat_id": "alice",
-    "model": "qwen3.6-plus",
-    "input_tokens": 8349,
-    "cached_tokens": 40794,
-    "output_tokens": 573,
-}
 
 
 def missing_browser() -> str | None:
@@ -94,243 +73,205 @@ def start_chromium(profile_dir: Path, download_dir: Path) -> WebDriver:
     options.add_argument(f"--user-data-dir={profile_dir}")
     options.add_argument(f"--window-size={DESKTOP[0]},{DESKTOP[1]}")
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    driver = webdriver.Chrome(service=DriverService(executable_path=CHROMEDRIVER), options=options)
     driver.execute_cdp_cmd(
         "Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(download_dir)}
     )
     return driver
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+def rfc3339(instant: datetime) -> str:
+    return instant.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 @dataclass
 class ConsoleServer:
-    """A running API + console over a ledger with the data of `populate`."""
+    """A running `ledger serve` (API + console) and the ways a test feeds and reads it."""
 
-    url: str
-    tokens: TokenStore
-    server: uvicorn.Server
-    thread: threading.Thread
-    errors: list[BaseException]
-    """What failed on the server's thread (its pump included)."""
+    serve: Service
     viewer_token: str = ""
     auditor_token: str = ""
+    log_scanned: int = field(default=0)
+    """The log position `charge` has read up to."""
+
+    @property
+    def url(self) -> str:
+        return self.serve.api.base_url
 
     @property
     def console_url(self) -> str:
         return self.url + "/console/"
 
+    def request(
+        self, method: str, path: str, body: Any = None, token: str = ADMIN, **kw: Any
+    ) -> Response:
+        return self.serve.api.with_token(token).request(method, path, body, **kw)
+
+    def ok(self, method: str, path: str, body: Any = None, token: str = ADMIN, **kw: Any) -> Any:
+        """The JSON body of a request that must succeed."""
+        reply = self.request(method, path, body, token, **kw)
+        assert reply.status < 300, (method, path, reply.status, reply.body)
+        return reply.body
+
     def get(self, path: str, token: str = ADMIN, **params: str) -> Any:
-        query = urllib.parse.urlencode(params)
-        request = urllib.request.Request(
-            f"{self.url}{path}{'?' + query if query else ''}",
-            headers={"Authorization": f"Bearer {token}"},
-        )
-        with urllib.request.urlopen(request, timeout=WAIT_S) as response:
-            return json.load(response)
+        return self.ok("GET", path, token=token, params=params)
 
     def status_of(self, method: str, path: str, body: Any = None, token: str = ADMIN) -> int:
-        """The HTTP status of one request (for probing whether a route is served)."""
-        request = urllib.request.Request(
-            self.url + path,
-            method=method,
-            data=None if body is None else json.dumps(body).encode(),
-            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=WAIT_S) as response:
-                return int(response.status)
-        except urllib.error.HTTPError as error:
-            return int(error.code)
+        return self.request(method, path, body, token).status
 
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=SERVER_START_TIMEOUT_S)
-        self.tokens.close()
-        if self.errors:
-            raise RuntimeError(f"the console test server failed: {self.errors!r}")
+    # -- feeding it as a deployment would ------------------------------------------------
+
+    def move_clock(self, instant: datetime) -> Any:
+        """`POST /v1/clock`: the manual ledger clock jumps forward to `instant`."""
+        return self.ok("POST", "/v1/clock", {"now": rfc3339(instant)})
+
+    def open(self, sub: str, seats: dict[str, str], anchor: datetime | None = None) -> None:
+        body = {"subscription_id": sub}
+        if anchor is not None:
+            body["anchor"] = rfc3339(anchor)
+        self.ok("POST", "/v1/subscriptions", body)
+        for seat, tier in seats.items():
+            self.ok("POST", f"/v1/subscriptions/{sub}/seats", {"seat_id": seat, "tier": tier})
+
+    def buy_pack(self, sub: str, pack_id: str) -> None:
+        self.ok("POST", f"/v1/subscriptions/{sub}/packs", {"pack_id": pack_id})
+
+    def token(self, role: str, subscription_ids: list[str] | None = None) -> str:
+        body: dict[str, Any] = {"role": role}
+        if subscription_ids is not None:
+            body["subscription_ids"] = subscription_ids
+        created = self.ok("POST", "/v1/tokens", body)
+        return str(created["token"])
+
+    def charge(self, *events: dict[str, Any]) -> None:
+        """Publish usage events on the stream and wait (bounded) until the log holds a charge
+        of each; a dead letter fails at once with its reason."""
+        for event in events:
+            self.serve.publish_event(event)
+        waiting = {str(event["event_id"]) for event in events}
+        deadline = time.monotonic() + CHARGE_WAIT_S
+        while waiting:
+            page = self.get("/v1/log", after=str(self.log_scanned), limit=str(MAX_LOG_PAGE_RECORDS))
+            for record in page["items"]:
+                self.log_scanned = record["position"]
+                if record["event"]["type"] == "usage.charged":
+                    waiting.discard(record["event"]["event_id"])
+            if not waiting:
+                return
+            dead = self.serve.dead_letters()
+            assert not dead, f"dead-lettered: {dead}"
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"not charged within {CHARGE_WAIT_S:g} s: {sorted(waiting)}\n"
+                    + self.serve.log_tail()
+                )
+            time.sleep(CHARGE_POLL_S)
+
+    def log_events(self, event_type: str) -> list[dict[str, Any]]:
+        """Every event of `event_type` in the log, oldest first (`GET /v1/log`, all pages)."""
+        found: list[dict[str, Any]] = []
+        after = 0
+        while True:
+            page = self.get("/v1/log", after=str(after), limit=str(MAX_LOG_PAGE_RECORDS))
+            found += [r["event"] for r in page["items"] if r["event"]["type"] == event_type]
+            if not page["items"]:
+                return found
+            after = page["items"][-1]["position"]
 
 
-def _big(event_id: str, seat: str, sub: str, at: datetime) -> UsageEvent:
-    return UsageEvent(
-        event_id=event_id,
-        subscription_id=sub,
-        seat_id=seat,
-        model="qwen3.6-plus",
-        occurred_at=at,
+def usage(event_id: str, sub: str, seat: str, at: datetime, **counts: Any) -> dict[str, Any]:
+    """A usage event as a gateway publishes it (SPEC §3 "Usage stream")."""
+    return {
+        "event_id": event_id,
+        "subscription_id": sub,
+        "seat_id": seat,
+        "model": "qwen3.6-plus",
+        "occurred_at": rfc3339(at),
+        **counts,
+    }
+
+
+def _big(event_id: str, seat: str, sub: str, at: datetime) -> dict[str, Any]:
+    return usage(
+        event_id,
+        sub,
+        seat,
+        at,
         input_tokens=MAX_TOKENS,
         cached_tokens=MAX_TOKENS,
         output_tokens=MAX_TOKENS,
     )
 
 
-def _bob(i: int, instant: datetime) -> UsageEvent:
+def _bob(i: int, instant: datetime) -> dict[str, Any]:
     """Bob's i-th request: every eighth an image, the rest glm-5 text, some thinking or tools."""
     if i % 8 == 7:
-        return UsageEvent(
-            event_id=f"bob-{i:02d}",
-            subscription_id="team-1",
-            seat_id="bob",
-            model="qwen-image-2.0",
-            images=2,
-            occurred_at=instant,
-        )
-    return UsageEvent(
-        event_id=f"bob-{i:02d}",
-        subscription_id="team-1",
-        seat_id="bob",
+        return usage(f"bob-{i:02d}", "team-1", "bob", instant, model="qwen-image-2.0", images=2)
+    return usage(
+        f"bob-{i:02d}",
+        "team-1",
+        "bob",
+        instant,
         model="glm-5",
         input_tokens=100_000 + 3_000 * i,
         cached_tokens=50_000,
         output_tokens=20_000 + 500 * i,
         thinking=i % 5 == 0,
         tool_calls=i % 3,
-        occurred_at=instant,
     )
 
 
-def populate(parts: Parts) -> None:
+def populate(server: ConsoleServer, *, with_bob: bool = True) -> None:
     """team-1: alice (standard) charged the seed's 3.18, then overflowing into pack p1; bob
-    (premium) with text, thinking, tool and image requests over three days; packs p1 and p2.
-    team-2: carol (standard), no pack, charged past her quota: uncovered and suspended."""
-    ledger = Ledger(parts.store, parts.rate_card, parts.clock)
-    clock = parts.clock
-
-    def at(instant: datetime) -> None:
-        clock.set(us_from_datetime(instant))  # type: ignore[attr-defined]
-
-    def run(*commands: Command) -> None:
-        for outcome in ledger.execute(list(commands)):
-            assert outcome.status == "applied", outcome
-
-    def charge(*usages: UsageEvent) -> None:
-        assert {o.status for o in ledger.charge(list(usages))} == {"applied"}
-
-    run(
-        OpenSubscription("team-1", ANCHOR),
-        AddSeat("team-1", "alice", "standard"),
-        AddSeat("team-1", "bob", "premium"),
-        OpenSubscription("team-2", ANCHOR),
-        AddSeat("team-2", "carol", "standard"),
-    )
+    (premium) with text, thinking, tool and image requests over two days (`with_bob`); packs p1
+    and p2. team-2: carol (standard), no pack, charged past her quota: uncovered and suspended.
+    Each step runs at its instant of the ledger clock, which ends at `NOW`."""
+    server.open("team-1", {"alice": "standard", "bob": "premium"}, anchor=ANCHOR)
+    server.open("team-2", {"carol": "standard"}, anchor=ANCHOR)
     seed_at = datetime(2026, 2, 1, 10, 0, tzinfo=UTC)
-    seed = UsageEvent(event_id="seed-1", occurred_at=seed_at, **SEED)  # type: ignore[arg-type]
     alice_at = datetime(2026, 2, 3, 12, 0, tzinfo=UTC)
     carol_at = datetime(2026, 2, 3, 15, 0, tzinfo=UTC)
-    steps: list[tuple[datetime, Callable[[], None]]] = [
-        (seed_at + timedelta(seconds=1), lambda: charge(seed)),
-        (datetime(2026, 2, 2, 10, 0, tzinfo=UTC), lambda: run(BuyPack("team-1", "p1"))),
-        (datetime(2026, 2, 3, 10, 0, tzinfo=UTC), lambda: run(BuyPack("team-1", "p2"))),
-        # 71000 on alice: 24996.82 left of her quota, then 46003.18 from p1 (expiring first).
-        (alice_at, lambda: charge(_big("alice-big", "alice", "team-1", alice_at))),
-        (carol_at, lambda: charge(_big("carol-1", "carol", "team-2", carol_at))),
-    ]
-    for i in range(BOB_CHARGES):
-        instant = datetime(2026, 2, 2, 0, 30, tzinfo=UTC) + timedelta(minutes=45 * i)
-        usage = _bob(i, instant)
-        steps.append((instant + timedelta(seconds=2), lambda usage=usage: charge(usage)))
-    for instant, step in sorted(steps, key=lambda s: s[0]):
-        at(instant)
-        step()
-    at(NOW)
-
-
-def start_server(data_dir: Path) -> ConsoleServer:
-    """Populate a manual-clock ledger in `data_dir` and serve it on a free loopback port.
-
-    The served parts are opened on the server's thread: their SQLite connections belong to it.
-    """
-    settings = Settings(data_dir=data_dir, clock="manual", clock_start=ANCHOR)
-    parts = bootstrap(settings)
-    try:
-        populate(parts)
-    finally:
-        parts.close()
-    tokens = TokenStore(data_dir / "tokens.sqlite3")
-    tokens.set_bootstrap_admin(ADMIN)
-    _, viewer = tokens.create("viewer", ["team-1"])
-    _, auditor = tokens.create("auditor")
-    port = _free_port()
-    errors: list[BaseException] = []
-    servers: list[uvicorn.Server] = []
-    built = threading.Event()
-
-    def serve() -> None:
-        try:
-            served = bootstrap(settings)
-        except BaseException as error:
-            errors.append(error)
-            built.set()
-            raise
-        try:
-            runner = served.projections()
-            runner.catch_up()
-            ledger = Ledger(served.store, served.rate_card, served.clock)
-            app = app_from_parts(served, runner, tokens, _InlineWriter(ledger, runner))
-            app.on_startup.append(_pump_starter(ledger, runner, errors))
-            config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
-            servers.append(uvicorn.Server(config))
-        except BaseException as error:
-            errors.append(error)
-            raise
-        finally:
-            built.set()
-        try:
-            servers[0].run()
-        finally:
-            served.close()
-
-    thread = threading.Thread(target=serve, name="console-test-server", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    built.wait(SERVER_START_TIMEOUT_S)
-    while not (servers and servers[0].started):
-        if errors or time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError(f"the console test server did not start: {errors}")
-        time.sleep(0.02)
-    return ConsoleServer(
-        f"http://127.0.0.1:{port}", tokens, servers[0], thread, errors, viewer, auditor
+    # The seed's worked example: 1.67 + 0.82 + 0.69 = 3.18 credits.
+    seed = usage(
+        "seed-1",
+        "team-1",
+        "alice",
+        seed_at,
+        input_tokens=8_349,
+        cached_tokens=40_794,
+        output_tokens=573,
     )
+    steps: list[tuple[datetime, Callable[[], None]]] = [
+        (seed_at + timedelta(seconds=1), lambda: server.charge(seed)),
+        (datetime(2026, 2, 2, 10, 0, tzinfo=UTC), lambda: server.buy_pack("team-1", "p1")),
+        (datetime(2026, 2, 3, 10, 0, tzinfo=UTC), lambda: server.buy_pack("team-1", "p2")),
+        # 71000 on alice: 24996.82 left of her quota, then 46003.18 from p1 (expiring first).
+        (alice_at, lambda: server.charge(_big("alice-big", "alice", "team-1", alice_at))),
+        (carol_at, lambda: server.charge(_big("carol-1", "carol", "team-2", carol_at))),
+    ]
+    for i in range(BOB_CHARGES if with_bob else 0):
+        instant = datetime(2026, 2, 2, 0, 30, tzinfo=UTC) + timedelta(minutes=45 * i)
+        event = _bob(i, instant)
+        steps.append((instant + timedelta(seconds=2), lambda event=event: server.charge(event)))
+    for instant, step in sorted(steps, key=lambda s: s[0]):
+        server.move_clock(instant)
+        step()
+    server.move_clock(NOW)
 
 
-class _InlineWriter:
-    """The API's writes run on the app's loop thread, where the stores were opened."""
-
-    def __init__(self, ledger: Ledger, runner: ProjectionRunner) -> None:
-        self.ledger = ledger
-        self.runner = runner
-
-    async def execute(self, commands: Sequence[Command]) -> list[Outcome]:
-        outcomes = self.ledger.execute(commands)
-        self.runner.catch_up()
-        return outcomes
-
-
-def _pump_starter(
-    ledger: Ledger, runner: ProjectionRunner, errors: list[BaseException]
-) -> Callable[[Litestar], None]:
-    """A startup hook running, on the app's loop (so never beside a handler), what `ledger
-    serve` runs between requests: the lifecycle tick and the projections' catch-up. A failure
-    stops the pump and is kept in `errors`, which `ConsoleServer.stop` raises."""
-
-    async def pump() -> None:
-        try:
-            while True:
-                await asyncio.sleep(PUMP_INTERVAL_S)
-                ledger.tick()
-                runner.catch_up()
-        except Exception as error:  # kept for `stop` to raise; a pump task has no caller
-            errors.append(error)
-
-    def start(app: Litestar) -> None:
-        app.state["console_test_pump"] = asyncio.get_running_loop().create_task(pump())
-
-    return start
+@contextmanager
+def console_server(
+    work_dir: Path, redis_url: str, *, with_bob: bool = True
+) -> Iterator[ConsoleServer]:
+    """A `ledger serve` on a manual clock from `ANCHOR`, fed by `populate`, with a viewer token
+    scoped to team-1 and an auditor token made through `POST /v1/tokens`."""
+    running = contextmanager(start_service)
+    with running(work_dir, redis_url, admin_token=ADMIN, clock_start=rfc3339(ANCHOR)) as serve:
+        server = ConsoleServer(serve)
+        populate(server, with_bob=with_bob)
+        server.viewer_token = server.token("viewer", ["team-1"])
+        server.auditor_token = server.token("auditor")
+        yield server
 
 
 # -- driving the page ----------------------------------------------------------------------

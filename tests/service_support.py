@@ -1,6 +1,6 @@
 """Helpers for tests that run `ledger serve` as a real process: a free loopback port for its
 HTTP API, a small HTTP client for it, and `start_service`, which runs one with a manual clock
-on a Redis stream of its own."""
+on a Redis stream of its own and stops it (exit status 0 expected) when its user is done."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ WAIT_S = 30.0
 MAX_TOKENS = 50_000_000
 """Every component at its bound: 10,000 + 1,000 + 60,000 = 71,000 credits per event."""
 LEDGER = (sys.executable, "-m", "services.cli")
+LOG_TAIL_CHARS = 4_000
 
 
 def free_port() -> int:
@@ -127,8 +128,20 @@ class Service:
             "occurred_at": START,
             **counts,
         }
-        self.redis.xadd(self.stream, {"data": json.dumps(event)})
+        self.publish_event(event)
         return event_id
+
+    def publish_event(self, event: dict[str, Any]) -> None:
+        """What a gateway does: `XADD <stream> * data <json>`, with any event (or non-event)."""
+        self.redis.xadd(self.stream, {"data": json.dumps(event)})
+
+    def dead_letters(self) -> list[dict[bytes, bytes]]:
+        """The fields of every entry of the dead-letter stream, oldest first."""
+        return [fields for _, fields in self.redis.xrange(f"{self.stream}.dead")]
+
+    def log_tail(self, chars: int = LOG_TAIL_CHARS) -> str:
+        """The end of what the process wrote on stdout and stderr."""
+        return self.log_path.read_text(errors="replace")[-chars:]
 
     def publish_max(self, sub: str, seat: str, times: int = 1) -> None:
         for _ in range(times):
@@ -163,7 +176,11 @@ def eventually(fetch: Callable[[], Any], check: Callable[[Any], bool], what: str
         time.sleep(0.05)
 
 
-def start_service(tmp_path: Path, redis_url: str) -> Iterator[Service]:
+def start_service(
+    tmp_path: Path, redis_url: str, *, admin_token: str = ADMIN_TOKEN, clock_start: str = START
+) -> Iterator[Service]:
+    """A generator for a fixture: `ledger serve` with its data in `tmp_path/data`, output in
+    `tmp_path/serve.log` (printed when the block fails), the manual clock at `clock_start`."""
     stream = f"test.{uuid.uuid4().hex[:12]}.usage"
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
@@ -172,9 +189,9 @@ def start_service(tmp_path: Path, redis_url: str) -> Iterator[Service]:
         LEDGER_REDIS_URL=redis_url,
         LEDGER_USAGE_STREAM=stream,
         LEDGER_PORT=str(port),
-        LEDGER_ADMIN_TOKEN=ADMIN_TOKEN,
+        LEDGER_ADMIN_TOKEN=admin_token,
         LEDGER_CLOCK="manual",
-        LEDGER_CLOCK_START=START,
+        LEDGER_CLOCK_START=clock_start,
         PYTHONUNBUFFERED="1",
     )
     log_path = tmp_path / "serve.log"
@@ -183,7 +200,7 @@ def start_service(tmp_path: Path, redis_url: str) -> Iterator[Service]:
     client = redis.Redis.from_url(redis_url)
     service = Service(
         process,
-        HttpClient(f"http://127.0.0.1:{port}", ADMIN_TOKEN),
+        HttpClient(f"http://127.0.0.1:{port}", admin_token),
         client,
         stream,
         tmp_path / "data",
@@ -193,11 +210,11 @@ def start_service(tmp_path: Path, redis_url: str) -> Iterator[Service]:
         service.api.wait_ready()
         yield service
     except BaseException:
-        print(log_path.read_text()[-4000:])
+        print(service.log_tail())
         raise
     finally:
         process.terminate()
         code = process.wait(timeout=30)
         client.delete(stream, f"{stream}.dead", f"{stream}.dead.index")
         client.close()
-        assert code == 0, log_path.read_text()[-4000:]
+        assert code == 0, service.log_tail()

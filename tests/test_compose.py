@@ -1,7 +1,12 @@
-"""compose.yaml and the Dockerfile: what can be checked without a Docker engine."""
+"""compose.yaml and the Dockerfile: what can be checked without a Docker engine, including
+`docker compose config` (Compose v2) or `docker-compose config` (v1), which parse and validate
+the file against the Compose schema without one."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +14,31 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+COMPOSE_TIMEOUT_S = 60
+
+
+def compose_config_command() -> list[str] | None:
+    """`docker compose config` when the v2 plugin is there, else `docker-compose config`."""
+    if shutil.which("docker"):
+        probe = subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=30)
+        if probe.returncode == 0:
+            return ["docker", "compose", "-f", str(ROOT / "compose.yaml"), "config", "-q"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose", "-f", str(ROOT / "compose.yaml"), "config", "-q"]
+    return None
+
+
+def test_docker_compose_config_accepts_the_file() -> None:
+    command = compose_config_command()
+    if command is None:
+        reason = "neither `docker compose` nor `docker-compose` is installed"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason} (.ci/run installs docker-compose)", pytrace=False)
+        pytest.skip(reason)
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=COMPOSE_TIMEOUT_S, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 @pytest.fixture(scope="module")
@@ -54,10 +84,11 @@ def test_the_ledger_waits_for_a_healthy_redis_and_uses_it(compose: dict[str, Any
     assert any(str(volume).endswith(":/data") for volume in ledger["volumes"])
 
 
-def test_the_ledger_healthcheck_reads_the_age_of_the_writers_heartbeat(
+def test_the_ledger_healthcheck_asks_readyz_and_reads_the_writers_heartbeat(
     compose: dict[str, Any],
 ) -> None:
     check = compose["services"]["ledger"]["healthcheck"]["test"]
+    assert "http://127.0.0.1:8080/readyz" in check[-1]
     assert "/data/serve.heartbeat" in check[-1]
     compile(check[-1], "healthcheck", "exec")
 

@@ -1,9 +1,11 @@
-"""The web console in headless Chromium against a served ledger (issue 6): sign-in, the
-subscription and billing pages, time travel, CSV, role-dependent admin actions, screenshots.
+"""The web console in headless Chromium against a running `ledger serve` fed through its Redis
+usage stream (issue 6): sign-in, the subscription and billing pages, time travel, CSV,
+role-dependent admin actions with their idempotency, the manual clock, screenshots.
 
-Needs Debian's `chromium` and `chromium-driver`; without them these tests skip with the reason,
-and fail under CI (`no_service`). Admin writes and the manual clock are probed first: while
-their route is not served (404/405) the test is marked xfail naming the missing endpoint.
+One serve holds the data of `tests.browser_support.populate` for the module; the admin-action
+tests write to subscriptions of their own in it, and the clock test, which moves the one ledger
+clock, has a serve of its own. Needs Debian's `chromium` and `chromium-driver`; without them the
+browser tests skip with the reason, and fail under CI (`no_service`).
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ import tomllib
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -33,11 +37,11 @@ from tests.browser_support import (
     PHONE,
     ConsoleServer,
     clear_emulation,
+    console_server,
     full_page_screenshot,
     missing_browser,
     page_overflows,
     start_chromium,
-    start_server,
     wait_for,
     wait_idle,
 )
@@ -47,7 +51,6 @@ ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOTS = ROOT / "docs" / "screenshots"
 SESSION_KEY = "credits-ledger-console"
 DOWNLOAD_WAIT_S = 15.0
-MISSING_ROUTE = (404, 405)
 USAGE_PAGE_ROWS = 25  # app.js USAGE_PAGE_ROWS
 
 
@@ -71,23 +74,30 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
 
 
 @pytest.fixture(scope="module")
-def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleServer]:
-    """One served ledger for the tests that only read."""
-    server = start_server(tmp_path_factory.mktemp("console-ledger"))
-    try:
+def console(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[ConsoleServer]:
+    """One `ledger serve` for the module; tests that write use subscriptions of their own."""
+    with console_server(tmp_path_factory.mktemp("console-serve"), redis_url) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
-def fresh_console(browser: Browser, tmp_path: Path) -> Iterator[ConsoleServer]:
-    """A served ledger of its own, for a test that writes."""
-    server = start_server(tmp_path / "ledger")
-    try:
+def clock_console(browser: Browser, tmp_path: Path, redis_url: str) -> Iterator[ConsoleServer]:
+    """A `ledger serve` of its own (without bob's requests), for a test that moves the clock."""
+    with console_server(tmp_path, redis_url, with_bob=False) as server:
         yield server
-    finally:
-        server.stop()
+
+
+@pytest.fixture(autouse=True)
+def serve_log_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
+    """When a test fails, its report shows the tail of the log of the serve it used."""
+    failed_before = request.session.testsfailed
+    yield
+    if request.session.testsfailed == failed_before:
+        return
+    for name in ("console", "clock_console"):
+        if name in request.fixturenames:
+            server: ConsoleServer = request.getfixturevalue(name)
+            print(f"-- {name}: {server.serve.log_path} (tail) --\n{server.serve.log_tail()}")
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -178,11 +188,52 @@ def download_csv(browser: Browser) -> list[dict[str, str]]:
     raise AssertionError("the CSV download did not arrive")
 
 
-def require_route(console: ConsoleServer, method: str, path: str, body: Any, name: str) -> None:
-    """Mark the test xfail while `name` is not served (a probe with an invalid body: no write)."""
-    status = console.status_of(method, path, body)
-    if status in MISSING_ROUTE:
-        pytest.xfail(f"{name} is not served yet (HTTP {status}); it is being built on branch api")
+RECORD_WRITES_SCRIPT = """
+window.sentWrites = [];
+window.loseNextReply = false;
+const send = window.fetch;
+window.unrecordedFetch = send;
+window.fetch = (url, init = {}) => {
+  if (!init.method || init.method === "GET") return send(url, init);
+  window.sentWrites.push(
+    {url: String(url), method: init.method, body: init.body, headers: init.headers});
+  return send(url, init).then((reply) => {
+    if (!window.loseNextReply) return reply;
+    window.loseNextReply = false;  // the ledger has applied it; the page never hears back
+    throw new TypeError("Failed to fetch");
+  });
+};
+"""
+REPLAY_SCRIPT = """
+const [w, done] = arguments;
+window.unrecordedFetch(w.url, {method: w.method, body: w.body, headers: w.headers})
+  .then((r) => done(r.status));
+"""
+
+
+def record_writes(driver: WebDriver) -> None:
+    """From now on the page keeps every write request it sends in `window.sentWrites`; with
+    `window.loseNextReply` set, the next write reaches the ledger but its reply is lost."""
+    driver.execute_script(RECORD_WRITES_SCRIPT)
+
+
+def sent_writes(driver: WebDriver) -> list[dict[str, Any]]:
+    """The writes recorded since the last call."""
+    writes: list[dict[str, Any]] = driver.execute_script("return window.sentWrites.splice(0)")
+    return writes
+
+
+def replay(driver: WebDriver, write: dict[str, Any]) -> int:
+    """Send `write` again from the page, exactly as sent (a retry): its HTTP status."""
+    status: int = driver.execute_async_script(REPLAY_SCRIPT, write)
+    return status
+
+
+def confirm(driver: WebDriver, expected_text: str) -> None:
+    """The confirmation dialog is open and names `expected_text`: confirm it."""
+    wait_for(driver, lambda d: find(d, "#confirm-dialog").is_displayed())
+    assert expected_text in find(driver, "#confirm-text").text
+    find(driver, "#confirm-ok").click()
 
 
 # -- serving (no browser needed) -------------------------------------------------------------
@@ -449,7 +500,7 @@ def test_an_auditor_reads_any_subscription_without_admin_actions_and_a_gateway_i
     assert seat_row(driver, "carol")[7] == "⚠ Suspended"
     assert find_all(driver, "[data-action]") == []
     assert not find(driver, "#buy-pack").is_displayed()
-    _, gateway = console.tokens.create("gateway", ["team-1"])
+    gateway = console.token("gateway", ["team-1"])
     sign_in(driver, console, gateway, "team-1")
     assert "role may not read subscriptions" in find(driver, "#sign-in-error").text
 
@@ -568,113 +619,132 @@ def test_the_pages_log_no_script_or_policy_errors(browser: Browser, console: Con
     assert severe == []
 
 
-# -- admin writes (SPEC §3; being built on branch api) --------------------------------------
+# -- admin writes and the manual clock ----------------------------------------------------------
 
 
-def test_an_admin_adds_a_seat_changes_its_tier_and_removes_it_each_after_confirming(
-    browser: Browser, fresh_console: ConsoleServer
+def test_an_admin_adds_a_seat_changes_its_tier_and_removes_it_each_confirmed_and_idempotent(
+    browser: Browser, console: ConsoleServer
 ) -> None:
-    console, driver = fresh_console, browser.driver
-    require_route(
-        console, "POST", "/v1/subscriptions/team-1/seats", {}, "POST /v1/subscriptions/{sub}/seats"
-    )
-    sign_in(driver, console, ADMIN, "team-1")
+    driver = browser.driver
+    console.open("team-3", {"erin": "standard"})
+    sign_in(driver, console, ADMIN, "team-3")
+    record_writes(driver)
+
+    def retried_once() -> None:
+        """The write just sent, sent again with its Idempotency-Key, changes nothing."""
+        [write] = sent_writes(driver)
+        assert write["headers"]["Idempotency-Key"]
+        assert replay(driver, write) == 200
+
     find(driver, "#add-seat-id").send_keys("dave")
     Select(find(driver, "#add-seat-tier")).select_by_value("advanced")
     find(driver, "#add-seat-form button[type=submit]").click()
-    assert find(driver, "#confirm-dialog").is_displayed()
-    assert "dave" in find(driver, "#confirm-text").text
-    find(driver, "#confirm-ok").click()
-    wait_for(driver, lambda d: find(d, "#action-result").is_displayed())
+    confirm(driver, "Add seat “dave” as advanced to team-3?")
+    wait_for(driver, lambda d: "dave added" in find(d, "#action-result").text)
     wait_idle(driver)
     assert find(driver, "#action-result").text.startswith(
         "Seat dave added: now advanced, quota 100,000.00"
     )
     assert seat_row(driver, "dave")[1:3] == ["advanced", "100,000.00"]
+    retried_once()
 
-    require_route(
-        console,
-        "PATCH",
-        "/v1/subscriptions/team-1/seats/dave",
-        {},
-        "PATCH /v1/subscriptions/{sub}/seats/{seat}",
-    )
     find(driver, '#seats-table tr[data-seat-id="dave"] [data-action=change-tier]').click()
     Select(find(driver, "#confirm-tier")).select_by_value("premium")
-    find(driver, "#confirm-ok").click()
+    confirm(driver, "Seat dave is advanced.")
     wait_for(driver, lambda d: "now premium" in find(d, "#action-result").text)
     wait_idle(driver)
     assert seat_row(driver, "dave")[1:3] == ["premium", "250,000.00"]
+    retried_once()
 
     find(driver, '#seats-table tr[data-seat-id="dave"] [data-action=remove-seat]').click()
-    find(driver, "#confirm-ok").click()
-    wait_for(driver, lambda d: "removed" in find(d, "#action-result").text)
+    confirm(driver, "Remove seat dave?")
+    wait_for(driver, lambda d: "dave removed" in find(d, "#action-result").text)
     wait_idle(driver)
-    if console.status_of("DELETE", "/v1/subscriptions/team-1/seats/nobody") in MISSING_ROUTE:
-        pytest.xfail("DELETE /v1/subscriptions/{sub}/seats/{seat} is not served yet")
     assert seat_row(driver, "dave")[7] == "Removed"
+    assert find_all(driver, '#seats-table tr[data-seat-id="dave"] [data-action]') == []
+    retried_once()
+
+    def of_dave(event_type: str) -> list[dict[str, Any]]:
+        return [e for e in console.log_events(event_type) if e["seat_id"] == "dave"]
+
+    assert [e["tier"] for e in of_dave("seat.added")] == ["advanced"]
+    assert len(of_dave("seat.tier_changed")) == 1
+    assert len(of_dave("seat.removed")) == 1
 
 
-def test_buying_a_pack_sends_one_idempotency_key_and_a_retry_buys_nothing_more(
-    browser: Browser, fresh_console: ConsoleServer
+def bought_packs(console: ConsoleServer, sub: str) -> list[str]:
+    """The pack ids of every `pack.purchased` of `sub` in the log, oldest first."""
+    return [
+        e["pack_id"] for e in console.log_events("pack.purchased") if e["subscription_id"] == sub
+    ]
+
+
+def test_a_pack_purchase_whose_reply_is_lost_is_retried_with_its_key_and_buys_one_pack(
+    browser: Browser, console: ConsoleServer
 ) -> None:
-    console, driver = fresh_console, browser.driver
-    require_route(
-        console,
-        "POST",
-        "/v1/subscriptions/team-1/packs",
-        {"pack_id": 5},  # invalid: a served route answers 400 and buys nothing
-        "POST /v1/subscriptions/{sub}/packs",
-    )
-    sign_in(driver, console, ADMIN, "team-1")
-    driver.execute_script(
-        "window.sentWrites = []; const send = window.fetch;"
-        "window.fetch = (url, init = {}) => {"
-        "  if (init.method && init.method !== 'GET') window.sentWrites.push("
-        "    {url: String(url), method: init.method, body: init.body, headers: init.headers});"
-        "  return send(url, init); };"
-    )
+    driver = browser.driver
+    console.open("team-4", {"gil": "standard"})
+    sign_in(driver, console, ADMIN, "team-4")
+    record_writes(driver)
+    driver.execute_script("window.loseNextReply = true")
     find(driver, "#buy-pack").click()
+    confirm(driver, "Buy a pack of 625,000 credits for team-4?")
+    wait_for(driver, lambda d: find(d, "#confirm-ok").text == "Retry")
+    assert "Not confirmed by the ledger" in find(driver, "#confirm-error").text
     find(driver, "#confirm-ok").click()
-    wait_for(driver, lambda d: find(d, "#action-result").is_displayed())
+    wait_for(driver, lambda d: "bought" in find(d, "#action-result").text)
     wait_idle(driver)
-    assert "bought: 625,000.00 of 625,000.00 credits" in find(driver, "#action-result").text
-    assert len(find_all(driver, "#packs-table tbody tr")) == 3
-    [sent] = driver.execute_script("return window.sentWrites")
-    key = sent["headers"]["Idempotency-Key"]
-    assert key
-    status = driver.execute_async_script(
-        "const [w, done] = arguments;"
-        "fetch(w.url, {method: w.method, body: w.body, headers: w.headers})"
-        ".then(r => done(r.status));",
-        sent,
+    first, retry = sent_writes(driver)
+    assert first["headers"]["Idempotency-Key"] and retry == first
+    [pack] = console.get("/v1/subscriptions/team-4/packs")["items"]
+    assert find(driver, "#action-result").text.startswith(
+        f"Pack {pack['pack_id']} bought: 625,000.00 of 625,000.00 credits"
     )
-    assert 200 <= status < 300
-    packs = console.get("/v1/subscriptions/team-1/packs")["items"]
-    assert len(packs) == 3
+    assert len(find_all(driver, "#packs-table tbody tr")) == 1
+    assert bought_packs(console, "team-4") == [pack["pack_id"]]
+
+
+def test_a_double_clicked_pack_purchase_sends_one_request_and_buys_one_pack(
+    browser: Browser, console: ConsoleServer
+) -> None:
+    driver = browser.driver
+    console.open("team-5", {"hana": "standard"})
+    sign_in(driver, console, ADMIN, "team-5")
+    record_writes(driver)
+    find(driver, "#buy-pack").click()
+    wait_for(driver, lambda d: find(d, "#confirm-dialog").is_displayed())
+    ActionChains(driver).double_click(find(driver, "#confirm-ok")).perform()
+    wait_for(driver, lambda d: "bought" in find(d, "#action-result").text)
+    wait_idle(driver)
+    [sent] = sent_writes(driver)  # the second click found the button disabled
+    assert replay(driver, sent) == 200  # a retry all the same: "this pack id was bought already"
+    [pack] = console.get("/v1/subscriptions/team-5/packs")["items"]
+    assert bought_packs(console, "team-5") == [pack["pack_id"]]
 
 
 def test_a_manual_clock_advance_shows_the_reset_cycle_and_an_expired_pack(
-    browser: Browser, fresh_console: ConsoleServer
+    browser: Browser, clock_console: ConsoleServer
 ) -> None:
-    console, driver = fresh_console, browser.driver
-    require_route(console, "POST", "/v1/clock", {}, "POST /v1/clock")
-    assert console.status_of("POST", "/v1/clock", {"now": "2026-03-02T12:00:00Z"}) < 300
-    # The pump appends the cycle start and the expiry within its interval.
-    wait_for(
-        driver,
-        lambda _: console.get("/v1/subscriptions/team-1/overview")["cycle_start"].startswith(
-            "2026-02-28"
-        ),
-    )
+    console, driver = clock_console, browser.driver
+    moved = console.move_clock(datetime(2026, 3, 2, 12, 0, tzinfo=UTC))
+    assert {(c["subscription_id"], c["cycle"]) for c in moved["cycles_started"]} == {
+        ("team-1", 1),
+        ("team-2", 1),
+    }
+    assert [(p["pack_id"], p["expired"]) for p in moved["packs_expired"]] == [("p1", "578996.82")]
     sign_in(driver, console, ADMIN, "team-1")
-    assert find(driver, "#cycle-text").text.startswith(
-        "Cycle 2: 2026-02-28 09:00:00 → 2026-03-31 09:00:00 UTC"
-    )
-    assert seat_row(driver, "alice")[3:5] == ["0.00", "25,000.00"]
+    cycle = find(driver, "#cycle-text").text
+    assert cycle.startswith("Cycle 2: 2026-02-28 09:00:00 → 2026-03-31 09:00:00 UTC")
+    assert cycle.endswith("29 days left")  # 2026-03-02 12:00 → 03-31 09:00: 28 days 21 hours
+    assert seat_row(driver, "alice")[3:8] == ["0.00", "25,000.00", "0.00", "0.00", "Active"]
     p1 = cells(pack_row(driver, "p1"))
-    assert (p1[3], p1[6], p1[7]) == ("578,996.82", "expired", "Expired")
+    assert (p1[2], p1[3], p1[6], p1[7]) == ("0.00", "578,996.82", "expired", "Expired")
+    assert "pack-expired" in (pack_row(driver, "p1").get_attribute("class") or "")
     assert cells(pack_row(driver, "p2"))[7] == "Active"
+    go(driver, "billing")
+    assert find(driver, "#total-credits").text == "900,000.00"  # 275,000 of seats + p2
+    assert "Pack p2 expires 2026-03-03 10:00:00 UTC" in find(driver, "#next-expiration-detail").text
+    assert find_all(driver, "#chart rect") == []  # nothing deducted yet this cycle
 
 
 def _all_usage(console: ConsoleServer, sub: str) -> list[dict[str, Any]]:

@@ -106,7 +106,7 @@ def test_the_projector_stops_when_the_process_that_started_it_is_killed(tmp_path
                     "from services.projector import Projector",
                     f"projector = Projector(Settings(data_dir=Path({str(tmp_path)!r})))",
                     "projector.start()",
-                    "print(projector._process.pid, flush=True)",
+                    "print(projector.pid, flush=True)",
                     "time.sleep(600)",
                 ]
             ),

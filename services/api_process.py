@@ -1,0 +1,153 @@
+"""The HTTP API process of `ledger serve`: uvicorn (httptools parser, uvloop event loop)
+serving the Litestar app on a core (and an interpreter lock) of its own, so the gateway
+pre-check is not held up by ingest.
+
+It keeps its own balances in memory (`LiveBalances`), loaded from a consistent snapshot of the
+read model tables and then folded from the log by a follower thread every `FOLLOW_INTERVAL_S`;
+reads answer from them without touching a database. Writes go over a pipe to the serving
+process's writer thread (`services.write_channel`), and are answered once the follower has
+folded them. The process exits with its parent (SIGKILL: it holds nothing to save, and its
+port must be free for the next serve at once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.connection import Connection
+from multiprocessing.synchronize import Event
+from typing import Final
+
+import structlog
+import uvicorn
+import uvloop
+
+from ledger.log import EventStore
+from projections.live import LiveBalances
+from services.api import create_app
+from services.auth import TOKENS_FILE, TokenStore
+from services.bootstrap import make_clock, open_event_store, open_read_store
+from services.children import ChildProcess, die_with_parent
+from services.config import Settings
+from services.write_channel import RemoteWriter
+
+FOLLOW_INTERVAL_S: Final = 0.005
+"""Seconds between two looks at the log for records to fold into this process's balances."""
+GIL_SWITCH_INTERVAL_S: Final = 0.000_5
+"""How long a thread holds the interpreter lock while another waits (the default is 5 ms)."""
+
+log = structlog.get_logger("ledger.api")
+
+
+class Follower:
+    """This process's live balances and the one thread that folds the log into them."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-follower")
+        self._events: EventStore | None = None
+        self._live: LiveBalances | None = None
+
+    @property
+    def live(self) -> LiveBalances:
+        assert self._live is not None, "open() first"
+        return self._live
+
+    def _open(self) -> None:
+        events = open_event_store(self.settings)
+        read_store = open_read_store(self.settings, events)
+        try:
+            balances, position = read_store.snapshot()
+        finally:
+            read_store.close()
+        self._events = events
+        self._live = LiveBalances(events, balances, position)
+        self._live.catch_up()
+
+    async def open(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._open)
+
+    async def catch_up(self) -> int:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, self.live.catch_up)
+
+    async def follow(self) -> None:
+        while True:
+            try:
+                await self.catch_up()
+            except Exception:
+                log.exception("api.follow_failed")
+            await asyncio.sleep(FOLLOW_INTERVAL_S)
+
+    def close(self) -> None:
+        if self._events is not None:
+            self._thread.submit(self._events.close).result()
+        self._thread.shutdown(wait=True)
+
+
+def run_api_process(settings: Settings, connection: Connection, ready: Event) -> None:
+    """The API process's main: serve until SIGTERM (or the parent's death)."""
+    from services.serve import configure_logging  # the serving process imports this module
+
+    configure_logging()
+    die_with_parent(signal.SIGKILL)
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    uvloop.run(_serve(settings, connection, ready))
+
+
+async def _serve(settings: Settings, connection: Connection, ready: Event) -> None:
+    follower = Follower(settings)
+    await follower.open()
+    tokens = TokenStore(settings.data_dir / TOKENS_FILE)
+    events = open_event_store(settings)
+    writer = RemoteWriter(connection, follower.catch_up)
+    app = create_app(
+        events=events,
+        read_model_path=settings.read_model_path(),
+        runner=follower.live,
+        tokens=tokens,
+        clock=make_clock(settings),
+        writer=writer,
+        writer_metrics=writer.writer_metrics,
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            http="httptools",
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+        )
+    )
+    following = asyncio.create_task(follower.follow(), name="follower")
+    announcing = asyncio.create_task(_announce(server, ready), name="announce")
+    try:
+        await server.serve()  # handles SIGTERM and SIGINT itself: a graceful shutdown
+    finally:
+        for task in (following, announcing):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        writer.close()
+        events.close()
+        tokens.close()
+        follower.close()
+
+
+async def _announce(server: uvicorn.Server, ready: Event) -> None:
+    while not server.started:
+        await asyncio.sleep(0.01)
+    log.info("api.listening", pid=os.getpid())
+    ready.set()
+
+
+class ApiProcess(ChildProcess):
+    """The serving process's handle on its HTTP API process; `ready` is set once it listens."""
+
+    def __init__(self, settings: Settings, connection: Connection, ready: Event) -> None:
+        super().__init__("ledger-api", run_api_process, settings, connection, ready)

@@ -1,0 +1,111 @@
+"""The HTTP API process's way to the single writer: admin commands go over a pipe to the
+serving process, whose writer thread decides and appends them (so the log keeps one writer),
+and the writer's own metrics (ingest, consumer lag) come back for `GET /metrics`.
+
+One request at a time per pipe; each is a `(kind, payload)` tuple answered by `("ok", value)`
+or `("error", message)`. Commands and outcomes are msgspec Structs, which pickle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from multiprocessing.connection import Connection
+from typing import Any, Final
+
+import structlog
+
+from ledger.application import Ledger, Outcome
+from schemas.commands import Command
+from services.metrics import WRITER_METRIC_NAMES, LedgerMetrics
+
+EXECUTE: Final = "execute"
+METRICS_TEXT: Final = "metrics"
+
+log = structlog.get_logger("ledger.write_channel")
+
+
+class WriteChannelError(RuntimeError):
+    """The serving process could not carry a request out (the message says why)."""
+
+
+class WriteChannelServer:
+    """In the serving process: a thread answering one API process's requests, running each
+    command batch on the writer thread (`executor`, the ledger's one thread)."""
+
+    def __init__(
+        self,
+        connection: Connection,
+        ledger: Ledger,
+        executor: Executor,
+        metrics: LedgerMetrics,
+    ) -> None:
+        self._connection = connection
+        self._ledger = ledger
+        self._executor = executor
+        self._metrics = metrics
+        self._thread = threading.Thread(target=self._serve, name="write-channel", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                kind, payload = self._connection.recv()
+            except (EOFError, OSError):
+                return  # the API process is gone; a new one gets a new channel
+            try:
+                reply: tuple[str, Any] = ("ok", self._answer(kind, payload))
+            except Exception as error:
+                log.exception("write_channel.request_failed", kind=kind)
+                reply = ("error", f"{type(error).__name__}: {error}")
+            try:
+                self._connection.send(reply)
+            except (EOFError, OSError):
+                return
+
+    def _answer(self, kind: str, payload: Any) -> Any:
+        if kind == EXECUTE:
+            return self._executor.submit(self._ledger.execute, payload).result()
+        if kind == METRICS_TEXT:
+            return self._metrics.render(WRITER_METRIC_NAMES)
+        raise WriteChannelError(f"unknown request {kind!r}")
+
+
+class RemoteWriter:
+    """In the API process: a `Writer` whose commands run on the serving process's writer
+    thread. `execute` returns once `caught_up` (this process's live balances folding the log)
+    has run after the append, so the state a write answers with includes that write."""
+
+    def __init__(self, connection: Connection, caught_up: Callable[[], Awaitable[int]]) -> None:
+        self._connection = connection
+        self._caught_up = caught_up
+        self._lock = threading.Lock()
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="write-channel")
+
+    def _call(self, kind: str, payload: Any) -> Any:
+        with self._lock:
+            self._connection.send((kind, payload))
+            status, value = self._connection.recv()
+        if status != "ok":
+            raise WriteChannelError(str(value))
+        return value
+
+    async def _request(self, kind: str, payload: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._io, self._call, kind, payload)
+
+    async def execute(self, commands: Sequence[Command]) -> list[Outcome]:
+        outcomes: list[Outcome] = await self._request(EXECUTE, list(commands))
+        await self._caught_up()
+        return outcomes
+
+    async def writer_metrics(self) -> str:
+        text: str = await self._request(METRICS_TEXT, None)
+        return text
+
+    def close(self) -> None:
+        self._io.shutdown(wait=False)
+        self._connection.close()
