@@ -49,7 +49,7 @@ from ledger.errors import (
     LeaseLost,
     StoreError,
 )
-from ledger.leases import Fence, Lease, LeaseHolder
+from ledger.leases import RENEWALS_PER_TTL, Fence, Lease, LeaseHolder
 from ledger.log import (
     EVENT_ENCODER,
     GENESIS_HASH,
@@ -75,6 +75,9 @@ APPEND_LOCK_TIMEOUT_MS = 30_000
 IDLE_IN_TRANSACTION_TIMEOUT_MS = 10_000
 """A session that stops in the middle of an append (its process frozen or cut off) is ended by
 the server after this long, which releases the append lock it holds."""
+
+LEASE_LAPSED_SQLSTATE = "LL001"
+"""Raised by the schema's `lease_check` function, the last statement of a fenced append."""
 
 DEAD_WORKER_ROWS_KEPT_S = 3_600
 """Heartbeat rows of workers gone this long are deleted by the next heartbeat."""
@@ -140,6 +143,20 @@ MIGRATIONS: tuple[tuple[int, LiteralString], ...] = (
             token bigint NOT NULL,
             checked_at timestamptz NOT NULL
         );
+        CREATE FUNCTION {schema}.lease_check(p integer, o text, t bigint)
+        RETURNS timestamptz LANGUAGE plpgsql AS $$
+        DECLARE
+            checked timestamptz := clock_timestamp();
+        BEGIN
+            PERFORM 1 FROM {schema}.leases
+            WHERE partition = p AND owner = o AND token = t AND expires_at > checked;
+            IF NOT FOUND THEN
+                RAISE EXCEPTION 'the lease of partition % (token %) lapsed', p, t
+                    USING ERRCODE = 'LL001';
+            END IF;
+            RETURN checked;
+        END
+        $$;
         """,
     ),
 )
@@ -222,14 +239,19 @@ class PostgresEventStore:
         with self._lock:
             self._reconnect_if_broken()
             try:
-                with self._db.pipeline(), self._db.transaction():
+                with self._db.pipeline() as pipeline, self._db.transaction():
                     # Two statements: the head read must take its snapshot after the lock wait.
                     self._db.execute(self._q.lock, (self._append_key,))
                     lease = None
                     if fence is not None:
                         lease = self._db.execute(self._q.fence, (fence.partition,), binary=True)
-                    head = _head_of(self._db.execute(self._q.head, binary=True).fetchone())
-                    checked_at = _check_fence(fence, lease.fetchone() if lease else None)
+                    head_cursor = self._db.execute(self._q.head, binary=True)
+                    # A Sync, not just a flush: the server is then "idle in transaction" while
+                    # this process chains the records, so `idle_in_transaction_session_timeout`
+                    # ends the session (and frees the lock) if the process freezes right here.
+                    pipeline.sync()
+                    head = _head_of(head_cursor.fetchone())
+                    _check_fence(fence, lease.fetchone() if lease else None)
                     if expected_position is not None and head.position != expected_position:
                         raise ConcurrentAppend(expected_position, head.position)
                     if head.position and recorded_at_us < head.recorded_at_us:
@@ -241,7 +263,7 @@ class PostgresEventStore:
                     if charges:
                         self._db.execute(self._q.insert_keys, _key_columns(charges, records))
                     self._db.execute(self._q.insert_records, _record_columns(records, events))
-                    if fence is not None:
+                    if fence is not None:  # checked again last: a lease lapsed meanwhile aborts
                         self._db.execute(
                             self._q.insert_fenced_append,
                             (
@@ -250,7 +272,9 @@ class PostgresEventStore:
                                 fence.partition,
                                 fence.owner,
                                 fence.token,
-                                checked_at,
+                                fence.partition,
+                                fence.owner,
+                                fence.token,
                             ),
                         )
             except psycopg.errors.UniqueViolation as error:
@@ -264,6 +288,8 @@ class PostgresEventStore:
                     f"append gave up waiting {self._lock_timeout_ms} ms for another append"
                 ) from error
             except psycopg.Error as error:
+                if error.sqlstate == LEASE_LAPSED_SQLSTATE:
+                    raise LeaseLost(f"the lease lapsed before the commit: {error}") from error
                 raise StoreError(f"append failed: {error}") from error
         return records
 
@@ -328,6 +354,11 @@ class PostgresEventStore:
             try:
                 with self._db.transaction():
                     # Under the append lock: no append is between its fence check and commit.
+                    # Waiting at most a renewal interval for it, so the keeper renews on time.
+                    wait_ms = max(1, min(self._lock_timeout_ms, ttl_ms // RENEWALS_PER_TTL))
+                    self._db.execute(
+                        "SELECT set_config('lock_timeout', %s, true)", (f"{wait_ms}ms",)
+                    )
                     self._db.execute(self._q.lock, (self._append_key,))
                     row = self._db.execute(
                         self._q.take_lease, (partition, owner, ttl_ms)
@@ -512,7 +543,7 @@ class _Queries:
         self.insert_fenced_append = q(
             "INSERT INTO {schema}.fenced_appends"
             " (first_position, last_position, partition, owner, token, checked_at)"
-            " VALUES (%b, %b, %b, %b, %b, %b)"
+            " VALUES (%b, %b, %b, %b, %b, {schema}.lease_check(%b, %b, %b))"
         )
         self.take_lease = q(
             "INSERT INTO {schema}.leases AS l (partition, owner, token, expires_at)"
@@ -560,13 +591,14 @@ class _Queries:
         )
 
 
-def _check_fence(fence: Fence | None, row: tuple[str, int, Any, bool] | None) -> Any:
-    """The database's time of the check when the fence holds; raises `LeaseLost` otherwise."""
+def _check_fence(fence: Fence | None, row: tuple[str, int, Any, bool] | None) -> None:
+    """Raises `LeaseLost` unless the partition's lease row still carries the fence's owner and
+    token and has not expired (the first check; `lease_check` repeats it last)."""
     if fence is None:
-        return None
+        return
     if row is None:
         raise LeaseLost(f"partition {fence.partition} has no lease")
-    owner, token, checked_at, live = row
+    owner, token, _, live = row
     if (owner, token) != (fence.owner, fence.token):
         raise LeaseLost(
             f"partition {fence.partition} is held by {owner!r} under token {token}; the append "
@@ -574,7 +606,6 @@ def _check_fence(fence: Fence | None, row: tuple[str, int, Any, bool] | None) ->
         )
     if not live:
         raise LeaseLost(f"the lease of partition {fence.partition} (token {token}) expired")
-    return checked_at
 
 
 def _first(row: tuple[Any, ...]) -> Any:

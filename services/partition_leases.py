@@ -167,7 +167,11 @@ class PartitionKeeper:
         ]
         for partition in free[:wanted]:
             sent = time.monotonic()
-            lease = await self._call(self.leases.acquire, partition, self.owner, self.ttl_ms)
+            try:
+                lease = await self._call(self.leases.acquire, partition, self.owner, self.ttl_ms)
+            except StoreError as error:  # e.g. the append lock is held: try again next step
+                log.warning("lease.acquire_failed", partition=partition, error=str(error))
+                continue
             if lease is None:
                 continue
             held = HeldPartition(lease, self._deadline(sent), self._wake.set)

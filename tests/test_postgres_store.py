@@ -7,19 +7,23 @@ The store contract itself (appends, keys, chain, races, late commits) is in
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from ledger import postgres_store
 from ledger.application import Ledger
 from ledger.audit import verify
 from ledger.clock import ManualClock
-from ledger.errors import DuplicateUsageKey, StoreError
+from ledger.errors import DuplicateUsageKey, LeaseLost, StoreError
 from ledger.log import StoredRecord, us_from_datetime
 from ledger.postgres_store import SCHEMA_VERSION, PostgresEventStore, append_lock_key
 from ledger.rate_card import load_rate_card
@@ -252,3 +256,72 @@ def test_a_ledger_reopened_on_postgresql_folds_the_same_state(
         assert again.ledger().state == state
     finally:
         again.close()
+
+
+FROZEN_S = 1.0
+"""How long a test's appender stays 'frozen' between its two round trips."""
+SHORT_IDLE_MS = 300
+SHORT_LEASE_MS = 300
+LONG_LEASE_MS = 60_000
+
+
+def _freeze_once_between_round_trips(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next append sleeps FROZEN_S after its lock and head read, as a process stopped there."""
+    real = postgres_store._chained
+    frozen: list[bool] = []
+
+    def chained(*args: Any) -> list[StoredRecord]:
+        if not frozen:
+            frozen.append(True)
+            time.sleep(FROZEN_S)
+        return real(*args)
+
+    monkeypatch.setattr(postgres_store, "_chained", chained)
+
+
+def test_a_process_frozen_inside_an_append_frees_the_append_lock_within_its_idle_timeout(
+    monkeypatch: pytest.MonkeyPatch, postgres_url: str, postgres_schema: str
+) -> None:
+    frozen = PostgresEventStore(
+        postgres_url, schema=postgres_schema, idle_in_transaction_timeout_ms=SHORT_IDLE_MS
+    )
+    other = PostgresEventStore(postgres_url, schema=postgres_schema)
+    try:
+        _freeze_once_between_round_trips(monkeypatch)
+        failures: list[BaseException] = []
+
+        def append_frozen() -> None:
+            try:
+                frozen.append([grant()], T0_US)
+            except BaseException as failure:
+                failures.append(failure)
+
+        thread = threading.Thread(target=append_frozen)
+        thread.start()
+        time.sleep(FROZEN_S / 10)  # it holds the lock now
+        started = time.monotonic()
+        [record] = other.append([grant("seat-2")], T0_US)
+        waited_s = time.monotonic() - started
+        thread.join()
+
+        assert record.position == 1 and waited_s < FROZEN_S
+        assert len(failures) == 1 and isinstance(failures[0], StoreError)
+    finally:
+        frozen.close()
+        other.close()
+
+
+def test_an_append_whose_lease_lapses_before_its_commit_is_refused_and_writes_nothing(
+    monkeypatch: pytest.MonkeyPatch, open_store: OpenStore
+) -> None:
+    store = open_store()
+    lease = store.acquire(0, "worker-a", SHORT_LEASE_MS)
+    assert lease is not None
+    _freeze_once_between_round_trips(monkeypatch)  # past the lease, after its first check
+
+    with pytest.raises(LeaseLost, match="lapsed"):
+        store.append([grant()], T0_US, fence=lease.fence)
+
+    assert store.head().position == 0
+    taken = store.acquire(0, "worker-b", LONG_LEASE_MS)
+    assert taken is not None and taken.token == lease.token + 1
