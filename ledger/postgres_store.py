@@ -201,6 +201,7 @@ class PostgresEventStore:
         schema: str = DEFAULT_SCHEMA,
         lock_timeout_ms: int = APPEND_LOCK_TIMEOUT_MS,
         idle_in_transaction_timeout_ms: int = IDLE_IN_TRANSACTION_TIMEOUT_MS,
+        application_name: str | None = None,
     ) -> None:
         if not schema or len(schema) > MAX_SCHEMA_NAME_CHARS:
             raise ValueError(f"schema must be 1 to {MAX_SCHEMA_NAME_CHARS} characters: {schema!r}")
@@ -210,6 +211,9 @@ class PostgresEventStore:
         self._url = url
         self._lock_timeout_ms = lock_timeout_ms
         self._idle_timeout_ms = idle_in_transaction_timeout_ms
+        self._application_name = application_name
+        """An ingest worker names its sessions after itself (its lease owner id), so that a
+        takeover can end the sessions of a worker whose heartbeat expired."""
         self._append_key = append_lock_key(schema)
         self._lock = threading.RLock()
         self._q = _Queries(sql.Identifier(schema))
@@ -352,6 +356,10 @@ class PostgresEventStore:
         with self._lock:
             self._reconnect_if_broken()
             try:
+                # A worker frozen in the middle of sending an append keeps its session busy
+                # (not "idle in transaction") and the append lock held: its heartbeat expired,
+                # so its sessions are ended first; its transaction rolls back.
+                self._db.execute(self._q.end_dead_workers_sessions)
                 with self._db.transaction():
                     # Under the append lock: no append is between its fence check and commit.
                     # Waiting at most a renewal interval for it, so the keeper renews on time.
@@ -445,7 +453,12 @@ class PostgresEventStore:
 
     def _connect(self) -> psycopg.Connection[tuple[Any, ...]]:
         try:
-            db = psycopg.connect(self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
+            options: dict[str, Any] = {}
+            if self._application_name is not None:
+                options["application_name"] = self._application_name
+            db = psycopg.connect(
+                self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S, **options
+            )
         except psycopg.Error as error:
             raise StoreError(f"cannot connect to PostgreSQL: {error}") from error
         try:
@@ -552,6 +565,12 @@ class _Queries:
             " SET owner = excluded.owner, token = l.token + 1, expires_at = excluded.expires_at"
             " WHERE l.expires_at <= clock_timestamp() OR l.owner = excluded.owner"
             " RETURNING token, expires_at"
+        )
+        self.end_dead_workers_sessions = q(
+            "SELECT count(pg_terminate_backend(a.pid)) FROM pg_stat_activity a"
+            " JOIN {schema}.workers w ON w.owner = a.application_name"
+            " WHERE w.expires_at <= clock_timestamp() AND a.pid <> pg_backend_pid()"
+            " AND a.datname = current_database()"
         )
         self.record_takeover = q(
             "INSERT INTO {schema}.lease_takeovers (partition, token, owner, taken_at)"

@@ -13,7 +13,7 @@ from ledger.rate_card import RateCard, load_rate_card
 from ledger.sqlite_store import SqliteEventStore
 from projections.runner import ProjectionRunner
 from projections.store import SqliteReadModelStore
-from services.config import ConfigError, Settings
+from services.config import ConfigError, Settings, default_consumer_name
 
 
 def open_event_store(settings: Settings) -> EventStore:
@@ -29,7 +29,10 @@ def _postgres(settings: Settings, url: str) -> PostgresEventStore:
     append lock for the partition's next owner."""
     idle_ms = min(IDLE_IN_TRANSACTION_TIMEOUT_MS, settings.lease_ttl_ms)
     return PostgresEventStore(
-        url, schema=settings.database_schema, idle_in_transaction_timeout_ms=idle_ms
+        url,
+        schema=settings.database_schema,
+        idle_in_transaction_timeout_ms=idle_ms,
+        application_name=default_consumer_name() if settings.role == "ingest" else None,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -133,6 +134,12 @@ class Settings:
         """The read models' SQLite file: beside the log's, derived and disposable."""
         log = self.sqlite_path()
         return log.with_name(log.stem + ".readmodels" + log.suffix)
+
+
+def default_consumer_name() -> str:
+    """Unique per process: `<hostname>-<pid>`; an ingest worker's consumer name, lease owner id
+    and PostgreSQL `application_name`."""
+    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 def _int_in(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:

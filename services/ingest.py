@@ -49,8 +49,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 import threading
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -72,6 +70,7 @@ from ledger.errors import LeaseLost
 from ledger.leases import Fence
 from ledger.partitions import partition_of
 from schemas.usage import UsageEvent
+from services.config import default_consumer_name
 from services.metrics import LedgerMetrics
 
 log = structlog.get_logger(__name__)
@@ -495,11 +494,6 @@ def _id_key(entry_id: str) -> tuple[int, int]:
 
 
 # -- FastStream wiring ------------------------------------------------------------------------
-
-
-def default_consumer_name() -> str:
-    """Unique per process: `<hostname>-<pid>`."""
-    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 @dataclass(frozen=True)

@@ -171,7 +171,7 @@ class PartitionKeeper:
                 lease = await self._call(self.leases.acquire, partition, self.owner, self.ttl_ms)
             except StoreError as error:  # e.g. the append lock is held: try again next step
                 log.warning("lease.acquire_failed", partition=partition, error=str(error))
-                continue
+                return  # another wait now would delay the next renewals
             if lease is None:
                 continue
             held = HeldPartition(lease, self._deadline(sent), self._wake.set)

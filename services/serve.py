@@ -44,7 +44,7 @@ from ledger.leases import Fence
 from services.api_process import ApiProcess
 from services.auth import TOKENS_FILE, TokenStore, ensure_admin_token
 from services.bootstrap import Parts, bootstrap, open_lease_store
-from services.config import Settings
+from services.config import Settings, default_consumer_name
 from services.ingest import (
     BROKER_LOGGER,
     IngestConfig,
@@ -52,7 +52,6 @@ from services.ingest import (
     IngestService,
     RedisDeadLetterSink,
     build_broker,
-    default_consumer_name,
 )
 from services.metrics import METRICS
 from services.partition_leases import PartitionKeeper

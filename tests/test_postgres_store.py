@@ -325,3 +325,31 @@ def test_an_append_whose_lease_lapses_before_its_commit_is_refused_and_writes_no
     assert store.head().position == 0
     taken = store.acquire(0, "worker-b", LONG_LEASE_MS)
     assert taken is not None and taken.token == lease.token + 1
+
+
+def test_a_takeover_ends_the_sessions_of_a_worker_whose_heartbeat_expired(
+    postgres_url: str, postgres_schema: str
+) -> None:
+    """Such a worker may be frozen half-way through sending an append: its session is then
+    busy, not idle, and keeps the append lock until it is ended."""
+    old = PostgresEventStore(postgres_url, schema=postgres_schema, application_name="worker-a")
+    new = PostgresEventStore(postgres_url, schema=postgres_schema, application_name="worker-b")
+    try:
+        old.heartbeat("worker-a", SHORT_LEASE_MS)
+        assert old.acquire(0, "worker-a", SHORT_LEASE_MS) is not None
+        frozen = psycopg.connect(postgres_url, application_name="worker-a")
+        frozen.execute("SELECT pg_advisory_xact_lock(%s)", (append_lock_key(postgres_schema),))
+        time.sleep(SHORT_LEASE_MS / 1000 + 0.1)
+
+        taken = new.acquire(0, "worker-b", LONG_LEASE_MS)
+
+        assert taken is not None and taken.token == 2
+        with pytest.raises(psycopg.OperationalError):
+            frozen.execute("SELECT 1")
+        frozen.close()
+        with pytest.raises(StoreError):  # its own connection was ended too: the call fails
+            old.head()
+        assert old.head().position == 0  # and the next one reconnects
+    finally:
+        old.close()
+        new.close()
