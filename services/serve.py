@@ -35,7 +35,7 @@ from ledger.application import Ledger
 from services.api_process import ApiProcess
 from services.auth import TOKENS_FILE, TokenStore, ensure_admin_token
 from services.bootstrap import Parts, bootstrap
-from services.config import Settings
+from services.config import ConfigError, Settings
 from services.ingest import (
     BROKER_LOGGER,
     IngestConfig,
@@ -198,6 +198,8 @@ async def run(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     with ExitStack() as resources:
         redis_url = settings.redis_url
+        if redis_url is None and settings.redis_cluster:
+            raise ConfigError("LEDGER_REDIS_CLUSTER needs LEDGER_REDIS_URL (one of its nodes)")
         if redis_url is None:
             embedded = resources.enter_context(EmbeddedRedis(settings.data_dir / "redis"))
             redis_url = embedded.url
@@ -211,7 +213,9 @@ async def run(settings: Settings) -> None:
         projector = Projector(settings)
         projector.start()
         resources.callback(projector.stop)
-        sink = RedisDeadLetterSink.from_url(redis_url, settings.usage_stream)
+        sink = RedisDeadLetterSink.from_url(
+            redis_url, settings.usage_stream, cluster=settings.redis_cluster
+        )
         resources.callback(sink.close)
         processor = IngestProcessor(worker.ledger, None, sink, metrics=METRICS)
         claim_idle_ms = int(os.environ.get("LEDGER_CLAIM_IDLE_MS") or IngestConfig.claim_idle_ms)
@@ -220,7 +224,8 @@ async def run(settings: Settings) -> None:
         api = ApiSupervisor(settings, worker)
         resources.callback(api.stop)
         await api.start()
-        service = IngestService(build_broker(redis_url), processor, config, executor=executor)
+        broker = build_broker(redis_url, cluster=settings.redis_cluster)
+        service = IngestService(broker, processor, config, executor=executor)
         await service.start()
         log.info(
             "ledger.started",
