@@ -15,6 +15,7 @@ from typing import Final
 
 import msgspec
 import redis
+import redis.cluster
 
 from ledger.partitions import check_partitions, partition_of, partition_stream
 from schemas.usage import UsageEvent
@@ -41,13 +42,19 @@ class UsagePublisher:
         stream: str = DEFAULT_STREAM,
         *,
         partitions: int = 1,
-        client: redis.Redis | None = None,
+        client: redis.Redis | redis.cluster.RedisCluster | None = None,
+        cluster: bool = False,
     ) -> None:
+        """With `cluster`, `redis_url` names one node of a Redis Cluster (the rest are found
+        from it) and each XADD goes to the node holding the stream's slot."""
         self.stream = stream
         self.partitions = check_partitions(partitions)
         self._streams = [partition_stream(stream, k, partitions) for k in range(partitions)]
         self._own_client = client is None
-        self._client = client if client is not None else redis.Redis.from_url(redis_url)
+        if client is None:
+            kind = redis.cluster.RedisCluster if cluster else redis.Redis
+            client = kind.from_url(redis_url)
+        self._client = client
 
     def stream_of(self, event: UsageEvent) -> str:
         """The stream this event is published on: its subscription's partition."""

@@ -34,6 +34,8 @@ class Settings:
     database_url: str | None = None
     database_schema: str = DEFAULT_DATABASE_SCHEMA
     redis_url: str | None = None
+    redis_cluster: bool = False
+    """LEDGER_REDIS_CLUSTER=1: LEDGER_REDIS_URL is one node of a Redis Cluster."""
     host: str = "127.0.0.1"
     port: int = 8080
     usage_stream: str = DEFAULT_STREAM
@@ -69,6 +71,7 @@ class Settings:
             database_url=env.get("LEDGER_DATABASE_URL") or None,
             database_schema=env.get("LEDGER_DATABASE_SCHEMA") or DEFAULT_DATABASE_SCHEMA,
             redis_url=env.get("LEDGER_REDIS_URL") or None,
+            redis_cluster=_flag(env, "LEDGER_REDIS_CLUSTER"),
             host=env.get("LEDGER_HOST", "127.0.0.1"),
             port=int(port_text),
             usage_stream=stream,
@@ -147,6 +150,15 @@ def _int_in(env: Mapping[str, str], name: str, default: int, low: int, high: int
     if not text.isdigit() or not low <= int(text) <= high:
         raise ConfigError(f"{name} must be an integer in {low}..{high}, not {text!r}")
     return int(text)
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    text = env.get(name, "").strip().lower()
+    if text in ("", "0", "false", "no"):
+        return False
+    if text in ("1", "true", "yes"):
+        return True
+    raise ConfigError(f"{name} must be 1/true/yes or 0/false/no, not {text!r}")
 
 
 def parse_instant(text: str, what: str) -> datetime:

@@ -93,6 +93,8 @@ class PartitionKeeper:
     claim_idle_ms: int
     projections: Projections | None = None
     metrics: LedgerMetrics | None = None
+    redis_cluster: bool = False
+    """`redis_url` names one node of a Redis Cluster."""
     held: dict[int, HeldPartition] = field(default_factory=dict)
     lease_executor: Executor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="ledger-leases")
@@ -191,7 +193,7 @@ class PartitionKeeper:
 
     async def _start_service(self, held: HeldPartition) -> None:
         stream = self.stream_of(held.partition)
-        held.sink = RedisDeadLetterSink.from_url(self.redis_url, stream)
+        held.sink = RedisDeadLetterSink.from_url(self.redis_url, stream, cluster=self.redis_cluster)
         processor = IngestProcessor(
             self.ledger,
             self.projections,
@@ -202,9 +204,8 @@ class PartitionKeeper:
             fence=held.lease.fence,
         )
         config = IngestConfig(stream=stream, consumer=self.owner, claim_idle_ms=self.claim_idle_ms)
-        held.service = IngestService(
-            build_broker(self.redis_url), processor, config, executor=self.executor, lease=held
-        )
+        broker = build_broker(self.redis_url, cluster=self.redis_cluster)
+        held.service = IngestService(broker, processor, config, executor=self.executor, lease=held)
         await held.service.start()
 
     async def _drop(self, held: HeldPartition, why: str) -> None:

@@ -23,10 +23,10 @@ from schemas.usage import UsageEvent
 from services.client import UsagePublisher, encode_usage
 from services.config import ConfigError, Settings
 from services.ingest import (
-    DEAD_LETTER_INDEX_SUFFIX,
     WRONG_PARTITION,
     DeadLetter,
     IngestProcessor,
+    dead_letter_index,
     dead_letter_stream,
 )
 
@@ -63,7 +63,8 @@ def test_a_partitions_stream_and_dead_letter_keys_share_one_cluster_slot() -> No
     for k in range(4):
         stream = partition_stream("ledger.usage", k, 4)
         assert stream == f"{{ledger.usage.{k}}}"
-        keys = [stream, dead_letter_stream(stream), stream + DEAD_LETTER_INDEX_SUFFIX]
+        keys = [stream, dead_letter_stream(stream), dead_letter_index(stream)]
+        assert keys[2] == f"{{ledger.usage.{k}}}.dead.index"
         assert len({key_slot(key.encode()) for key in keys}) == 1
 
 
