@@ -1,6 +1,7 @@
 """Failover of ingest workers on PostgreSQL (issue 5, "must show" 2): three `ledger serve --role
 ingest` processes share the partitions of the usage stream under load; one is killed with
-SIGKILL, one is frozen with SIGSTOP past its lease and then resumed with SIGCONT.
+SIGKILL, one is frozen with SIGSTOP past its lease and then resumed with SIGCONT. (And two
+workers on a Redis Cluster, each partition's keys on one slot, the partitions on all nodes.)
 
 Afterwards an independent tally must match exactly: every valid usage event charged once at
 the price the test computes itself (`crash_support`), every invalid entry (bad JSON, unknown
@@ -35,12 +36,23 @@ from typing import Any
 import psycopg
 import pytest
 import redis
+import redis.cluster
+from msgspec.structs import replace
 from psycopg import sql
 
 from ledger.leases import LeaseHolder
 from ledger.partitions import partition_of, partition_stream
 from ledger.postgres_store import PostgresEventStore
-from services.redis_server import EmbeddedRedis
+from schemas.usage import UsageEvent
+from services.client import UsagePublisher, encode_usage
+from services.ingest import dead_letter_index, dead_letter_stream
+from services.redis_server import (
+    EmbeddedRedis,
+    EmbeddedRedisCluster,
+    RedisBinaryNotFoundError,
+    find_redis_binary,
+)
+from tests.conftest import _missing_redis_binary, no_service
 from tests.crash_support import (
     GROUP,
     KILL_TIMEOUT_S,
@@ -281,8 +293,6 @@ def log_events(worker: Worker, event: str) -> list[dict[str, Any]]:
 
 @pytest.fixture
 def failover_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
-    from tests.conftest import _missing_redis_binary, no_service
-
     missing = _missing_redis_binary()
     if missing is not None:
         no_service(f"no redis-server for a private Redis: {missing}")
@@ -606,3 +616,109 @@ def frozen_worker_appends(url: str, schema: str, owner: str) -> dict[str, int]:
             (owner,),
         ).fetchone() or (0, 0)
     return {"appends": int(total), "after_takeover": int(after)}
+
+
+# -- ingest workers on a Redis Cluster ------------------------------------------------------------
+
+CLUSTER_WORKERS = 2
+CLUSTER_EVENTS = 200
+
+
+@pytest.mark.slow
+def test_ingest_workers_share_partitions_whose_keys_live_on_different_cluster_nodes(
+    tmp_path: Path, postgres_url: str, postgres_schema: str
+) -> None:
+    """Each partition's stream, dead letters and index share a slot; the partitions spread
+    over the nodes. Two workers charge every event once and dead-letter a stray one."""
+    try:
+        find_redis_binary()
+    except RedisBinaryNotFoundError as error:
+        no_service(f"no redis-server for a local cluster: {error}")
+    base = f"clusterfo.{os.urandom(4).hex()}.usage"
+    rate_card = write_rate_card(tmp_path / "rate-card.toml")
+    with EmbeddedRedisCluster(tmp_path / "cluster", masters=3) as cluster:
+        client = redis.cluster.RedisCluster.from_url(cluster.url)
+
+        def env_for(data_dir: Path) -> dict[str, str]:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            env = ledger_env(
+                data_dir=data_dir,
+                redis_url=cluster.url,
+                stream=base,
+                rate_card=rate_card,
+                claim_idle_ms=CLAIM_IDLE_MS,
+            )
+            env.update(
+                LEDGER_DATABASE_URL=postgres_url,
+                LEDGER_DATABASE_SCHEMA=postgres_schema,
+                LEDGER_PARTITIONS=str(PARTITIONS),
+                LEDGER_LEASE_TTL_MS=str(LEASE_TTL_MS),
+                LEDGER_REDIS_CLUSTER="1",
+            )
+            return env
+
+        streams = [partition_stream(base, k, PARTITIONS) for k in range(PARTITIONS)]
+        for stream in streams:
+            slots = {client.keyslot(k) for k in (stream, dead_letter_stream(stream))}
+            assert slots == {client.keyslot(dead_letter_index(stream))}
+        assert len({client.keyslot(stream) for stream in streams}) == PARTITIONS
+        cli_env = env_for(tmp_path / "cli")
+        setup = run_ledger(
+            cli_env, "backfill", "-", stdin="".join(json.dumps(x) + "\n" for x in _setup_lines())
+        )
+        assert setup.returncode == 0, setup.stderr
+        workers = [
+            spawn_worker(env_for(tmp_path / f"cw-{n}"), tmp_path, f"cw{n}")
+            for n in range(CLUSTER_WORKERS)
+        ]
+        try:
+            for worker in workers:
+                wait_started(worker)
+            wait_until(
+                lambda: (
+                    {h.owner for h in _live_holders(postgres_url, postgres_schema).values()}
+                    == {w.owner for w in workers}
+                ),
+                SHARE_TIMEOUT_S,
+                "both workers holding partitions",
+            )
+            events = [
+                UsageEvent(
+                    event_id=f"c-{n}",
+                    subscription_id=SUBSCRIPTIONS[n % len(SUBSCRIPTIONS)],
+                    seat_id=_seat(SUBSCRIPTIONS[n % len(SUBSCRIPTIONS)], n % 2),
+                    model="t-alpha",
+                    input_tokens=1_000 + n,
+                    occurred_at=datetime.now(UTC),
+                )
+                for n in range(CLUSTER_EVENTS)
+            ]
+            with UsagePublisher(cluster.url, base, partitions=PARTITIONS, cluster=True) as pub:
+                pub.publish_many(events)
+                home = _stream(base, "fo-team-0")
+                stray = next(s for s in streams if s != home)
+                client.xadd(stray, {b"data": encode_usage(replace(events[0], event_id="stray"))})
+            wait_until(
+                lambda: all(_drained_quietly(client, s) for s in streams),
+                DRAIN_TIMEOUT_S,
+                "every partition drained",
+            )
+        finally:
+            for worker in workers:
+                worker.run.process.send_signal(signal.SIGTERM)
+            for worker in workers:
+                worker.run.process.wait(STOP_TIMEOUT_S)
+        export = run_ledger(cli_env, "export", "usage", "--format", "jsonl")
+        charged = sorted(json.loads(line)["event_id"] for line in export.stdout.splitlines())
+        assert charged == sorted(event.event_id for event in events)
+        letters = read_stream(client, dead_letter_stream(stray))
+        assert [fields[b"reason"] for _, fields in letters] == [b"wrong_partition"]
+        client.close()
+
+
+def _live_holders(url: str, schema: str) -> dict[int, LeaseHolder]:
+    store = PostgresEventStore(url, schema=schema)
+    try:
+        return {p: h for p, h in store.holders().items() if h.live}
+    finally:
+        store.close()
