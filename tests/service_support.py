@@ -14,7 +14,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -177,14 +177,20 @@ def eventually(fetch: Callable[[], Any], check: Callable[[Any], bool], what: str
 
 
 def start_service(
-    tmp_path: Path, redis_url: str, *, admin_token: str = ADMIN_TOKEN, clock_start: str = START
+    tmp_path: Path,
+    redis_url: str,
+    *,
+    admin_token: str = ADMIN_TOKEN,
+    clock_start: str = START,
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[Service]:
     """A generator for a fixture: `ledger serve` with its data in `tmp_path/data`, output in
-    `tmp_path/serve.log` (printed when the block fails), the manual clock at `clock_start`."""
+    `tmp_path/serve.log` (printed when the block fails), the manual clock at `clock_start`;
+    `env` adds or overrides variables (say, `LEDGER_DATABASE_URL`)."""
     stream = f"test.{uuid.uuid4().hex[:12]}.usage"
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
-    env.update(
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
+    environment.update(
         LEDGER_DATA_DIR=str(tmp_path / "data"),
         LEDGER_REDIS_URL=redis_url,
         LEDGER_USAGE_STREAM=stream,
@@ -194,9 +200,10 @@ def start_service(
         LEDGER_CLOCK_START=clock_start,
         PYTHONUNBUFFERED="1",
     )
+    environment.update(env or {})
     log_path = tmp_path / "serve.log"
     with log_path.open("wb") as log:
-        process = subprocess.Popen([*LEDGER, "serve"], env=env, stdout=log, stderr=log)
+        process = subprocess.Popen([*LEDGER, "serve"], env=environment, stdout=log, stderr=log)
     client = redis.Redis.from_url(redis_url)
     service = Service(
         process,
