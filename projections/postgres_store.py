@@ -17,8 +17,9 @@ projector of a second API host waits; if that connection is lost, so is the lock
 refuses to write again rather than reconnect (the projector process exits and is started anew,
 then waits for the lock like any other).
 
-Writes send each column as one array (`INSERT ... SELECT FROM unnest(...)`), in two round trips
-in pipeline mode: the checkpoint's compare-and-set, then the rows and the commit.
+A batch is the checkpoint's compare-and-set, its usage rows by binary `COPY`, then the balance
+upserts (each column one array: `INSERT ... SELECT FROM unnest(...) ON CONFLICT DO UPDATE`)
+in pipeline mode, and the commit.
 """
 
 from __future__ import annotations
@@ -115,10 +116,11 @@ SCHEMA_VERSION: Final = MIGRATIONS[-1][0]
 Connection = psycopg.Connection[tuple[Any, ...]]
 _T = TypeVar("_T")
 
-# As the SQLite store's index: paging order, the filters read from the index entries.
+# As the SQLite store's index: paging order, then the filters as key columns (not INCLUDE), so
+# B-tree scans check them on each entry and visit the table only for rows that match.
 _USAGE_INDEX_SQL: Final = (
     "CREATE INDEX IF NOT EXISTS rm_usage_by_time"
-    " ON rm_usage (subscription_id, recorded_at_us, position) INCLUDE (seat_id, model)"
+    " ON rm_usage (subscription_id, recorded_at_us, position, seat_id, model)"
 )
 
 
@@ -172,10 +174,13 @@ _PACK_COLUMNS: Final = (
 _UPSERT_SUBSCRIPTIONS: Final = _upsert("rm_subscriptions", _SUBSCRIPTION_COLUMNS, 1)
 _UPSERT_SEATS: Final = _upsert("rm_seats", _SEAT_COLUMNS, 2)
 _UPSERT_PACKS: Final = _upsert("rm_packs", _PACK_COLUMNS, 2)
-_INSERT_USAGE: Final = (
-    "INSERT INTO rm_usage (position, recorded_at_us, subscription_id, seat_id, model)"
-    " SELECT * FROM unnest(%b::bigint[], %b::bigint[], %b::text[], %b::text[], %b::text[])"
+# Usage rows go by binary COPY: measured four times faster than `unnest` arrays for a
+# rebuild's 100,000-row batches (psycopg packs COPY rows in C, arrays in Python).
+_COPY_USAGE: Final = (
+    "COPY rm_usage (position, recorded_at_us, subscription_id, seat_id, model)"
+    " FROM STDIN (FORMAT BINARY)"
 )
+_USAGE_TYPES: Final = ("int8", "int8", "text", "text", "text")
 _SELECT_SUBSCRIPTIONS: Final = (
     f"SELECT {', '.join(n for n, _ in _SUBSCRIPTION_COLUMNS)} FROM rm_subscriptions"
     " ORDER BY subscription_id"
@@ -350,8 +355,9 @@ class PostgresReadModelStore:
     # -- writes ---------------------------------------------------------------------------
 
     def create_usage_indexes(self) -> None:
-        """Build the usage index when it is missing (then refresh the planner's statistics:
-        after a bulk load they know nothing of the rows)."""
+        """Build the usage index when it is missing, then VACUUM ANALYZE the table: after a bulk
+        load the planner knows nothing of its rows, and until the visibility map is set every
+        index-only scan still visits the table."""
         with self._lock:
             if self.usage_index_names() >= set(USAGE_INDEX_NAMES):
                 return
@@ -362,7 +368,7 @@ class PostgresReadModelStore:
                         "SELECT pg_advisory_xact_lock(%s)", (migration_lock_key(self.schema),)
                     )
                     db.execute(_USAGE_INDEX_SQL)
-                    db.execute("ANALYZE rm_usage")
+                db.execute("VACUUM (ANALYZE) rm_usage")  # not in a transaction block
 
             self._call(create)
 
@@ -435,27 +441,32 @@ class PostgresReadModelStore:
             )
             for p in packs
         ]
-        writes = [
+        upserts = [
             (statement, _columns(rows, width))
             for statement, rows, width in (
                 (_UPSERT_SUBSCRIPTIONS, subscription_rows, len(_SUBSCRIPTION_COLUMNS)),
                 (_UPSERT_SEATS, seat_rows, len(_SEAT_COLUMNS)),
                 (_UPSERT_PACKS, pack_rows, len(_PACK_COLUMNS)),
-                (_INSERT_USAGE, usage_rows, 5),
             )
             if rows
         ]
 
         def write(db: Connection) -> None:
-            with db.pipeline(), db.transaction():
+            with db.transaction():
                 if after == 0:
                     moved = db.execute(_MOVE_CHECKPOINT_FROM_0, (name, position)).fetchone()
                 else:
                     moved = db.execute(_MOVE_CHECKPOINT, (position, name, after)).fetchone()
                 if moved is None:
                     raise CheckpointMoved(f"checkpoint {name!r} is no longer at {after}")
-                for statement, columns in writes:
-                    db.execute(statement, columns)
+                if usage_rows:
+                    with db.cursor().copy(_COPY_USAGE) as copy:
+                        copy.set_types(_USAGE_TYPES)
+                        for row in usage_rows:
+                            copy.write_row(row)
+                with db.pipeline():
+                    for statement, columns in upserts:
+                        db.execute(statement, columns)
 
         with self._lock:
             self._call(write)
