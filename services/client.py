@@ -13,6 +13,7 @@ from typing import Final
 
 import msgspec
 import redis
+import redis.cluster
 
 from schemas.usage import UsageEvent
 
@@ -37,11 +38,17 @@ class UsagePublisher:
         redis_url: str,
         stream: str = DEFAULT_STREAM,
         *,
-        client: redis.Redis | None = None,
+        client: redis.Redis | redis.cluster.RedisCluster | None = None,
+        cluster: bool = False,
     ) -> None:
+        """With `cluster`, `redis_url` names one node of a Redis Cluster (the rest are found
+        from it) and each XADD goes to the node holding the stream's slot."""
         self.stream = stream
         self._own_client = client is None
-        self._client = client if client is not None else redis.Redis.from_url(redis_url)
+        if client is None:
+            kind = redis.cluster.RedisCluster if cluster else redis.Redis
+            client = kind.from_url(redis_url)
+        self._client = client
 
     def publish(self, event: UsageEvent) -> str:
         entry_id = self._client.xadd(self.stream, {DATA_FIELD: encode_usage(event)})

@@ -27,6 +27,8 @@ class Settings:
     database_url: str | None = None
     database_schema: str = DEFAULT_DATABASE_SCHEMA
     redis_url: str | None = None
+    redis_cluster: bool = False
+    """LEDGER_REDIS_CLUSTER=1: LEDGER_REDIS_URL is one node of a Redis Cluster."""
     host: str = "127.0.0.1"
     port: int = 8080
     usage_stream: str = DEFAULT_STREAM
@@ -50,6 +52,7 @@ class Settings:
             database_url=env.get("LEDGER_DATABASE_URL") or None,
             database_schema=env.get("LEDGER_DATABASE_SCHEMA") or DEFAULT_DATABASE_SCHEMA,
             redis_url=env.get("LEDGER_REDIS_URL") or None,
+            redis_cluster=_flag(env, "LEDGER_REDIS_CLUSTER"),
             host=env.get("LEDGER_HOST", "127.0.0.1"),
             port=int(port_text),
             usage_stream=env.get("LEDGER_USAGE_STREAM", DEFAULT_STREAM),
@@ -107,6 +110,15 @@ class Settings:
         when the log is in SQLite)."""
         log = self.sqlite_path()
         return log.with_name(log.stem + ".readmodels" + log.suffix)
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    text = env.get(name, "").strip().lower()
+    if text in ("", "0", "false", "no"):
+        return False
+    if text in ("1", "true", "yes"):
+        return True
+    raise ConfigError(f"{name} must be 1/true/yes or 0/false/no, not {text!r}")
 
 
 def parse_instant(text: str, what: str) -> datetime:

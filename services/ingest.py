@@ -13,7 +13,7 @@ Two layers:
 Crash safety: the order is append, then dead letters, then ack. A crash anywhere before the ack
 leaves the batch pending, so it is delivered again; the ledger's idempotency (`event_id`) makes
 the second delivery charge nothing, and dead letters are written through a Lua script keyed by
-the source entry id (`<stream>.dead.index`, a hash of source id → dead-letter id), so a
+the source entry id (`{<stream>.dead}.index`, a hash of source id → dead-letter id), so a
 redelivered batch does not dead-letter the same entry twice.
 
 Entry formats accepted (the payload is looked up in this order):
@@ -57,7 +57,7 @@ import redis
 import structlog
 from faststream import AckPolicy, FastStream, NoCast
 from faststream.message import StreamMessage
-from faststream.redis import RedisBroker, StreamSub
+from faststream.redis import RedisBroker, RedisClusterBroker, StreamSub
 from faststream.redis.message import DATA_KEY, BatchStreamMessage
 from faststream.redis.parser import BinaryMessageFormatV1, MessageFormat
 from redis.exceptions import ResponseError
@@ -75,8 +75,9 @@ DATA_FIELD: Final = b"data"
 FASTSTREAM_DATA_FIELD: Final = DATA_KEY.encode()
 """The payload field FastStream's publisher writes (`__data__`)."""
 DEAD_LETTER_SUFFIX: Final = ".dead"
-DEAD_LETTER_INDEX_SUFFIX: Final = ".dead.index"
-"""Hash of source entry id → dead-letter entry id; makes dead-lettering idempotent."""
+DEAD_LETTER_INDEX_SUFFIX: Final = ".index"
+"""Hash of source entry id → dead-letter entry id, beside the dead-letter stream (see
+`dead_letter_index`); makes dead-lettering idempotent."""
 
 MAX_RECORDS: Final = 1_000
 """Most entries read (and charged in one ledger transaction) per batch."""
@@ -182,41 +183,62 @@ def dead_letter_stream(stream: str) -> str:
     return f"{stream}{DEAD_LETTER_SUFFIX}"
 
 
+def dead_letter_index(stream: str) -> str:
+    """The index key of `stream`'s dead letters, in the same Redis Cluster slot as the
+    dead-letter stream (the script writing a letter touches both): a name that carries a hash
+    tag keeps it; otherwise the whole dead-letter stream name becomes the tag, which hashes to
+    the slot of that name itself (`{ledger.usage.dead}.index` beside `ledger.usage.dead`).
+
+    Redis's rule: the tag is what lies between the first `{` and the first `}` after it, if
+    anything does. (An untagged stream name containing `}` cannot be given a same-slot index
+    this way; such names are not supported on a cluster.)"""
+    dead = dead_letter_stream(stream)
+    opening = dead.find("{")
+    closing = dead.find("}", opening + 1) if opening != -1 else -1
+    tagged = closing > opening + 1
+    return f"{dead if tagged else '{' + dead + '}'}{DEAD_LETTER_INDEX_SUFFIX}"
+
+
 class RedisDeadLetterSink:
     """Writes dead letters to `<stream>.dead`, at most one per source entry id.
 
-    The index hash `<stream>.dead.index` remembers which source ids were dead-lettered; it
-    grows with the dead-letter stream (one field per letter) and is trimmed with it.
+    The index hash (`dead_letter_index`) remembers which source ids were dead-lettered; it
+    grows with the dead-letter stream (one field per letter) and is trimmed with it. On a Redis
+    Cluster, where a pipeline may not run scripts, each letter is one round trip.
     """
 
-    def __init__(self, client: redis.Redis, source_stream: str) -> None:
+    def __init__(
+        self, client: redis.Redis | redis.cluster.RedisCluster, source_stream: str
+    ) -> None:
         self._client = client
         self.source_stream = source_stream
         self.stream = dead_letter_stream(source_stream)
-        self.index = f"{source_stream}{DEAD_LETTER_INDEX_SUFFIX}"
+        self.index = dead_letter_index(source_stream)
         self._script = client.register_script(_DEAD_LETTER_SCRIPT)
+        self._pipelined = not isinstance(client, redis.cluster.RedisCluster)
 
     @classmethod
-    def from_url(cls, redis_url: str, source_stream: str) -> RedisDeadLetterSink:
-        return cls(redis.Redis.from_url(redis_url), source_stream)
+    def from_url(
+        cls, redis_url: str, source_stream: str, *, cluster: bool = False
+    ) -> RedisDeadLetterSink:
+        client = redis.cluster.RedisCluster.from_url(redis_url) if cluster else None
+        return cls(client or redis.Redis.from_url(redis_url), source_stream)
 
     def write(self, letters: Sequence[DeadLetter]) -> None:
         if not letters:
             return
-        pipe = self._client.pipeline(transaction=False)
-        for letter in letters:
-            self._script(
-                keys=[self.stream, self.index],
-                args=[
-                    letter.source_id,
-                    letter.reason,
-                    letter.detail,
-                    letter.data,
-                    self.source_stream,
-                ],
-                client=pipe,
-            )
-        replies = pipe.execute()
+        keys = [self.stream, self.index]
+
+        def args(letter: DeadLetter) -> list[str | bytes]:
+            return [letter.source_id, letter.reason, letter.detail, letter.data, self.source_stream]
+
+        if self._pipelined:
+            pipe = self._client.pipeline(transaction=False)
+            for letter in letters:
+                self._script(keys=keys, args=args(letter), client=pipe)
+            replies = pipe.execute()
+        else:
+            replies = [self._script(keys=keys, args=args(letter)) for letter in letters]
         for letter, (dead_id, written) in zip(letters, replies, strict=True):
             if not written:
                 log.info(
@@ -476,9 +498,16 @@ BROKER_LOGGER: Final = "ledger.faststream"
 """The standard-library logger FastStream writes to; `ledger serve` renders it as JSON lines."""
 
 
-def build_broker(redis_url: str, *, graceful_timeout_s: float = GRACEFUL_TIMEOUT_S) -> RedisBroker:
-    """A broker whose per-batch "Received" and "Processed" lines are DEBUG; errors stay ERROR."""
-    return RedisBroker(
+def build_broker(
+    redis_url: str, *, cluster: bool = False, graceful_timeout_s: float = GRACEFUL_TIMEOUT_S
+) -> RedisBroker:
+    """A broker whose per-batch "Received" and "Processed" lines are DEBUG; errors stay ERROR.
+
+    With `cluster`, a `RedisClusterBroker` that discovers the cluster from `redis_url` (one of
+    its nodes) and routes each stream command to the node holding that stream's slot.
+    """
+    kind = RedisClusterBroker if cluster else RedisBroker
+    return kind(
         redis_url,
         graceful_timeout=graceful_timeout_s,
         log_level=logging.DEBUG,

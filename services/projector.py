@@ -33,6 +33,9 @@ CATCH_UP_BATCH_EVENTS: Final = 20_000
 """Most events folded and committed in one read-model transaction."""
 WRITER_LOCK_POLL_S: Final = 0.5
 """Seconds between two tries at the read store's writer lock while another projector holds it."""
+PROJECTOR_NICENESS: Final = 10
+"""Added to the projector's nice value: on a busy machine the HTTP API and the writer come
+first; the projector only delays usage pages, and catches up in larger batches."""
 
 log = structlog.get_logger("ledger.projector")
 
@@ -51,6 +54,7 @@ def run_projector(settings: Settings, parent_pid: int) -> None:
     from services.serve import configure_logging  # the serving process imports this module
 
     configure_logging()
+    os.nice(PROJECTOR_NICENESS)
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the serving process decides when to stop
     die_with_parent()

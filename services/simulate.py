@@ -39,6 +39,7 @@ from typing import Any, Final, Literal, TypeVar, get_args
 import click
 import msgspec
 import redis
+import redis.cluster
 
 from ledger.errors import LedgerError
 from ledger.rate_card import RateCard, RateCardVersion, load_rate_card
@@ -660,7 +661,8 @@ def simulate(
         raise ConfigError("simulate needs a Redis: pass --redis-url or set LEDGER_REDIS_URL")
     seed = random_seed() if seed is None else seed
     rate_card = load_rate_card(settings.rate_card)
-    client = redis.Redis.from_url(settings.redis_url)
+    kind = redis.cluster.RedisCluster if settings.redis_cluster else redis.Redis
+    client: Any = kind.from_url(settings.redis_url)
     try:
         client.ping()  # before the ledger is touched: an unreachable Redis changes nothing
         report: SetupReport | None = None

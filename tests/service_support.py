@@ -20,6 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import redis
+import redis.cluster
+
+from services.ingest import dead_letter_index
 
 HTTP_TIMEOUT_S = 10.0
 START = "2026-03-01T09:00:00Z"
@@ -182,15 +185,18 @@ def start_service(
     *,
     admin_token: str = ADMIN_TOKEN,
     clock_start: str = START,
-    env: Mapping[str, str] | None = None,
+    cluster: bool = False,
+    env_overrides: Mapping[str, str] | None = None,
 ) -> Iterator[Service]:
     """A generator for a fixture: `ledger serve` with its data in `tmp_path/data`, output in
-    `tmp_path/serve.log` (printed when the block fails), the manual clock at `clock_start`;
-    `env` adds or overrides variables (say, `LEDGER_DATABASE_URL`)."""
+    `tmp_path/serve.log` (printed when the block fails), the manual clock at `clock_start`.
+
+    With `cluster`, `redis_url` is a node of a Redis Cluster (LEDGER_REDIS_CLUSTER=1);
+    `env_overrides` are set last (say, LEDGER_DATABASE_URL)."""
     stream = f"test.{uuid.uuid4().hex[:12]}.usage"
     port = free_port()
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
-    environment.update(
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
+    env.update(
         LEDGER_DATA_DIR=str(tmp_path / "data"),
         LEDGER_REDIS_URL=redis_url,
         LEDGER_USAGE_STREAM=stream,
@@ -200,11 +206,13 @@ def start_service(
         LEDGER_CLOCK_START=clock_start,
         PYTHONUNBUFFERED="1",
     )
-    environment.update(env or {})
+    if cluster:
+        env["LEDGER_REDIS_CLUSTER"] = "1"
+    env.update(env_overrides or {})
     log_path = tmp_path / "serve.log"
     with log_path.open("wb") as log:
-        process = subprocess.Popen([*LEDGER, "serve"], env=environment, stdout=log, stderr=log)
-    client = redis.Redis.from_url(redis_url)
+        process = subprocess.Popen([*LEDGER, "serve"], env=env, stdout=log, stderr=log)
+    client: Any = (redis.cluster.RedisCluster if cluster else redis.Redis).from_url(redis_url)
     service = Service(
         process,
         HttpClient(f"http://127.0.0.1:{port}", admin_token),
@@ -222,6 +230,6 @@ def start_service(
     finally:
         process.terminate()
         code = process.wait(timeout=30)
-        client.delete(stream, f"{stream}.dead", f"{stream}.dead.index")
+        client.delete(stream, f"{stream}.dead", dead_letter_index(stream))
         client.close()
         assert code == 0, service.log_tail()

@@ -22,8 +22,10 @@ from typing import Any, TypeVar, cast
 import msgspec
 import pytest
 import redis
+import redis.cluster
 from faststream.redis.parser import BinaryMessageFormatV1
 from faststream.specification import AsyncAPI
+from redis.crc import key_slot
 
 from ledger.application import Ledger, Outcome
 from ledger.clock import ManualClock
@@ -47,7 +49,14 @@ from services.ingest import (
     StreamEntry,
     build_broker,
     create_app,
+    dead_letter_index,
 )
+from services.redis_server import (
+    EmbeddedRedisCluster,
+    RedisBinaryNotFoundError,
+    find_redis_binary,
+)
+from tests.conftest import no_service
 
 T = TypeVar("T")
 
@@ -727,3 +736,84 @@ async def test_a_crashed_batch_is_charged_before_a_conflicting_duplicate_publish
     assert dead_letters(redis_sync, stream_name)[later[0]]["reason"] == b"duplicate_conflict"
     assert first[0] not in dead_letters(redis_sync, stream_name)
     assert services.env.ledger.count("e-1") == 1
+
+
+# -- a Redis Cluster --------------------------------------------------------------------------
+
+CLUSTER_STREAMS = ("clus.a.usage", "clus.b.usage")
+"""Two usage streams (and their dead-letter streams) held by different nodes of the cluster."""
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedisCluster]:
+    """Three masters on loopback from the local `redis-server` (the fixture starts them)."""
+    try:
+        find_redis_binary()
+    except RedisBinaryNotFoundError as error:
+        no_service(f"no redis-server for a local cluster: {error}")
+    with EmbeddedRedisCluster(tmp_path_factory.mktemp("redis-cluster"), masters=3) as cluster:
+        yield cluster
+
+
+async def test_ingest_and_dead_letters_work_on_a_redis_cluster_across_slots(
+    env: LedgerEnv, redis_cluster: EmbeddedRedisCluster
+) -> None:
+    client = redis.cluster.RedisCluster.from_url(redis_cluster.url)
+    nodes = {
+        client.get_node_from_key(key).name
+        for stream in CLUSTER_STREAMS
+        for key in (stream, f"{stream}.dead")
+    }
+    assert len(nodes) >= 2, "the streams must live on different nodes for this test to mean it"
+    published: dict[str, list[str]] = {}
+    for n, stream in enumerate(CLUSTER_STREAMS):
+        published[stream] = [
+            client.xadd(stream, data(usage(f"clus-{n}-ok-1"))).decode(),
+            client.xadd(stream, {b"data": b"{not json"}).decode(),
+            client.xadd(stream, data(usage(f"clus-{n}-model", model="gpt-0"))).decode(),
+            client.xadd(stream, data(usage(f"clus-{n}-ok-2"))).decode(),
+        ]
+    services = []
+    try:
+        for stream in CLUSTER_STREAMS:
+            sink = RedisDeadLetterSink.from_url(redis_cluster.url, stream, cluster=True)
+            processor = IngestProcessor(env.ledger, env.projections, sink)
+            config = IngestConfig(stream=stream, consumer="cluster-consumer")
+            service = IngestService(
+                build_broker(redis_cluster.url, cluster=True),
+                processor,
+                config,
+                executor=env.executor,
+            )
+            await service.start()
+            services.append(service)
+            await service.broker.publish(usage(f"{stream}-faststream"), stream=stream)
+        charged = [f"clus-{n}-ok-{k}" for n in range(2) for k in (1, 2)]
+        charged += [f"{stream}-faststream" for stream in CLUSTER_STREAMS]
+        await eventually(lambda: all(env.ledger.count(e) == 1 for e in charged), "charged")
+        for stream in CLUSTER_STREAMS:
+            await eventually(
+                lambda s=stream: len(dead_letters(cast(Any, client), s)) == 2, f"{stream} dead"
+            )
+            await eventually(lambda s=stream: pending(cast(Any, client), s) == 0, "acked")
+            letters = dead_letters(cast(Any, client), stream)
+            _, bad_json, bad_model, _ = published[stream]
+            assert letters[bad_json]["reason"] == b"invalid_json"
+            assert letters[bad_model]["reason"] == b"unknown_model"
+            # Writing the same letters again (a redelivered batch) adds none.
+            sink = RedisDeadLetterSink(client, stream)
+            sink.write([DeadLetter(bad_json, "invalid_json", "again", b"{not json")])
+            assert len(dead_letters(cast(Any, client), stream)) == 2
+    finally:
+        for service in services:
+            await service.stop()
+        for stream in CLUSTER_STREAMS:
+            client.delete(stream)
+            client.delete(f"{stream}.dead")
+            client.delete(dead_letter_index(stream))
+        client.close()
+
+
+@pytest.mark.parametrize("stream", ["ledger.usage", "team.{7}.usage", "{p}.usage", "a{b"])
+def test_the_dead_letter_index_shares_the_slot_of_the_dead_letter_stream(stream: str) -> None:
+    assert key_slot(dead_letter_index(stream).encode()) == key_slot(f"{stream}.dead".encode())

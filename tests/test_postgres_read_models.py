@@ -204,7 +204,10 @@ def postgres_service(
     yield from start_service(
         tmp_path,
         redis_url,
-        env={"LEDGER_DATABASE_URL": postgres_url, "LEDGER_DATABASE_SCHEMA": postgres_schema},
+        env_overrides={
+            "LEDGER_DATABASE_URL": postgres_url,
+            "LEDGER_DATABASE_SCHEMA": postgres_schema,
+        },
     )
 
 

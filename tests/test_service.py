@@ -17,6 +17,12 @@ from typing import Any
 
 import pytest
 
+from services.redis_server import (
+    EmbeddedRedisCluster,
+    RedisBinaryNotFoundError,
+    find_redis_binary,
+)
+from tests.conftest import no_service
 from tests.service_support import (
     ADMIN_TOKEN,
     LEDGER,
@@ -224,3 +230,36 @@ def test_a_week_later_the_countdown_has_moved_by_a_week(own_service: Service) ->
     service.ok("POST", "/v1/clock", {"now": later.isoformat()})
     [after] = service.ok("GET", "/v1/subscriptions/week/packs")["items"]
     assert before["expires_in_seconds"] - after["expires_in_seconds"] == 7 * 86_400
+
+
+# -- on a Redis Cluster ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cluster_service(tmp_path: Path) -> Iterator[Service]:
+    """`ledger serve` with LEDGER_REDIS_CLUSTER=1 on a three-node cluster the fixture starts."""
+    try:
+        find_redis_binary()
+    except RedisBinaryNotFoundError as error:
+        no_service(f"no redis-server for a local cluster: {error}")
+    with EmbeddedRedisCluster(tmp_path / "cluster", masters=3) as cluster:
+        yield from start_service(tmp_path, cluster.url, cluster=True)
+
+
+def test_serve_on_a_redis_cluster_charges_and_dead_letters_across_slots(
+    cluster_service: Service,
+) -> None:
+    service = cluster_service
+    stream, dead = service.stream, f"{service.stream}.dead"
+    client = service.redis
+    assert client.keyslot(stream) != client.keyslot(dead)
+    service.open("clustered", {"ivy": "standard"})
+    service.publish("clustered", "ivy", input_tokens=8_349, cached_tokens=40_794, output_tokens=573)
+    service.publish_event({"event_id": "bad", "subscription_id": "clustered"})  # no seat
+    [row] = usage_items(service, "clustered", 1)
+    assert row["credits"] == "3.18"
+    [letter] = eventually(service.dead_letters, lambda letters: len(letters) == 1, "dead letter")
+    assert letter[b"reason"] == b"invalid_event"
+    eventually(
+        lambda: client.xpending(stream, "ledger")["pending"], lambda n: n == 0, "acknowledged"
+    )
