@@ -275,6 +275,9 @@ class PostgresReadModelStore:
         try:
             self._migrate()
             self.create_usage_indexes()
+        except psycopg.Error as error:
+            self._db.close()
+            raise StoreError(f"cannot create or migrate the read models: {error}") from error
         except BaseException:
             self._db.close()
             raise
