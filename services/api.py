@@ -835,17 +835,21 @@ def create_app(
         with runner.reading() as balances:
             if sub not in balances.subscriptions:
                 raise _no_subscription(sub)
+        live = runner.position
         query = UsageQuery(
             subscription_id=sub,
             seat_id=seat,
             model=model,
             recorded_from=_parse_instant(from_, "from"),
             recorded_to=_parse_instant(to, "to"),
-            as_of_position=None if as_of is None else position_of(as_of),
+            # Without as_of, as of the balances' position: a charge shows in a usage page
+            # exactly when it shows in the balances, never before (the projector may be ahead
+            # of this process's balances) nor after (the page waits for the projector).
+            as_of_position=live if as_of is None else position_of(as_of),
             limit=limit,
             cursor=cursor,
         )
-        await usage_reader.caught_up(runner.position)
+        await usage_reader.caught_up(live)
         try:
             page = usage_reader.page(query)
         except InvalidUsageQuery as error:
