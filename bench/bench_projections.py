@@ -1,23 +1,29 @@
 """Projection throughput: fold and rebuild a synthetic log of N events (1,000,000 by default).
 
-    python bench/bench_projections.py [--events N] [--sqlite-log]
+    python bench/bench_projections.py [--events N] [--sqlite-log | --postgres-log] [--postgres]
+        [--url URL]
 
 The log is made of valid facts built directly (no decider): a few hundred subscriptions with
 seats, mostly usage charges spread over seat, packs and uncovered, monthly cycle starts with
 quota grants, pack purchases and expiries. Reported: the pure fold (decode + apply) in memory,
 and a full `ProjectionRunner.rebuild()` into a SQLite read model store (usage rows, balance
 rows, checkpoints, indexes built at the end), reading the log from memory or, with
-`--sqlite-log`, from `ledger.sqlite_store.SqliteEventStore`.
+`--sqlite-log` / `--postgres-log`, from the SQLite / PostgreSQL event store. With `--postgres`,
+the same into PostgreSQL read models as well (`projections.postgres_store`), printed after
+SQLite's. PostgreSQL is a private server from the local binaries with its default durability
+(WAL fsynced at commit) unless `--url` names one.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import random
 import tempfile
 import time
+import uuid
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -32,9 +38,11 @@ from ledger.log import (
     us_from_datetime,
 )
 from projections.balances import Balances, apply_data, assert_conserved
+from projections.postgres_store import PostgresReadModelStore
+from projections.read_store import ReadModelStore
 from projections.runner import DEFAULT_BATCH_EVENTS, ProjectionRunner
 from projections.store import SqliteReadModelStore
-from projections.usage import UsageQuery
+from projections.usage import RecordReader, UsageQuery
 from schemas.events import (
     Allocation,
     Coefficients,
@@ -49,6 +57,7 @@ from schemas.events import (
     UsageCharged,
 )
 from schemas.usage import Usage
+from services.postgres_server import LocalPostgres
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 MODELS = ("qwen3.6-plus", "glm-5", "MiniMax-M2.5", "deepseek-v3.2")
@@ -183,10 +192,16 @@ class MemoryLog:
         return Head(last.position, last.hash, last.recorded_at_us)
 
 
+OpenReadStore = Callable[[str, RecordReader], ReadModelStore]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--sqlite-log", action="store_true")
+    parser.add_argument("--postgres-log", action="store_true")
+    parser.add_argument("--postgres", action="store_true", help="PostgreSQL read models too")
+    parser.add_argument("--url", help="PostgreSQL's URL (a private server if unset)")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bench-projections-"))
 
@@ -206,33 +221,64 @@ def main() -> None:
         assert_conserved(balances, sub)
     print(f"fold in memory (decode + apply): {fold_s:.2f}s = {n / fold_s:,.0f} events/s")
 
-    source: object = memory
-    if args.sqlite_log:
-        from ledger.sqlite_store import SqliteEventStore  # type: ignore[import-not-found]
+    def sqlite_store(name: str, events: RecordReader) -> ReadModelStore:
+        return SqliteReadModelStore(workdir / f"{name}.sqlite", events)
 
-        log = SqliteEventStore(workdir / "log.sqlite")
-        started = time.perf_counter()
-        for at_us, events in synthetic_events(args.events):
-            log.append(events, at_us)
-        print(f"wrote the SQLite log in {time.perf_counter() - started:.1f}s")
-        source = log
+    with contextlib.ExitStack() as resources:
+        kinds: list[tuple[str, OpenReadStore]] = [("SQLite", sqlite_store)]
+        url = ""
+        if args.postgres or args.postgres_log:
+            url = args.url or resources.enter_context(LocalPostgres(durable=True)).url
+        prefix = f"bench_{uuid.uuid4().hex[:8]}"
+        if args.postgres:
 
-    store = SqliteReadModelStore(workdir / "read_models.sqlite", source)  # type: ignore[arg-type]
+            def postgres_store(name: str, events: RecordReader) -> ReadModelStore:
+                return PostgresReadModelStore(url, events, schema=f"{prefix}_{name}")
+
+            kinds.append(("PostgreSQL", postgres_store))
+
+        source: object = memory
+        log_kind = "in-memory log"
+        if args.sqlite_log or args.postgres_log:
+            from ledger.log import EventStore  # type: ignore[import-not-found]
+            from ledger.postgres_store import PostgresEventStore  # type: ignore[import-not-found]
+            from ledger.sqlite_store import SqliteEventStore  # type: ignore[import-not-found]
+
+            log: EventStore
+            if args.postgres_log:
+                log, log_kind = PostgresEventStore(url, schema=f"{prefix}_log"), "PostgreSQL log"
+            else:
+                log, log_kind = SqliteEventStore(workdir / "log.sqlite"), "SQLite log"
+            resources.callback(log.close)
+            started = time.perf_counter()
+            for at_us, events in synthetic_events(args.events):
+                log.append(events, at_us)
+            print(f"wrote the {log_kind} in {time.perf_counter() - started:.1f}s")
+            source = log
+        for kind, open_store in kinds:
+            print(f"-- {kind} read models")
+            bench_store(open_store, source, memory, n, log_kind)
+
+
+def bench_store(
+    open_store: OpenReadStore, source: object, memory: MemoryLog, n: int, log_kind: str
+) -> None:
+    """Rebuild, restart, steady catch-up and usage pages of one kind of read model store."""
+    store = open_store("read_models", source)  # type: ignore[arg-type]
     runner = ProjectionRunner(source, store)  # type: ignore[arg-type]
     started = time.perf_counter()
     head = runner.rebuild()
     rebuild_s = time.perf_counter() - started
     assert head == n
-    kind = "SQLite log" if args.sqlite_log else "in-memory log"
-    print(f"rebuild from {kind}: {rebuild_s:.2f}s = {n / rebuild_s:,.0f} events/s")
+    print(f"rebuild from {log_kind}: {rebuild_s:.2f}s = {n / rebuild_s:,.0f} events/s")
 
     started = time.perf_counter()
     ProjectionRunner(source, store)  # type: ignore[arg-type]
     print(f"runner start (load balances from tables): {time.perf_counter() - started:.3f}s")
 
-    if not args.sqlite_log:
+    if source is memory:
         tail = min(STEADY_TAIL_EVENTS, n // 2)
-        steady = SqliteReadModelStore(workdir / "steady.sqlite", memory)
+        steady = open_store("steady", memory)
         memory.visible = n - tail
         ProjectionRunner(memory, steady).rebuild()
         memory.visible = None
@@ -244,6 +290,7 @@ def main() -> None:
             f"catch-up of the last {tail:,} events (batches of {DEFAULT_BATCH_EVENTS:,},"
             f" index kept up to date): {tail / took_s:,.0f} events/s"
         )
+        steady.close()
 
     sub = "sub-0007"
     for label, query in (
@@ -256,6 +303,7 @@ def main() -> None:
             page = store.usage(query)
         took_ms = (time.perf_counter() - started) / QUERY_REPEATS * 1_000
         print(f"{label}: {took_ms:.2f} ms ({len(page.items)} rows)")
+    store.close()
 
 
 if __name__ == "__main__":

@@ -4,6 +4,11 @@ checkpoint committed together, and keeps the in-memory balances in step with the
 At start the balances are loaded from the read model tables rather than replayed: loading costs
 one row per seat, pack and subscription, a replay one fold per event in the log, and the tables
 hold exactly the balances as of their checkpoint (the tests check that both agree).
+
+One runner at a time should write a read store (the projector takes the store's writer lock).
+Should two race anyway (say, `ledger export` catching up while a projector runs), the store's
+checkpoint compare-and-set refuses the batch of the one that lost, which then takes the tables'
+word and goes on from their checkpoint: nothing is written twice or skipped.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from typing import Final, Protocol
 
 from ledger.log import Head, StoredRecord
 from projections.balances import Balances, apply_data, assert_conserved
-from projections.store import SqliteReadModelStore
+from projections.read_store import CheckpointMoved, ReadModelStore
 from projections.usage import UsageIndexRow
 
 DEFAULT_BATCH_EVENTS: Final = 10_000
@@ -39,10 +44,10 @@ class RecordSource(Protocol):
 class ProjectionRunner:
     """Keeps the read store's tables (and `balances`) in step with the log.
 
-    One runner writes one read store: it is the single writer of its tables and checkpoint.
+    Each batch is committed only if the checkpoint is still where this runner left it.
     """
 
-    def __init__(self, event_store: RecordSource, read_store: SqliteReadModelStore) -> None:
+    def __init__(self, event_store: RecordSource, read_store: ReadModelStore) -> None:
         self._events = event_store
         self._store = read_store
         self._lock = threading.Lock()
@@ -65,7 +70,7 @@ class ProjectionRunner:
         return self._position
 
     def _load(self) -> tuple[Balances, int]:
-        return self._store.load_balances(), self._store.checkpoint()
+        return self._store.snapshot()
 
     def catch_up(
         self,
@@ -84,7 +89,14 @@ class ProjectionRunner:
                     subscriptions, seats, packs = self._balances.take_changes()
                     for sub in subscriptions:
                         assert_conserved(self._balances, sub.subscription_id)
-                    self._store.write_batch(until, subscriptions, seats, packs, usage_rows)
+                    try:
+                        self._store.write_batch(
+                            self._position, until, subscriptions, seats, packs, usage_rows
+                        )
+                    except CheckpointMoved:
+                        # Another runner wrote first: go on from what the tables now hold.
+                        self._balances, self._position = self._load()
+                        continue
                     self._position = until
                 if on_progress is not None:
                     on_progress(until, head)

@@ -3,20 +3,25 @@
 Its tables are prefixed `rm_`, so it may share the log's SQLite file or live in its own (a file
 of its own keeps projection writes off the log's write lock). A batch's changed balance rows,
 new usage rows and checkpoint are written in one transaction: the tables always hold the read
-model exactly as of their checkpoint.
+model exactly as of their checkpoint. The one writer (the projector) holds an exclusive lock on
+a file beside the tables (`<file>.lock`); readers with a connection of their own open the file
+read-only.
 """
 
 from __future__ import annotations
 
+import fcntl
 import sqlite3
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Final
+from typing import IO, Final
 
 from ledger.log import datetime_from_us, us_from_datetime
 from projections.balances import Balances, PackRow, SeatRow, SubscriptionRow
+from projections.read_store import DEFAULT_CHECKPOINT, CheckpointMoved
 from projections.usage import (
     INSERT_USAGE_SQL,
     USAGE_INDEX_NAMES,
@@ -31,8 +36,7 @@ from schemas.read_models import UsagePage
 
 BUSY_TIMEOUT_MS: Final = 10_000
 """How long a write waits for another connection's write lock (a shared file) before failing."""
-
-DEFAULT_CHECKPOINT: Final = "read_models"
+WRITER_LOCK_SUFFIX: Final = ".lock"
 
 _TABLES_SQL: Final = (
     """
@@ -117,6 +121,7 @@ class SqliteReadModelStore:
     def __init__(self, path: str | Path, events: RecordReader) -> None:
         self.path = str(path)
         self._events = events
+        self._writer_lock: IO[str] | None = None
         self._db = sqlite3.connect(self.path, isolation_level=None)
         self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         self._db.execute("PRAGMA journal_mode = WAL")
@@ -128,7 +133,28 @@ class SqliteReadModelStore:
             self.create_usage_indexes()
 
     def close(self) -> None:
+        self.unlock_writer()
         self._db.close()
+
+    def reader(self) -> SqliteReadModelReader:
+        return SqliteReadModelReader(self.path, self._events)
+
+    def try_lock_writer(self) -> bool:
+        if self._writer_lock is not None:
+            return True
+        lock = open(self.path + WRITER_LOCK_SUFFIX, "a")  # noqa: SIM115 (held until unlocked)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            return False
+        self._writer_lock = lock
+        return True
+
+    def unlock_writer(self) -> None:
+        lock, self._writer_lock = self._writer_lock, None
+        if lock is not None:
+            lock.close()  # closing the file releases the lock
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -169,6 +195,7 @@ class SqliteReadModelStore:
 
     def write_batch(
         self,
+        after: int,
         position: int,
         subscriptions: Sequence[SubscriptionRow],
         seats: Sequence[SeatRow],
@@ -176,8 +203,10 @@ class SqliteReadModelStore:
         usage_rows: Sequence[UsageIndexRow],
         name: str = DEFAULT_CHECKPOINT,
     ) -> None:
-        """Upsert the changed balance rows, insert the new usage rows and move the checkpoint."""
+        """Upsert the changed balance rows, insert the new usage rows and move the checkpoint
+        from `after` to `position`; `CheckpointMoved` when another writer moved it first."""
         with self._transaction():
+            self._move_checkpoint(name, after, position)
             self._db.executemany(
                 _UPSERT_SUBSCRIPTION,
                 [
@@ -231,7 +260,20 @@ class SqliteReadModelStore:
                 ],
             )
             self._db.executemany(INSERT_USAGE_SQL, usage_rows)
-            self._set_checkpoint(name, position)
+
+    def _move_checkpoint(self, name: str, after: int, position: int) -> None:
+        """The compare-and-set that fences a writer that lost a race (no row yet counts as 0)."""
+        moved = self._db.execute(
+            "UPDATE rm_checkpoints SET position = ? WHERE name = ? AND position = ?",
+            (position, name, after),
+        ).rowcount
+        if moved == 0 and after == 0:
+            moved = self._db.execute(
+                "INSERT OR IGNORE INTO rm_checkpoints (name, position) VALUES (?, ?)",
+                (name, position),
+            ).rowcount
+        if moved != 1:
+            raise CheckpointMoved(f"checkpoint {name!r} is no longer at {after}")
 
     def _set_checkpoint(self, name: str, position: int) -> None:
         self._db.execute(
@@ -326,3 +368,40 @@ class SqliteReadModelStore:
             "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'rm_usage'"
         )
         return {name for (name,) in rows} & set(USAGE_INDEX_NAMES)
+
+
+class SqliteReadModelReader:
+    """A read-only connection of its own to the read model file (opened at first use, so the
+    file may be created after the reader). Safe to share between threads."""
+
+    def __init__(self, path: str | Path, events: RecordReader) -> None:
+        self._uri = Path(path).resolve().as_uri() + "?mode=ro"
+        self._events = events
+        self._lock = threading.Lock()
+        self._connection: sqlite3.Connection | None = None
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._connection is None:
+            self._connection = sqlite3.connect(
+                self._uri, uri=True, isolation_level=None, check_same_thread=False
+            )
+        return self._connection
+
+    def page(self, query: UsageQuery) -> UsagePage:
+        with self._lock:
+            return usage_page(self._connect(), self._events, query)
+
+    def checkpoint(self, name: str = DEFAULT_CHECKPOINT) -> int:
+        with self._lock:
+            row = (
+                self._connect()
+                .execute("SELECT position FROM rm_checkpoints WHERE name = ?", (name,))
+                .fetchone()
+            )
+        return int(row[0]) if row else 0
+
+    def close(self) -> None:
+        with self._lock:
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None

@@ -125,42 +125,56 @@ def usage_row(record: StoredRecord) -> UsageRow:
     )
 
 
+def usage_index_statement(query: UsageQuery, marker: str = "?") -> tuple[str, list[object]]:
+    """The statement selecting (position, recorded_at_us) of one page of the query's rows, plus
+    one row more (which tells whether another page follows), and its parameters. `marker` is
+    the driver's placeholder: `?` for sqlite3, `%s` for psycopg. The same statement runs on
+    both, so both page the same way."""
+    if not 1 <= query.limit <= MAX_PAGE_ROWS:
+        raise InvalidUsageQuery(f"limit must be between 1 and {MAX_PAGE_ROWS}")
+    clauses = [f"subscription_id = {marker}"]
+    params: list[object] = [query.subscription_id]
+    if query.seat_id is not None:
+        clauses.append(f"seat_id = {marker}")
+        params.append(query.seat_id)
+    if query.model is not None:
+        clauses.append(f"model = {marker}")
+        params.append(query.model)
+    if query.recorded_from is not None:
+        clauses.append(f"recorded_at_us >= {marker}")
+        params.append(us_from_datetime(query.recorded_from))
+    if query.recorded_to is not None:
+        clauses.append(f"recorded_at_us < {marker}")
+        params.append(us_from_datetime(query.recorded_to))
+    if query.as_of_position is not None:
+        clauses.append(f"position <= {marker}")
+        params.append(query.as_of_position)
+    if query.cursor is not None:
+        clauses.append(f"(recorded_at_us, position) > ({marker}, {marker})")
+        params.extend(decode_cursor(query.cursor))
+    statement = (
+        "SELECT position, recorded_at_us FROM rm_usage WHERE "
+        + " AND ".join(clauses)
+        + f" ORDER BY recorded_at_us, position LIMIT {marker}"
+    )
+    params.append(query.limit + 1)  # one more than the page tells whether another follows
+    return statement, params
+
+
+def index_page(found: Sequence[tuple[int, int]], limit: int) -> tuple[list[int], str | None]:
+    """The positions of one page from the (position, recorded_at_us) rows its statement found,
+    and the cursor of the next page."""
+    page = found[:limit]
+    next_cursor = encode_cursor(page[-1][1], page[-1][0]) if len(found) > limit else None
+    return [position for position, _ in page], next_cursor
+
+
 def query_usage_index(
     connection: sqlite3.Connection, query: UsageQuery
 ) -> tuple[list[int], str | None]:
     """The positions of one page of the query's rows, and the cursor of the next page."""
-    if not 1 <= query.limit <= MAX_PAGE_ROWS:
-        raise InvalidUsageQuery(f"limit must be between 1 and {MAX_PAGE_ROWS}")
-    clauses = ["subscription_id = ?"]
-    params: list[object] = [query.subscription_id]
-    if query.seat_id is not None:
-        clauses.append("seat_id = ?")
-        params.append(query.seat_id)
-    if query.model is not None:
-        clauses.append("model = ?")
-        params.append(query.model)
-    if query.recorded_from is not None:
-        clauses.append("recorded_at_us >= ?")
-        params.append(us_from_datetime(query.recorded_from))
-    if query.recorded_to is not None:
-        clauses.append("recorded_at_us < ?")
-        params.append(us_from_datetime(query.recorded_to))
-    if query.as_of_position is not None:
-        clauses.append("position <= ?")
-        params.append(query.as_of_position)
-    if query.cursor is not None:
-        clauses.append("(recorded_at_us, position) > (?, ?)")
-        params.extend(decode_cursor(query.cursor))
-    sql = (
-        "SELECT position, recorded_at_us FROM rm_usage WHERE "
-        + " AND ".join(clauses)
-        + " ORDER BY recorded_at_us, position LIMIT ?"
-    )
-    params.append(query.limit + 1)  # one more than the page tells whether another follows
-    found = connection.execute(sql, params).fetchall()
-    page = found[: query.limit]
-    next_cursor = encode_cursor(page[-1][1], page[-1][0]) if len(found) > query.limit else None
-    return [position for position, _ in page], next_cursor
+    statement, params = usage_index_statement(query)
+    return index_page(connection.execute(statement, params).fetchall(), query.limit)
 
 
 def fetch_records(events: RecordReader, positions: Sequence[int]) -> list[StoredRecord]:
@@ -185,7 +199,13 @@ def fetch_records(events: RecordReader, positions: Sequence[int]) -> list[Stored
 def usage_page(
     connection: sqlite3.Connection, events: RecordReader, query: UsageQuery
 ) -> UsagePage:
-    positions, next_cursor = query_usage_index(connection, query)
+    return page_of_positions(events, query, *query_usage_index(connection, query))
+
+
+def page_of_positions(
+    events: RecordReader, query: UsageQuery, positions: Sequence[int], next_cursor: str | None
+) -> UsagePage:
+    """The page of usage rows at these positions, decoded from the log's records."""
     rows = tuple(usage_row(record) for record in fetch_records(events, positions))
     assert all(row.subscription_id == query.subscription_id for row in rows)
     return UsagePage(items=rows, next_cursor=next_cursor)

@@ -15,13 +15,10 @@ import asyncio
 import hashlib
 import re
 import secrets
-import sqlite3
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from pathlib import Path
 from typing import Annotated, Any, Final
 from urllib.parse import quote
 
@@ -66,6 +63,7 @@ from projections.balances import (
     seat_balance,
 )
 from projections.live import BalanceSource
+from projections.read_store import ReadModelReader
 from projections.replay import (
     MAX_AS_OF_CHARS,
     POSITION_PREFIX,
@@ -73,14 +71,12 @@ from projections.replay import (
     balances_as_of,
     resolve_as_of,
 )
-from projections.store import DEFAULT_CHECKPOINT
 from projections.usage import (
     DEFAULT_PAGE_ROWS,
     MAX_CURSOR_CHARS,
     MAX_PAGE_ROWS,
     InvalidUsageQuery,
     UsageQuery,
-    usage_page,
 )
 from schemas.commands import (
     AddSeat,
@@ -650,36 +646,17 @@ PathId = Annotated[str, PathParameter(max_length=MAX_ID_CHARS)]
 
 
 class _UsageReader:
-    """The API's own read-only connection to the read model file (the runner writes it)."""
+    """The API's own read-only reader of the read model tables (the projector writes them)."""
 
-    def __init__(self, path: Path, events: EventStore) -> None:
-        self._uri = path.resolve().as_uri() + "?mode=ro"
-        self._events = events
-        self._lock = threading.Lock()
-        self._connection: sqlite3.Connection | None = None
-
-    def _connect(self) -> sqlite3.Connection:
-        if self._connection is None:
-            self._connection = sqlite3.connect(
-                self._uri, uri=True, isolation_level=None, check_same_thread=False
-            )
-        return self._connection
+    def __init__(self, reader: ReadModelReader) -> None:
+        self._reader = reader
 
     def page(self, query: UsageQuery) -> UsagePage:
-        with self._lock:
-            return usage_page(self._connect(), self._events, query)
+        return self._reader.page(query)
 
     def checkpoint(self) -> int:
         """The log position the read model tables hold (0 before the first batch)."""
-        with self._lock:
-            row = (
-                self._connect()
-                .execute(
-                    "SELECT position FROM rm_checkpoints WHERE name = ?", (DEFAULT_CHECKPOINT,)
-                )
-                .fetchone()
-            )
-        return int(row[0]) if row else 0
+        return self._reader.checkpoint()
 
     async def caught_up(self, position: int) -> bool:
         """Wait (at most `USAGE_FRESHNESS_WAIT_S`) until the tables hold `position`, so a usage
@@ -692,10 +669,7 @@ class _UsageReader:
         return True
 
     def close(self) -> None:
-        with self._lock:
-            if self._connection is not None:
-                self._connection.close()
-                self._connection = None
+        self._reader.close()
 
 
 def _parse_instant(text: str | None, parameter: str) -> datetime | None:
@@ -714,7 +688,7 @@ def _parse_instant(text: str | None, parameter: str) -> datetime | None:
 def create_app(
     *,
     events: EventStore,
-    read_model_path: Path,
+    read_models: ReadModelReader,
     runner: BalanceSource,
     tokens: TokenStore,
     clock: Clock,
@@ -731,8 +705,9 @@ def create_app(
     moved by `POST /v1/clock`); `metrics` what `GET /metrics` renders and request latency goes
     to. With `writer_metrics` (the writer in another process), `GET /metrics` shows this
     process's own metrics and, for the writer's (`WRITER_METRIC_NAMES`), what that returns.
+    `read_models` answers usage pages; the app closes it on shutdown.
     """
-    usage_reader = _UsageReader(read_model_path, events)
+    usage_reader = _UsageReader(read_models)
 
     async def authenticated(
         connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler
@@ -860,17 +835,21 @@ def create_app(
         with runner.reading() as balances:
             if sub not in balances.subscriptions:
                 raise _no_subscription(sub)
+        live = runner.position
         query = UsageQuery(
             subscription_id=sub,
             seat_id=seat,
             model=model,
             recorded_from=_parse_instant(from_, "from"),
             recorded_to=_parse_instant(to, "to"),
-            as_of_position=None if as_of is None else position_of(as_of),
+            # Without as_of, as of the balances' position: a charge shows in a usage page
+            # exactly when it shows in the balances, never before (the projector may be ahead
+            # of this process's balances) nor after (the page waits for the projector).
+            as_of_position=live if as_of is None else position_of(as_of),
             limit=limit,
             cursor=cursor,
         )
-        await usage_reader.caught_up(runner.position)
+        await usage_reader.caught_up(live)
         try:
             page = usage_reader.page(query)
         except InvalidUsageQuery as error:
@@ -1231,7 +1210,7 @@ def app_from_parts(
     the one `writer` catches up after each write)."""
     return create_app(
         events=parts.store,
-        read_model_path=Path(parts.read_store.path),
+        read_models=parts.read_store.reader(),
         runner=runner,
         tokens=tokens,
         clock=parts.clock,

@@ -30,7 +30,12 @@ from ledger.log import EventStore
 from projections.live import LiveBalances
 from services.api import create_app
 from services.auth import TOKENS_FILE, TokenStore
-from services.bootstrap import make_clock, open_event_store, open_read_store
+from services.bootstrap import (
+    make_clock,
+    open_event_store,
+    open_read_model_reader,
+    open_read_store,
+)
 from services.children import ChildProcess, die_with_parent
 from services.config import Settings
 from services.write_channel import RemoteWriter
@@ -106,7 +111,7 @@ async def _serve(settings: Settings, connection: Connection, ready: Event) -> No
     writer = RemoteWriter(connection, follower.catch_up)
     app = create_app(
         events=events,
-        read_model_path=settings.read_model_path(),
+        read_models=open_read_model_reader(settings, events),
         runner=follower.live,
         tokens=tokens,
         clock=make_clock(settings),

@@ -11,8 +11,10 @@ from ledger.log import EventStore, us_from_datetime
 from ledger.postgres_store import IDLE_IN_TRANSACTION_TIMEOUT_MS, PostgresEventStore
 from ledger.rate_card import RateCard, load_rate_card
 from ledger.sqlite_store import SqliteEventStore
+from projections.postgres_store import PostgresReadModelReader, PostgresReadModelStore
+from projections.read_store import ReadModelReader, ReadModelStore
 from projections.runner import ProjectionRunner
-from projections.store import SqliteReadModelStore
+from projections.store import SqliteReadModelReader, SqliteReadModelStore
 from services.config import ConfigError, Settings, default_consumer_name
 
 
@@ -45,10 +47,23 @@ def open_lease_store(settings: Settings) -> LeaseStore:
     return SqliteEventStore(settings.sqlite_path())
 
 
-def open_read_store(settings: Settings, store: EventStore) -> SqliteReadModelStore:
-    """Read models live in a file of their own, so a rebuild never holds the log's write lock;
-    in SQLite in the data dir even when the log is in PostgreSQL (for now)."""
+def open_read_store(settings: Settings, store: EventStore) -> ReadModelStore:
+    """With the log in PostgreSQL, the read models are in its schema, shared by every API
+    process; with SQLite, in a file of their own beside the log's, so a rebuild never holds
+    the log's write lock."""
+    url = settings.postgres_url()
+    if url is not None:
+        return PostgresReadModelStore(url, store, schema=settings.database_schema)
     return SqliteReadModelStore(settings.read_model_path(), store)
+
+
+def open_read_model_reader(settings: Settings, store: EventStore) -> ReadModelReader:
+    """A read-only reader of the read models `open_read_store` opens, on a connection of its
+    own (it connects at first use)."""
+    url = settings.postgres_url()
+    if url is not None:
+        return PostgresReadModelReader(url, store, schema=settings.database_schema)
+    return SqliteReadModelReader(settings.read_model_path(), store)
 
 
 def make_clock(settings: Settings) -> Clock:
@@ -65,7 +80,7 @@ class Parts:
 
     settings: Settings
     store: EventStore
-    read_store: SqliteReadModelStore
+    read_store: ReadModelStore
     rate_card: RateCard
     clock: Clock
 

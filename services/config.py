@@ -117,8 +117,8 @@ class Settings:
     def sqlite_path(self) -> Path:
         """The SQLite file of the log, beside which the read models' file lives.
 
-        With the log in PostgreSQL there is no such file: this is then `<data dir>/ledger.sqlite3`,
-        never created, from which the read models' file (still SQLite) takes its name.
+        With the log in PostgreSQL there is no such file (nor a read models' file: they are in
+        PostgreSQL too): this is then `<data dir>/ledger.sqlite3`, never created.
         """
         url = self.database_url
         if url is None or self.postgres_url() is not None:
@@ -134,7 +134,8 @@ class Settings:
         return self.data_dir / "manual-clock"
 
     def read_model_path(self) -> Path:
-        """The read models' SQLite file: beside the log's, derived and disposable."""
+        """The read models' SQLite file: beside the log's, derived and disposable (used only
+        when the log is in SQLite)."""
         log = self.sqlite_path()
         return log.with_name(log.stem + ".readmodels" + log.suffix)
 

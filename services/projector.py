@@ -3,21 +3,24 @@ log, on a core of its own, while the serving process appends and acknowledges.
 
 The log is committed before any entry is acknowledged, so nothing here is on the path to an
 acknowledgement: a projector that lags, dies or restarts delays what usage pages show, never
-what is charged. One projector writes one read store: each holds an exclusive lock on a file
-beside the read models while it runs, so a second one (say, left behind by a serving process
-killed with SIGKILL) waits instead of writing the same tables.
+what is charged. One projector writes one read store: each holds the store's writer lock while
+it runs (SQLite: an exclusive lock on a file beside the read models; PostgreSQL: a session
+advisory lock), so a second one (left behind by a serving process killed with SIGKILL, or the
+projector of another API host sharing the PostgreSQL read models) waits instead of writing the
+same tables. Should two write anyway, the checkpoint's compare-and-set keeps the tables whole.
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
 import signal
 import time
+from collections.abc import Callable
 from typing import Final
 
 import structlog
 
+from projections.read_store import ReadModelStore
 from projections.runner import ProjectionRunner
 from services.bootstrap import open_event_store, open_read_store
 from services.children import ChildProcess, die_with_parent
@@ -28,16 +31,13 @@ POLL_INTERVAL_S: Final = 0.02
 it goes on at once): under a steady stream, one read-model commit folds tens of records."""
 CATCH_UP_BATCH_EVENTS: Final = 20_000
 """Most events folded and committed in one read-model transaction."""
-LOCK_SUFFIX: Final = ".lock"
+WRITER_LOCK_POLL_S: Final = 0.5
+"""Seconds between two tries at the read store's writer lock while another projector holds it."""
 PROJECTOR_NICENESS: Final = 10
 """Added to the projector's nice value: on a busy machine the HTTP API and the writer come
 first; the projector only delays usage pages, and catches up in larger batches."""
 
 log = structlog.get_logger("ledger.projector")
-
-
-def lock_path(settings: Settings) -> str:
-    return str(settings.read_model_path()) + LOCK_SUFFIX
 
 
 def run_projector(settings: Settings, parent_pid: int) -> None:
@@ -48,6 +48,9 @@ def run_projector(settings: Settings, parent_pid: int) -> None:
         nonlocal stopping
         stopping = True
 
+    def wanted() -> bool:
+        return not stopping and os.getppid() == parent_pid
+
     from services.serve import configure_logging  # the serving process imports this module
 
     configure_logging()
@@ -55,23 +58,34 @@ def run_projector(settings: Settings, parent_pid: int) -> None:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the serving process decides when to stop
     die_with_parent()
-    with open(lock_path(settings), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        store = open_event_store(settings)
-        read_store = open_read_store(settings, store)
-        try:
-            runner = ProjectionRunner(store, read_store)
-            log.info("projector.started", position=runner.position)
-            while not stopping and os.getppid() == parent_pid:
-                before = runner.position
-                if runner.catch_up(batch_size=CATCH_UP_BATCH_EVENTS) - before < (
-                    CATCH_UP_BATCH_EVENTS
-                ):
-                    time.sleep(POLL_INTERVAL_S)
-            log.info("projector.stopped", position=runner.position)
-        finally:
-            read_store.close()
-            store.close()
+    store = open_event_store(settings)
+    read_store = open_read_store(settings, store)
+    try:
+        if not _lock_writer(read_store, wanted):
+            return
+        runner = ProjectionRunner(store, read_store)  # loads the tables once they are its own
+        log.info("projector.started", position=runner.position)
+        while wanted():
+            before = runner.position
+            if runner.catch_up(batch_size=CATCH_UP_BATCH_EVENTS) - before < CATCH_UP_BATCH_EVENTS:
+                time.sleep(POLL_INTERVAL_S)
+        log.info("projector.stopped", position=runner.position)
+    finally:
+        read_store.close()
+        store.close()
+
+
+def _lock_writer(read_store: ReadModelStore, wanted: Callable[[], bool]) -> bool:
+    """Wait for the read store's writer lock while still wanted; False when no longer wanted."""
+    waiting = False
+    while not read_store.try_lock_writer():
+        if not waiting:
+            log.info("projector.waiting", reason="another projector writes these read models")
+            waiting = True
+        if not wanted():
+            return False
+        time.sleep(WRITER_LOCK_POLL_S)
+    return True
 
 
 class Projector(ChildProcess):

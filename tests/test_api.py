@@ -153,7 +153,7 @@ def _open_app(tmp_path: Path, executor: ThreadPoolExecutor) -> tuple[Any, Manual
     def app(tokens: TokenStore) -> Any:
         return create_app(
             events=store,
-            read_model_path=read_path,
+            read_models=read_store.reader(),
             runner=runner,
             tokens=tokens,
             clock=clock,

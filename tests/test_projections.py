@@ -1,14 +1,21 @@
 """Projections as specifications: what each event does to the balances, conservation, the
-runner's checkpoints and rebuilds, usage details queries, and replay to a point of the log."""
+runner's checkpoints and rebuilds, usage details queries, and replay to a point of the log.
+
+The read model store tests run against every store kind (`READ_STORE_KINDS`: SQLite, and
+PostgreSQL on the session server of `postgres_url`, each store in a schema of its own).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import msgspec
+import psycopg
 import pytest
+from psycopg import sql
 
 from ledger.catalog import PACK_CREDITS_UCR, SEAT_QUOTA_UCR
 from ledger.decider import decide
@@ -39,6 +46,8 @@ from projections.balances import (
     subscription_balance,
 )
 from projections.live import LiveBalances
+from projections.postgres_store import PostgresReadModelStore
+from projections.read_store import CheckpointMoved, ReadModelStore
 from projections.replay import (
     PROGRESS_EVERY_RECORDS,
     InvalidAsOf,
@@ -54,6 +63,7 @@ from projections.usage import (
     MAX_PAGE_ROWS,
     InvalidCursor,
     InvalidUsageQuery,
+    RecordReader,
     UsageQuery,
 )
 from schemas.commands import AdvanceClock, ChargeUsage, Command
@@ -87,6 +97,9 @@ ADVANCED = SEAT_QUOTA_UCR["advanced"]
 PACK = PACK_CREDITS_UCR
 T0_US = us_from_datetime(ANCHOR)
 SECOND_US = 1_000_000
+SNAPSHOT_RACE_BATCH_EVENTS = 7
+SNAPSHOTS_CHECKED = 40
+"""Snapshots compared with a replay (evenly spread over those taken): each replay costs a fold."""
 
 
 class ListEventStore:
@@ -544,7 +557,46 @@ def handcrafted_log() -> ListEventStore:
     return store
 
 
-def read_model_state(read_store: SqliteReadModelStore, runner: ProjectionRunner) -> tuple:
+READ_STORE_KINDS = ["sqlite", "postgres"]
+
+OpenReadStore = Callable[[str, RecordReader], ReadModelStore]
+"""Opens the read store called `name` over a log: the same name, the same tables."""
+
+
+@pytest.fixture(params=READ_STORE_KINDS)
+def open_read_store(request: pytest.FixtureRequest, tmp_path) -> Iterator[OpenReadStore]:
+    """Read stores of one kind for this test: SQLite files in `tmp_path`, or PostgreSQL schemas
+    named after the test's own `postgres_schema` (all dropped when it ends). A store opened on
+    another thread is closed by that thread (a sqlite3 connection stays on its own)."""
+    kind = request.param
+    opened: list[tuple[int, ReadModelStore]] = []
+    schemas: set[str] = set()
+    url = request.getfixturevalue("postgres_url") if kind == "postgres" else ""
+    base = request.getfixturevalue("postgres_schema") if kind == "postgres" else ""
+
+    def open_store(name: str, events: RecordReader) -> ReadModelStore:
+        store: ReadModelStore
+        if kind == "sqlite":
+            store = SqliteReadModelStore(tmp_path / f"{name}.sqlite", events)
+        else:
+            schemas.add(f"{base}_{name}")
+            store = PostgresReadModelStore(url, events, schema=f"{base}_{name}")
+        opened.append((threading.get_ident(), store))
+        return store
+
+    yield open_store
+    for thread, store in opened:
+        if thread == threading.get_ident():
+            store.close()
+    if schemas:
+        with psycopg.connect(url, autocommit=True) as connection:
+            for schema in schemas:
+                connection.execute(
+                    sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema))
+                )
+
+
+def read_model_state(read_store: ReadModelStore, runner: ProjectionRunner) -> tuple:
     """Everything the read model holds: tables' balances, memory's balances, the usage index and
     every usage row it answers with."""
     usage = []
@@ -554,7 +606,7 @@ def read_model_state(read_store: SqliteReadModelStore, runner: ProjectionRunner)
     return balances, read_store.usage_index_rows(), usage
 
 
-def all_usage(read_store: SqliteReadModelStore, query: UsageQuery) -> list[UsageRow]:
+def all_usage(read_store: ReadModelStore, query: UsageQuery) -> list[UsageRow]:
     rows: list[UsageRow] = []
     cursor = None
     while True:
@@ -565,20 +617,19 @@ def all_usage(read_store: SqliteReadModelStore, query: UsageQuery) -> list[Usage
         cursor = page.next_cursor
 
 
-def rebuilt(events: ListEventStore, path: Path) -> tuple:
-    read_store = SqliteReadModelStore(path, events)
+def rebuilt(events: ListEventStore, read_store: ReadModelStore) -> tuple:
     runner = ProjectionRunner(events, read_store)
     runner.rebuild()
     return read_model_state(read_store, runner)
 
 
 @pytest.mark.parametrize("batch_size", [1, 4, 10_000])
-def test_catching_up_from_every_checkpoint_equals_a_rebuild_from_zero(tmp_path, batch_size):
+def test_catching_up_from_every_checkpoint_equals_a_rebuild_from_zero(open_read_store, batch_size):
     events = handcrafted_log()
     head = events.head().position
-    expected = rebuilt(events, tmp_path / "rebuilt.sqlite")
+    expected = rebuilt(events, open_read_store("rebuilt", events))
     for checkpoint in range(head + 1):
-        read_store = SqliteReadModelStore(tmp_path / f"at-{checkpoint}.sqlite", events)
+        read_store = open_read_store(f"at_{checkpoint}", events)
         events.visible = checkpoint
         assert ProjectionRunner(events, read_store).catch_up(batch_size) == checkpoint
         events.visible = None
@@ -588,8 +639,22 @@ def test_catching_up_from_every_checkpoint_equals_a_rebuild_from_zero(tmp_path, 
         read_store.close()
 
 
-def test_a_rebuild_of_a_decided_workload_equals_an_in_memory_replay(tmp_path, workload_log):
-    read_store = SqliteReadModelStore(tmp_path / "rm.sqlite", workload_log)
+def test_the_same_log_gives_the_same_read_models_in_every_kind_of_store(tmp_path, postgres_url):
+    events = handcrafted_log()
+    schema = f"test_same_{uuid.uuid4().hex[:16]}"
+    on_postgres = PostgresReadModelStore(postgres_url, events, schema=schema)
+    try:
+        on_sqlite = SqliteReadModelStore(tmp_path / "rm.sqlite", events)
+        assert rebuilt(events, on_postgres) == rebuilt(events, on_sqlite)
+        on_sqlite.close()
+    finally:
+        on_postgres.close()
+        with psycopg.connect(postgres_url, autocommit=True) as connection:
+            connection.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+
+
+def test_a_rebuild_of_a_decided_workload_equals_an_in_memory_replay(open_read_store, workload_log):
+    read_store = open_read_store("rm", workload_log)
     runner = ProjectionRunner(workload_log, read_store)
     head = runner.rebuild(batch_size=997)
     replayed = dump(balances_as_of(workload_log, head))
@@ -610,8 +675,10 @@ def test_live_balances_caught_up_step_by_step_equal_a_replay(workload_log):
         workload_log.visible = None
 
 
-def test_live_balances_start_from_a_snapshot_of_the_tables_and_continue(tmp_path, workload_log):
-    read_store = SqliteReadModelStore(tmp_path / "rm.sqlite", workload_log)
+def test_live_balances_start_from_a_snapshot_of_the_tables_and_continue(
+    open_read_store, workload_log
+):
+    read_store = open_read_store("rm", workload_log)
     head = workload_log.head().position
     workload_log.visible = head // 3
     try:
@@ -625,38 +692,81 @@ def test_live_balances_start_from_a_snapshot_of_the_tables_and_continue(tmp_path
     assert dump(live.balances) == dump(balances_as_of(workload_log, head))
 
 
-def test_balances_loaded_from_the_tables_equal_a_replay_at_their_checkpoint(tmp_path, workload_log):
-    read_store = SqliteReadModelStore(tmp_path / "rm.sqlite", workload_log)
+def test_a_snapshot_taken_while_batches_commit_equals_a_replay_at_its_checkpoint(
+    open_read_store, workload_log
+):
+    head = workload_log.head().position
+    reader = open_read_store("rm", workload_log)
+    failures: list[BaseException] = []
+
+    def write() -> None:
+        writer = open_read_store("rm", workload_log)
+        try:
+            ProjectionRunner(workload_log, writer).catch_up(batch_size=SNAPSHOT_RACE_BATCH_EVENTS)
+        except BaseException as error:
+            failures.append(error)
+        finally:
+            writer.close()
+
+    thread = threading.Thread(target=write)
+    snapshots: list[tuple[bytes, int]] = []
+    thread.start()
+    while thread.is_alive() or not snapshots:
+        balances, checkpoint = reader.snapshot()
+        snapshots.append((dump(balances), checkpoint))
+    thread.join()
+    assert failures == []
+    checkpoints = [checkpoint for _, checkpoint in snapshots]
+    assert checkpoints == sorted(checkpoints)
+    assert len(set(checkpoints)) > 2, "snapshots were taken while batches committed"
+    for dumped, checkpoint in snapshots[:: max(1, len(snapshots) // SNAPSHOTS_CHECKED)]:
+        assert dumped == dump(balances_as_of(workload_log, checkpoint))
+    assert reader.snapshot()[1] == head
+
+
+def test_balances_loaded_from_the_tables_equal_a_replay_at_their_checkpoint(
+    open_read_store, workload_log
+):
+    read_store = open_read_store("rm", workload_log)
     workload_log.visible = 1_000
     try:
         ProjectionRunner(workload_log, read_store).catch_up(batch_size=333)
     finally:
         workload_log.visible = None
-    restarted = ProjectionRunner(
-        workload_log, SqliteReadModelStore(tmp_path / "rm.sqlite", workload_log)
-    )
+    restarted = ProjectionRunner(workload_log, open_read_store("rm", workload_log))
     assert restarted.position == 1_000
     assert dump(restarted.balances) == dump(balances_as_of(workload_log, 1_000))
 
 
-def test_a_rebuild_replaces_whatever_the_read_model_held(tmp_path):
+def test_a_rebuild_replaces_whatever_the_read_model_held(open_read_store):
     events = handcrafted_log()
-    read_store = SqliteReadModelStore(tmp_path / "rm.sqlite", events)
+    read_store = open_read_store("rm", events)
     runner = ProjectionRunner(events, read_store)
     runner.catch_up()
     runner.balances.subscriptions[SUB].granted_ucr += 1  # damage memory, then rebuild
     assert runner.rebuild() == events.head().position
-    assert read_model_state(read_store, runner) == rebuilt(events, tmp_path / "fresh.sqlite")
+    assert read_model_state(read_store, runner) == rebuilt(events, open_read_store("fresh", events))
     assert read_store.usage_index_names() == {"rm_usage_by_time"}
 
 
-def test_a_batch_that_fails_leaves_tables_and_memory_at_the_last_checkpoint(tmp_path):
+def test_a_reset_for_a_bulk_load_drops_the_usage_index_until_it_is_built_again(open_read_store):
+    events = handcrafted_log()
+    read_store = open_read_store("rm", events)
+    ProjectionRunner(events, read_store).catch_up()
+    read_store.reset(drop_usage_indexes=True)
+    assert (read_store.checkpoint(), read_store.usage_index_rows()) == (0, [])
+    assert read_store.usage_index_names() == set()
+    read_store.create_usage_indexes()
+    assert read_store.usage_index_names() == {"rm_usage_by_time"}
+
+
+def test_a_batch_that_fails_leaves_tables_and_memory_at_the_last_checkpoint(open_read_store):
     events = handcrafted_log()
     good = events.head().position
     events.append(
         [charged("s1", ("pack", "p1", 1), event_id="overdraw")], events.head().recorded_at_us
     )
-    read_store = SqliteReadModelStore(tmp_path / "rm.sqlite", events)
+    read_store = open_read_store("rm", events)
     runner = ProjectionRunner(events, read_store)
     with pytest.raises(AssertionError):
         runner.catch_up(batch_size=good)
@@ -665,18 +775,76 @@ def test_a_batch_that_fails_leaves_tables_and_memory_at_the_last_checkpoint(tmp_
     assert dump(runner.balances) == dump(balances_as_of(events, good))
 
 
-def test_progress_is_reported_after_every_committed_batch(tmp_path):
+def test_a_batch_written_against_a_checkpoint_that_moved_writes_nothing(open_read_store):
+    events = handcrafted_log()
+    read_store = open_read_store("rm", events)
+    ProjectionRunner(events, read_store).catch_up(batch_size=4)
+    before = (dump(read_store.load_balances()), read_store.usage_index_rows())
+    stale = fold(*opened("team-9"))
+    rows = stale.take_changes()
+    for after in (0, 3, 5):
+        with pytest.raises(CheckpointMoved):
+            read_store.write_batch(after, 99, *rows, [(99, T0_US, "team-9", "x", "glm-5")])
+    assert read_store.checkpoint() == events.head().position
+    assert (dump(read_store.load_balances()), read_store.usage_index_rows()) == before
+
+
+def test_two_runners_racing_on_one_store_leave_it_equal_to_a_rebuild(open_read_store):
+    events = handcrafted_log()
+    head = events.head().position
+    first = ProjectionRunner(events, open_read_store("rm", events))
+    second = ProjectionRunner(events, open_read_store("rm", events))  # both start at 0
+    events.visible = head // 2
+    assert first.catch_up(batch_size=3) == head // 2
+    events.visible = None
+    # The second's first batch finds the checkpoint moved: it reloads and goes on from there.
+    assert second.catch_up(batch_size=3) == head
+    assert first.catch_up(batch_size=3) == head
+    expected = rebuilt(events, open_read_store("rebuilt", events))
+    assert read_model_state(open_read_store("rm", events), second) == expected
+    assert dump(first.balances) == dump(second.balances)
+
+
+def test_one_store_at_a_time_holds_the_writer_lock(open_read_store):
+    events = handcrafted_log()
+    first, second = open_read_store("rm", events), open_read_store("rm", events)
+    assert first.try_lock_writer()
+    assert first.try_lock_writer(), "taking it again while holding it is a no-op"
+    assert not second.try_lock_writer()
+    first.unlock_writer()
+    assert second.try_lock_writer()
+    assert not first.try_lock_writer()
+    second.close()
+    assert first.try_lock_writer(), "closing a store lets go of its lock"
+
+
+def test_a_reader_sees_what_the_store_wrote(open_read_store):
+    events = handcrafted_log()
+    read_store = open_read_store("rm", events)
+    reader = read_store.reader()
+    try:
+        ProjectionRunner(events, read_store).catch_up()
+        assert reader.checkpoint() == events.head().position
+        query = UsageQuery("team-2", limit=2)
+        assert reader.page(query) == read_store.usage(query)
+        with pytest.raises(InvalidUsageQuery):
+            reader.page(UsageQuery("team-2", limit=0))
+    finally:
+        reader.close()
+
+
+def test_progress_is_reported_after_every_committed_batch(open_read_store):
     events = handcrafted_log()
     head = events.head().position
     seen: list[tuple[int, int]] = []
-    runner = ProjectionRunner(events, SqliteReadModelStore(tmp_path / "rm.sqlite", events))
+    runner = ProjectionRunner(events, open_read_store("rm", events))
     runner.catch_up(batch_size=10, on_progress=lambda position, h: seen.append((position, h)))
     assert seen == [(min(p, head), head) for p in range(10, head + 10, 10)]
 
 
-def test_catching_up_with_nothing_new_writes_nothing(tmp_path):
+def test_catching_up_with_nothing_new_writes_nothing(open_read_store):
     events = handcrafted_log()
-    runner = ProjectionRunner(events, SqliteReadModelStore(tmp_path / "rm.sqlite", events))
+    runner = ProjectionRunner(events, open_read_store("rm", events))
     head = runner.catch_up()
     seen: list[tuple[int, int]] = []
     assert runner.catch_up(on_progress=lambda p, h: seen.append((p, h))) == head
@@ -687,7 +855,7 @@ def test_catching_up_with_nothing_new_writes_nothing(tmp_path):
 
 
 @pytest.fixture
-def usage_store(tmp_path) -> SqliteReadModelStore:
+def usage_store(open_read_store) -> ReadModelStore:
     """team-1: 30 charges on s1/s2, one hour apart, alternating models; team-2: 1 charge."""
     events = ListEventStore()
     events.append(
@@ -703,7 +871,7 @@ def usage_store(tmp_path) -> SqliteReadModelStore:
         [charged("x", ("seat", "x", 1), sub="team-2", event_id="x1")],
         T0_US + 31 * 3_600 * SECOND_US,
     )
-    read_store = SqliteReadModelStore(tmp_path / "rm.sqlite", events)
+    read_store = open_read_store("rm", events)
     ProjectionRunner(events, read_store).catch_up()
     return read_store
 
@@ -766,26 +934,26 @@ def test_paging_with_the_cursor_returns_every_row_exactly_once(usage_store, limi
 
 @pytest.mark.parametrize("limit", [1, 6, 25])
 def test_paging_through_rows_recorded_at_one_instant_returns_every_row_exactly_once(
-    tmp_path, limit
+    open_read_store, limit
 ):
     events = ListEventStore()
     events.append([*opened(), seat("s1")], T0_US)
     batch = [charged("s1", ("seat", "s1", 1), event_id=f"b{i}") for i in range(25)]
     events.append(batch, T0_US + SECOND_US)
-    read_store = SqliteReadModelStore(tmp_path / "rm.sqlite", events)
+    read_store = open_read_store("rm", events)
     ProjectionRunner(events, read_store).catch_up()
     rows = all_usage(read_store, UsageQuery(SUB, limit=limit))
     assert event_ids(rows) == [f"b{i}" for i in range(25)]
 
 
-def test_rows_far_apart_in_the_log_are_each_fetched_for_their_page(tmp_path):
+def test_rows_far_apart_in_the_log_are_each_fetched_for_their_page(open_read_store):
     events = ListEventStore()
     events.append([*opened(), seat("s1"), *opened("team-2"), seat("x", sub="team-2")], T0_US)
     for i in range(5):
         events.append([charged("s1", ("seat", "s1", 1), event_id=f"far{i}")], T0_US + i)
         noise = [SeatSuspended("team-2", "x", "credits_exhausted", "n")] * (MAX_FETCH_GAP + i)
         events.append(noise, T0_US + i)
-    read_store = SqliteReadModelStore(tmp_path / "rm.sqlite", events)
+    read_store = open_read_store("rm", events)
     ProjectionRunner(events, read_store).catch_up()
     assert event_ids(read_store.usage(UsageQuery(SUB)).items) == [f"far{i}" for i in range(5)]
 
@@ -829,12 +997,10 @@ def test_replay_reports_progress_as_records_folded_since_the_last_report(workloa
     assert all(0 < n <= PROGRESS_EVERY_RECORDS for n in told)
 
 
-def test_replay_to_a_position_equals_the_runner_caught_up_to_it(tmp_path, workload_log):
+def test_replay_to_a_position_equals_the_runner_caught_up_to_it(open_read_store, workload_log):
     workload_log.visible = 700
     try:
-        runner = ProjectionRunner(
-            workload_log, SqliteReadModelStore(tmp_path / "rm.sqlite", workload_log)
-        )
+        runner = ProjectionRunner(workload_log, open_read_store("rm", workload_log))
         runner.catch_up()
     finally:
         workload_log.visible = None

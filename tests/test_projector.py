@@ -1,5 +1,7 @@
 """The projector process: it brings the read model tables to the log's head on its own, only
-one writes a read store at a time, and it does not outlive the process that started it."""
+one writes a read store at a time, and it does not outlive the process that started it. The
+first two run over both kinds of store: SQLite files, and the log and read models in one
+PostgreSQL schema."""
 
 from __future__ import annotations
 
@@ -10,14 +12,15 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from ledger.application import Ledger
 from ledger.clock import ManualClock
 from ledger.log import us_from_datetime
 from projections.balances import dump
 from projections.replay import balances_as_of
-from projections.store import SqliteReadModelStore
 from schemas.usage import UsageEvent
-from services.bootstrap import bootstrap
+from services.bootstrap import bootstrap, open_event_store, open_read_store
 from services.config import Settings
 from services.projector import Projector
 from tests.workload import START, Workload
@@ -40,12 +43,25 @@ def written_log(settings: Settings, events: int = 600, seed: int = 5) -> int:
     return head
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    if request.param == "sqlite":
+        return Settings(data_dir=tmp_path)
+    return Settings(
+        data_dir=tmp_path,
+        database_url=request.getfixturevalue("postgres_url"),
+        database_schema=request.getfixturevalue("postgres_schema"),
+    )
+
+
 def checkpoint(settings: Settings) -> int:
-    store = SqliteReadModelStore(settings.read_model_path(), events=None)  # type: ignore[arg-type]
+    events = open_event_store(settings)
+    store = open_read_store(settings, events)
     try:
         return store.checkpoint()
     finally:
         store.close()
+        events.close()
 
 
 def wait_for(condition, what: str) -> None:
@@ -55,8 +71,7 @@ def wait_for(condition, what: str) -> None:
         time.sleep(0.05)
 
 
-def test_the_projector_brings_the_tables_to_the_head_equal_to_a_replay(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path)
+def test_the_projector_brings_the_tables_to_the_head_equal_to_a_replay(settings: Settings) -> None:
     head = written_log(settings)
     projector = Projector(settings)
     projector.start()
@@ -72,8 +87,7 @@ def test_the_projector_brings_the_tables_to_the_head_equal_to_a_replay(tmp_path:
         parts.close()
 
 
-def test_a_second_projector_waits_for_the_first_to_stop(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path)
+def test_a_second_projector_waits_for_the_first_to_stop(settings: Settings) -> None:
     written_log(settings, events=50)
     first, second = Projector(settings), Projector(settings)
     first.start()
@@ -86,6 +100,8 @@ def test_a_second_projector_waits_for_the_first_to_stop(tmp_path: Path) -> None:
         wait_for(lambda: checkpoint(settings) == head, "the head")
         first.stop()
         assert second.alive
+        head = written_log(settings, events=50, seed=7)
+        wait_for(lambda: checkpoint(settings) == head, "the second projector to take over")
     finally:
         first.stop()
         second.stop()

@@ -1,0 +1,97 @@
+"""What the runner, the projector and the API need of a read model store, whatever database holds
+it: `SqliteReadModelStore` (projections/store.py) and `PostgresReadModelStore`
+(projections/postgres_store.py) are each one.
+
+The guarantees every store keeps: a batch's changed balance rows, new usage rows and checkpoint
+are committed together, and only when the checkpoint is still where the writer left it (a
+compare-and-set), so the tables always hold the read model exactly as of their checkpoint, even
+when two writers race; a snapshot's balances and checkpoint agree; usage pages have the bounds,
+filters, order and cursor of `projections.usage`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final, Protocol
+
+from projections.balances import Balances, PackRow, SeatRow, SubscriptionRow
+from projections.usage import UsageIndexRow, UsageQuery
+from schemas.read_models import UsagePage
+
+DEFAULT_CHECKPOINT: Final = "read_models"
+
+
+class CheckpointMoved(RuntimeError):
+    """A batch was written against a checkpoint that another writer had moved since: nothing
+    of the batch was written."""
+
+
+class ReadModelReader(Protocol):
+    """A read-only view of a read model store with a connection of its own (the API's)."""
+
+    def page(self, query: UsageQuery) -> UsagePage:
+        """One page of usage rows. Raises `InvalidUsageQuery` (bad limit or cursor)."""
+        ...
+
+    def checkpoint(self, name: str = DEFAULT_CHECKPOINT) -> int:
+        """The log position the tables hold (0 before the first batch)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class ReadModelStore(Protocol):
+    """The read model tables: balances, the usage index and checkpoints."""
+
+    def checkpoint(self, name: str = DEFAULT_CHECKPOINT) -> int: ...
+
+    def write_batch(
+        self,
+        after: int,
+        position: int,
+        subscriptions: Sequence[SubscriptionRow],
+        seats: Sequence[SeatRow],
+        packs: Sequence[PackRow],
+        usage_rows: Sequence[UsageIndexRow],
+        name: str = DEFAULT_CHECKPOINT,
+    ) -> None:
+        """Upsert the changed balance rows, insert the new usage rows and move the checkpoint
+        from `after` to `position`, in one transaction. Raises `CheckpointMoved` (and writes
+        nothing) when the checkpoint is no longer `after`."""
+        ...
+
+    def reset(self, name: str = DEFAULT_CHECKPOINT, *, drop_usage_indexes: bool = False) -> None:
+        """Empty every read model table and set the checkpoint to 0, in one transaction; with
+        `drop_usage_indexes`, leave the usage table without its indexes for a bulk load."""
+        ...
+
+    def create_usage_indexes(self) -> None: ...
+
+    def snapshot(self, name: str = DEFAULT_CHECKPOINT) -> tuple[Balances, int]:
+        """The balances and their checkpoint, read consistently with each other."""
+        ...
+
+    def load_balances(self) -> Balances:
+        """The balances exactly as the tables hold them (as of the checkpoint)."""
+        ...
+
+    def usage(self, query: UsageQuery) -> UsagePage: ...
+
+    def usage_index_rows(self) -> list[UsageIndexRow]:
+        """Every usage index row in position order (for audits and tests; unbounded)."""
+        ...
+
+    def usage_index_names(self) -> set[str]: ...
+
+    def reader(self) -> ReadModelReader:
+        """A new read-only reader of these tables, with a connection of its own."""
+        ...
+
+    def try_lock_writer(self) -> bool:
+        """Become the one writer of these tables (the projector), without waiting: False when
+        another holds the lock. Held until `unlock_writer` or `close`."""
+        ...
+
+    def unlock_writer(self) -> None: ...
+
+    def close(self) -> None: ...
