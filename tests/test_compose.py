@@ -53,8 +53,27 @@ def dockerfile_lines() -> list[str]:
     return [line.strip() for line in (ROOT / "Dockerfile").read_text().splitlines()]
 
 
-def test_compose_runs_redis_and_the_ledger(compose: dict[str, Any]) -> None:
-    assert set(compose["services"]) == {"redis", "ledger"}
+def test_compose_runs_redis_and_the_ledger_by_default(compose: dict[str, Any]) -> None:
+    default = {name for name, service in compose["services"].items() if "profiles" not in service}
+    assert default == {"redis", "ledger"}
+
+
+def test_the_scale_profile_runs_postgres_two_ingest_workers_and_two_api_replicas(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    scaled = {name for name, service in services.items() if "scale" in service.get("profiles", ())}
+    assert scaled == {"postgres", "ingest", "api"}
+    for name, role in (("ingest", "ingest"), ("api", "api")):
+        service = services[name]
+        assert service["command"] == ["serve", "--role", role]
+        assert service["deploy"]["replicas"] == 2
+        environment = service["environment"]
+        assert environment["LEDGER_DATABASE_URL"].startswith("postgresql://")
+        assert environment["LEDGER_DATABASE_URL"].endswith("@postgres:5432/ledger")
+        assert int(environment["LEDGER_PARTITIONS"]) > 1
+        assert service["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert services["postgres"]["image"].startswith("postgres:15")
 
 
 def test_every_service_has_a_healthcheck(compose: dict[str, Any]) -> None:
