@@ -1,5 +1,7 @@
 """End to end on PostgreSQL: `ledger serve --role ingest` workers drain a backlog of usage
-events spread over the partitions of the stream, with 1, 2, ... workers.
+events spread over the partitions of the stream, with 1, 2, ... workers; beside them the same
+workload through the embedded default (`ledger serve`, role `all`, the log in SQLite). After
+each run the whole log is replayed into balances in memory, from its store.
 
     python bench/bench_pg_workers.py [--events N] [--partitions P] [--workers 1,2] [--url URL]
 
@@ -32,8 +34,11 @@ from psycopg import sql
 
 from ledger.partitions import partition_streams
 from ledger.postgres_store import PostgresEventStore
+from projections.replay import balances_as_of
 from schemas.usage import UsageEvent
+from services.bootstrap import open_event_store
 from services.client import UsagePublisher
+from services.config import Settings
 from services.postgres_server import LocalPostgres
 from services.redis_server import EmbeddedRedis
 
@@ -96,9 +101,81 @@ def drained(client: redis.Redis, streams: list[str]) -> bool:
     return True
 
 
+def replay_rate(settings: Settings) -> float:
+    """Records per second folding the whole log into balances (what `ledger replay` does)."""
+    store = open_event_store(settings)
+    try:
+        head = store.head().position
+        started = time.perf_counter()
+        balances_as_of(store, head)
+        return head / (time.perf_counter() - started)
+    finally:
+        store.close()
+
+
+def drain(redis_url: str, stream: str, partitions: int, events: int) -> float:
+    """Publish the workload, then wait until every partition's group acknowledged it all."""
+    items = workload(events, random.Random(2026))
+    client = redis.Redis.from_url(redis_url)
+    streams = partition_streams(stream, partitions)
+    started = time.perf_counter()
+    with UsagePublisher(redis_url, stream, partitions=partitions) as publisher:
+        publisher.publish_many(items)
+    published = time.perf_counter() - started
+    while not drained(client, streams):
+        if time.perf_counter() - started > DRAIN_TIMEOUT_S:
+            raise SystemExit("not drained in time")
+        time.sleep(POLL_S)
+    elapsed = time.perf_counter() - started
+    client.delete(*streams)
+    client.close()
+    print(f"  published in {published:.2f} s", flush=True)
+    return elapsed
+
+
+def run_sqlite(redis_url: str, workdir: Path, events: int) -> tuple[float, float]:
+    """The embedded default: one `ledger serve` (role all), the log in SQLite, 1 partition."""
+    stream = f"bench.{uuid.uuid4().hex[:8]}.usage"
+    data_dir = workdir / f"sqlite-{stream}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
+    env.update(
+        LEDGER_REDIS_URL=redis_url,
+        LEDGER_USAGE_STREAM=stream,
+        LEDGER_DATA_DIR=str(data_dir),
+        LEDGER_PORT=str(_free_port()),
+    )
+    command = [sys.executable, "-m", "services.cli"]
+    setup = subprocess.run(
+        [*command, "backfill", "-"], input=setup_lines(), env=env, text=True, capture_output=True
+    )
+    if setup.returncode != 0:
+        raise SystemExit(f"backfill failed: {setup.stderr[-2000:]}")
+    log = (workdir / f"sqlite-{stream}.log").open("wb")
+    process = subprocess.Popen([*command, "serve"], env=env, stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while b"ledger.started" not in (workdir / f"sqlite-{stream}.log").read_bytes():
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise SystemExit("ledger serve did not start")
+            time.sleep(POLL_S)
+        elapsed = drain(redis_url, stream, 1, events)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+    return elapsed, replay_rate(Settings(data_dir=data_dir))
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def run(
     url: str, redis_url: str, workdir: Path, events: int, partitions: int, workers: int
-) -> float:
+) -> tuple[float, float]:
     schema = f"bench_{uuid.uuid4().hex[:12]}"
     stream = f"bench.{uuid.uuid4().hex[:8]}.usage"
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
@@ -138,22 +215,9 @@ def run(
                 raise SystemExit(f"workers did not share the partitions: {live}")
             time.sleep(POLL_S)
         leases.close()
-        items = workload(events, random.Random(2026))
-        client = redis.Redis.from_url(redis_url)
-        streams = partition_streams(stream, partitions)
-        started = time.perf_counter()
-        with UsagePublisher(redis_url, stream, partitions=partitions) as publisher:
-            publisher.publish_many(items)
-        published = time.perf_counter() - started
-        while not drained(client, streams):
-            if time.perf_counter() - started > DRAIN_TIMEOUT_S:
-                raise SystemExit("not drained in time")
-            time.sleep(POLL_S)
-        elapsed = time.perf_counter() - started
-        client.delete(*streams)
-        client.close()
-        print(f"  published in {published:.2f} s", flush=True)
-        return elapsed
+        elapsed = drain(redis_url, stream, partitions, events)
+        replay = replay_rate(Settings(database_url=url, database_schema=schema))
+        return elapsed, replay
     finally:
         for process in processes:
             process.send_signal(signal.SIGTERM)
@@ -175,14 +239,21 @@ def main() -> None:
         url = args.url or resources.enter_context(LocalPostgres(durable=True)).url
         embedded = resources.enter_context(EmbeddedRedis(workdir / "redis", appendonly=False))
         print(
-            f"{args.events:,} usage events, {args.partitions} partitions, "
-            f"{SUBSCRIPTIONS} subscriptions; from publishing to all acknowledged"
+            f"{args.events:,} usage events, {SUBSCRIPTIONS} subscriptions; end to end = from"
+            " publishing to all acknowledged; replay = the whole log folded in memory"
         )
+        rows = []
+        seconds, replay = run_sqlite(embedded.url, workdir, args.events)
+        rows.append(("SQLite, ledger serve (role all)", 1, seconds, replay))
         for workers in (int(w) for w in args.workers.split(",")):
-            seconds = run(url, embedded.url, workdir, args.events, args.partitions, workers)
+            seconds, replay = run(url, embedded.url, workdir, args.events, args.partitions, workers)
+            name = f"PostgreSQL, {args.partitions} partitions, --role ingest"
+            rows.append((name, workers, seconds, replay))
+        print(f"\n{'store':<44} {'workers':>7} {'seconds':>8} {'events/s':>10} {'replay/s':>10}")
+        for name, workers, seconds, replay in rows:
             print(
-                f"{workers} worker(s): {seconds:.2f} s, {args.events / seconds:,.0f} events/s",
-                flush=True,
+                f"{name:<44} {workers:>7} {seconds:>8.2f} {args.events / seconds:>10,.0f}"
+                f" {replay:>10,.0f}"
             )
 
 
