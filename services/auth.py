@@ -1,8 +1,10 @@
 """API tokens (SPEC §3 "Access"): roles, subscription scopes, and only SHA-256 hashes stored.
 
 A token is `lt_` followed by 43 URL-safe characters (256 random bits); the table keeps its
-hash, never the token. Tokens live in a SQLite file of their own, beside the read models.
-Every `authenticate` asks the table, so a revocation holds from the next request on.
+hash, never the token. `TokenStore` is the contract; `SqliteTokenStore` keeps the table in a
+SQLite file of its own beside the read models, `services.postgres_tokens.PostgresTokenStore` in
+the log's PostgreSQL schema, shared by every API process. Every `authenticate` asks the table,
+so a revocation holds from the next request on, in every process that reads that table.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Final, Literal, get_args
+from typing import Final, Literal, Protocol, get_args
 
 import msgspec
 
@@ -85,7 +87,58 @@ def check_scope(role: Role, subscription_ids: Iterable[str] | None) -> frozenset
     return scope
 
 
-class TokenStore:
+def new_token_id() -> str:
+    return "tok_" + secrets.token_hex(8)
+
+
+def check_admin_token(token: str) -> None:
+    """Raises `InvalidTokenRequest` unless `token` can be the bootstrap admin token."""
+    if not token or len(token) > MAX_TOKEN_CHARS:
+        raise InvalidTokenRequest(f"an admin token is 1 to {MAX_TOKEN_CHARS} characters")
+
+
+def encode_scope(scope: frozenset[str] | None) -> str | None:
+    """The `subscription_ids` column: a sorted JSON list, or NULL for every subscription."""
+    return None if scope is None else msgspec.json.encode(sorted(scope)).decode()
+
+
+def principal_of(
+    digest: bytes, row: tuple[str, bytes, Role, str | None] | None
+) -> Principal | None:
+    """The principal of a token row found by `digest`; the stored hash is compared again in
+    constant time, whatever index found the row."""
+    if row is None:
+        return None
+    token_id, stored, role, scope_json = row
+    if not hmac.compare_digest(bytes(stored), digest):
+        return None
+    scope = None if scope_json is None else frozenset(msgspec.json.decode(scope_json))
+    return Principal(token_id=token_id, role=role, subscription_ids=scope)
+
+
+class TokenStore(Protocol):
+    """Where the API's tokens live: one table of hashes, read by every request."""
+
+    def create(self, role: Role, subscription_ids: Iterable[str] | None = None) -> tuple[str, str]:
+        """A new token: (token_id, token). The token is shown to the caller once, never kept."""
+        ...
+
+    def set_bootstrap_admin(self, token: str) -> None:
+        """Make `token` the bootstrap admin token, replacing (and un-revoking) the previous one."""
+        ...
+
+    def revoke(self, token_id: str) -> bool:
+        """Revoke a token at once; False when no live token has that id."""
+        ...
+
+    def authenticate(self, bearer: str) -> Principal | None:
+        """The principal of a live token; None for an unknown, revoked or malformed one."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class SqliteTokenStore:
     """The token table in the SQLite file at `path` (created with its folder when absent).
 
     Safe to share between threads (a lock guards the one connection).
@@ -109,21 +162,20 @@ class TokenStore:
     def create(self, role: Role, subscription_ids: Iterable[str] | None = None) -> tuple[str, str]:
         """A new token: (token_id, token). The token is shown to the caller once, never kept."""
         scope = check_scope(role, subscription_ids)
-        token_id = "tok_" + secrets.token_hex(8)
+        token_id = new_token_id()
         token = new_token()
         self._insert(token_id, token, role, scope)
         return token_id, token
 
     def set_bootstrap_admin(self, token: str) -> None:
         """Make `token` the bootstrap admin token, replacing (and un-revoking) the previous one."""
-        if not token or len(token) > MAX_TOKEN_CHARS:
-            raise InvalidTokenRequest(f"an admin token is 1 to {MAX_TOKEN_CHARS} characters")
+        check_admin_token(token)
         with self._lock:
             self._db.execute("DELETE FROM api_tokens WHERE token_id = ?", (BOOTSTRAP_ADMIN_ID,))
             self._db.execute(
                 "INSERT INTO api_tokens (token_id, token_hash, role, subscription_ids,"
                 " created_at_us) VALUES (?, ?, 'admin', NULL, ?)",
-                (BOOTSTRAP_ADMIN_ID, token_hash(token), _now_us()),
+                (BOOTSTRAP_ADMIN_ID, token_hash(token), now_us()),
             )
 
     def revoke(self, token_id: str) -> bool:
@@ -132,7 +184,7 @@ class TokenStore:
             cursor = self._db.execute(
                 "UPDATE api_tokens SET revoked_at_us = ?"
                 " WHERE token_id = ? AND revoked_at_us IS NULL",
-                (_now_us(), token_id),
+                (now_us(), token_id),
             )
         return cursor.rowcount == 1
 
@@ -147,21 +199,14 @@ class TokenStore:
                 " WHERE token_hash = ? AND revoked_at_us IS NULL",
                 (digest,),
             ).fetchone()
-        if row is None:
-            return None
-        token_id, stored, role, scope_json = row
-        if not hmac.compare_digest(bytes(stored), digest):
-            return None
-        scope = None if scope_json is None else frozenset(msgspec.json.decode(scope_json))
-        return Principal(token_id=token_id, role=role, subscription_ids=scope)
+        return principal_of(digest, row)
 
     def _insert(self, token_id: str, token: str, role: Role, scope: frozenset[str] | None) -> None:
-        scope_json = None if scope is None else msgspec.json.encode(sorted(scope)).decode()
         with self._lock:
             self._db.execute(
                 "INSERT INTO api_tokens (token_id, token_hash, role, subscription_ids,"
                 " created_at_us) VALUES (?, ?, ?, ?, ?)",
-                (token_id, token_hash(token), role, scope_json, _now_us()),
+                (token_id, token_hash(token), role, encode_scope(scope), now_us()),
             )
 
 
@@ -188,5 +233,5 @@ def ensure_admin_token(tokens: TokenStore, data_dir: Path, env_token: str | None
     return token
 
 
-def _now_us() -> int:
+def now_us() -> int:
     return time.time_ns() // 1_000

@@ -32,6 +32,7 @@ from services.auth import (
     TOKEN_PREFIX,
     TOKENS_FILE,
     InvalidTokenRequest,
+    SqliteTokenStore,
     TokenStore,
     ensure_admin_token,
 )
@@ -106,7 +107,7 @@ def api(tmp_path: Path) -> Iterator[Api]:
     # Like `ledger serve`: the ledger and the read models live on one writer thread.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-writer") as executor:
         app, clock, metrics, close = executor.submit(_open_app, tmp_path, executor).result()
-        tokens = TokenStore(tmp_path / "tokens.sqlite3")
+        tokens = SqliteTokenStore(tmp_path / "tokens.sqlite3")
         tokens.set_bootstrap_admin(ADMIN)
         app = app(tokens)
         with TestClient(app) as client:
@@ -924,7 +925,7 @@ def test_tokens_are_not_stored_in_clear(api: Api) -> None:
 
 
 def test_the_admin_token_is_generated_once_with_mode_0600(tmp_path: Path) -> None:
-    tokens = TokenStore(tmp_path / "tokens.sqlite3")
+    tokens = SqliteTokenStore(tmp_path / "tokens.sqlite3")
     data_dir = tmp_path / "data"
     token = ensure_admin_token(tokens, data_dir, None)
     assert token is not None and token.startswith(TOKEN_PREFIX)
@@ -943,7 +944,7 @@ def test_the_admin_token_is_generated_once_with_mode_0600(tmp_path: Path) -> Non
 
 
 def test_scopes_follow_the_role(tmp_path: Path) -> None:
-    tokens = TokenStore(tmp_path / "tokens.sqlite3")
+    tokens = SqliteTokenStore(tmp_path / "tokens.sqlite3")
     for role, scope in [
         ("viewer", None),
         ("viewer", ["a", "b"]),
@@ -971,7 +972,7 @@ def test_pack_expiry_countdown_uses_the_ledger_clock(api: Api) -> None:
 
 
 def test_the_app_serves_a_bootstrapped_process(tmp_path: Path) -> None:
-    tokens = TokenStore(tmp_path / TOKENS_FILE)
+    tokens = SqliteTokenStore(tmp_path / TOKENS_FILE)
     admin = ensure_admin_token(tokens, tmp_path, None)
     assert admin is not None
     with ThreadPoolExecutor(max_workers=1) as executor:
@@ -1007,7 +1008,7 @@ def test_the_app_serves_a_bootstrapped_process(tmp_path: Path) -> None:
 
 def test_a_bootstrapped_manual_clock_moves_for_every_process_reading_it(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, clock="manual", clock_start=ANCHOR)
-    tokens = TokenStore(tmp_path / TOKENS_FILE)
+    tokens = SqliteTokenStore(tmp_path / TOKENS_FILE)
     tokens.set_bootstrap_admin(ADMIN)
     with ThreadPoolExecutor(max_workers=1) as executor:
 
