@@ -29,12 +29,12 @@ import uvloop
 from ledger.log import EventStore
 from projections.live import LiveBalances
 from services.api import create_app
-from services.auth import TOKENS_FILE, TokenStore
 from services.bootstrap import (
     make_clock,
     open_event_store,
     open_read_model_reader,
     open_read_store,
+    open_token_store,
 )
 from services.children import ChildProcess, die_with_parent
 from services.config import Settings
@@ -106,7 +106,7 @@ def run_api_process(settings: Settings, connection: Connection, ready: Event) ->
 async def _serve(settings: Settings, connection: Connection, ready: Event) -> None:
     follower = Follower(settings)
     await follower.open()
-    tokens = TokenStore(settings.data_dir / TOKENS_FILE)
+    tokens = open_token_store(settings)
     events = open_event_store(settings)
     writer = RemoteWriter(connection, follower.catch_up)
     app = create_app(

@@ -15,7 +15,9 @@ from projections.postgres_store import PostgresReadModelReader, PostgresReadMode
 from projections.read_store import ReadModelReader, ReadModelStore
 from projections.runner import ProjectionRunner
 from projections.store import SqliteReadModelReader, SqliteReadModelStore
+from services.auth import TOKENS_FILE, SqliteTokenStore, TokenStore
 from services.config import ConfigError, Settings, default_consumer_name
+from services.postgres_tokens import PostgresTokenStore
 
 
 def open_event_store(settings: Settings) -> EventStore:
@@ -64,6 +66,16 @@ def open_read_model_reader(settings: Settings, store: EventStore) -> ReadModelRe
     if url is not None:
         return PostgresReadModelReader(url, store, schema=settings.database_schema)
     return SqliteReadModelReader(settings.read_model_path(), store)
+
+
+def open_token_store(settings: Settings) -> TokenStore:
+    """With the log in PostgreSQL, the API tokens are in its schema, shared by every API
+    process (a revocation holds on all of them at once); with SQLite, in a file of their own
+    in the data dir."""
+    url = settings.postgres_url()
+    if url is not None:
+        return PostgresTokenStore(url, schema=settings.database_schema)
+    return SqliteTokenStore(settings.data_dir / TOKENS_FILE)
 
 
 def make_clock(settings: Settings) -> Clock:

@@ -43,8 +43,8 @@ import structlog
 from ledger.application import Ledger
 from ledger.leases import Fence
 from services.api_process import ApiProcess
-from services.auth import TOKENS_FILE, TokenStore, ensure_admin_token
-from services.bootstrap import Parts, bootstrap, open_lease_store
+from services.auth import ensure_admin_token
+from services.bootstrap import Parts, bootstrap, open_lease_store, open_token_store
 from services.config import ConfigError, Settings, default_consumer_name
 from services.ingest import (
     BROKER_LOGGER,
@@ -316,7 +316,7 @@ async def run(settings: Settings) -> None:
 
 
 def _install_admin_token(settings: Settings) -> None:
-    tokens = TokenStore(settings.data_dir / TOKENS_FILE)
+    tokens = open_token_store(settings)
     try:
         generated = ensure_admin_token(tokens, settings.data_dir, settings.admin_token)
     finally:
