@@ -5,7 +5,6 @@ admin writes through the single writer, the manual clock and /metrics (SPEC §3 
 from __future__ import annotations
 
 import re
-import stat
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,10 +27,8 @@ from schemas.commands import AddSeat, BuyPack, Command, OpenSubscription
 from schemas.usage import UsageEvent
 from services.api import PROBLEM_BASE, PROBLEMS, REJECTION_PROBLEMS, app_from_parts, create_app
 from services.auth import (
-    ADMIN_TOKEN_FILE,
     TOKEN_PREFIX,
     TOKENS_FILE,
-    InvalidTokenRequest,
     SqliteTokenStore,
     TokenStore,
     ensure_admin_token,
@@ -919,50 +916,6 @@ def test_tokens_are_not_stored_in_clear(api: Api) -> None:
     for secret in (token, created.json()["token"], ADMIN):
         assert secret.encode() not in stored
         assert secret[len(TOKEN_PREFIX) :].encode() not in stored
-
-
-# -- tokens ---------------------------------------------------------------------------------
-
-
-def test_the_admin_token_is_generated_once_with_mode_0600(tmp_path: Path) -> None:
-    tokens = SqliteTokenStore(tmp_path / "tokens.sqlite3")
-    data_dir = tmp_path / "data"
-    token = ensure_admin_token(tokens, data_dir, None)
-    assert token is not None and token.startswith(TOKEN_PREFIX)
-    path = data_dir / ADMIN_TOKEN_FILE
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert path.read_text().strip() == token
-    principal = tokens.authenticate(token)
-    assert principal is not None and principal.role == "admin"
-    assert ensure_admin_token(tokens, data_dir, None) is None  # printed once only
-    assert tokens.authenticate(token) is not None
-    # LEDGER_ADMIN_TOKEN replaces it.
-    assert ensure_admin_token(tokens, data_dir, "lt_from-env") is None
-    assert tokens.authenticate("lt_from-env") is not None
-    assert tokens.authenticate(token) is None
-    tokens.close()
-
-
-def test_scopes_follow_the_role(tmp_path: Path) -> None:
-    tokens = SqliteTokenStore(tmp_path / "tokens.sqlite3")
-    for role, scope in [
-        ("viewer", None),
-        ("viewer", ["a", "b"]),
-        ("gateway", []),
-        ("admin", ["a"]),
-        ("auditor", ["a"]),
-        ("root", None),
-    ]:
-        with pytest.raises(InvalidTokenRequest):
-            tokens.create(role, scope)  # type: ignore[arg-type]
-    token_id, token = tokens.create("gateway", ["a", "b"])
-    principal = tokens.authenticate(token)
-    assert principal is not None and principal.token_id == token_id
-    assert principal.sees("a") and principal.sees("b") and not principal.sees("c")
-    assert tokens.authenticate(token + "x") is None and tokens.authenticate("") is None
-    assert tokens.revoke(token_id) and not tokens.revoke(token_id)
-    assert tokens.authenticate(token) is None
-    tokens.close()
 
 
 def test_pack_expiry_countdown_uses_the_ledger_clock(api: Api) -> None:
