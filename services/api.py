@@ -48,6 +48,7 @@ from ledger.errors import (
     SeatExists,
     SeatIsRemoved,
     SeatNotInSubscription,
+    StoreError,
     SubscriptionExists,
     UnknownModel,
     UnknownSeat,
@@ -112,6 +113,7 @@ from services.bootstrap import Parts
 from services.console import console_router
 from services.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from services.metrics import METRICS, WRITER_METRIC_NAMES, LedgerMetrics
+from services.write_channel import WriteChannelError
 from services.writer import Writer
 
 API_VERSION: Final = "1"
@@ -151,6 +153,7 @@ PROBLEMS: Final[dict[str, tuple[int, str]]] = {
     "unsupported-media-type": (415, "Unsupported media type"),
     "internal": (500, "Internal error"),
     "not-ready": (503, "Not ready"),
+    "write-unavailable": (503, "The write could not be carried out now; retry it"),
 }
 """Every problem type the API answers with: slug -> (HTTP status, title). Stable."""
 
@@ -253,6 +256,17 @@ def _on_http(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, An
     )
     # Keep what the framework says must go with the status (`Allow` on a 405, RFC 9110).
     return problem_response(slug, str(exc.detail), dict(exc.headers or {}) or None)
+
+
+def _on_write_unavailable(
+    request: Request[Any, Any, Any], exc: Exception
+) -> Response[dict[str, Any]]:
+    """The log's store or the writer could not take a write now (busy, reconnecting, the writer
+    process restarting): 503 with Retry-After. Writes are idempotent, so a retry is safe."""
+    log.warning("api.write_unavailable", path=request.url.path, error=str(exc))
+    return problem_response(
+        "write-unavailable", f"{type(exc).__name__}: {exc}", {"Retry-After": "1"}
+    )
 
 
 def _on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
@@ -1151,6 +1165,8 @@ def create_app(
         Problem: _on_problem,
         ValidationException: _on_validation,
         HTTPException: _on_http,
+        StoreError: _on_write_unavailable,
+        WriteChannelError: _on_write_unavailable,
         Exception: _on_unexpected,
     }
     v1_handlers: list[HTTPRouteHandler] = [
@@ -1269,7 +1285,7 @@ class ProblemView(msgspec.Struct, frozen=True):
     errors: list[dict[str, Any]] | None = None
 
 
-V1_PROBLEM_STATUSES: Final = (400, 401, 403, 404, 409, 413, 415)
+V1_PROBLEM_STATUSES: Final = (400, 401, 403, 404, 409, 413, 415, 503)
 """What any /v1 path may answer besides success (a read never 409s; documenting it costs
 nothing and keeps one list)."""
 

@@ -17,7 +17,7 @@ from litestar.testing import TestClient
 
 from ledger.application import Ledger
 from ledger.clock import Clock, ManualClock
-from ledger.errors import Rejected
+from ledger.errors import ConcurrentAppend, Rejected
 from ledger.log import us_from_datetime
 from ledger.rate_card import load_rate_card
 from ledger.sqlite_store import SqliteEventStore
@@ -983,3 +983,22 @@ def test_a_bootstrapped_manual_clock_moves_for_every_process_reading_it(tmp_path
     tokens.close()
     # `ledger clock show` in another process reads the same file.
     assert make_clock(settings).now_us() == us_from_datetime(datetime(2026, 2, 28, 9, tzinfo=UTC))
+
+
+def test_a_write_the_store_cannot_take_now_is_503_with_retry_after_and_a_retry_buys_once(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def busy(self: Ledger, commands: Any) -> Any:
+        raise ConcurrentAppend(41, 44)
+
+    key = {"Idempotency-Key": "buy-when-busy"}
+    with monkeypatch.context() as patched:
+        patched.setattr(Ledger, "execute", busy)
+        refused = api.post("/v1/subscriptions/team-1/packs", None, **key)
+    body = _problem(refused, 503, "write-unavailable")
+    assert refused.headers["retry-after"] == "1"
+    assert "ConcurrentAppend" in body["detail"]
+    bought = api.post("/v1/subscriptions/team-1/packs", None, **key)
+    again = api.post("/v1/subscriptions/team-1/packs", None, **key)
+    assert (bought.status_code, again.status_code) == (201, 200)
+    assert bought.json()["pack_id"] == again.json()["pack_id"]
