@@ -15,8 +15,10 @@ from typing import Protocol
 
 import msgspec
 
+from ledger.errors import DuplicateUsageKey
+from ledger.idempotency import UsageKey
 from ledger.leases import Fence
-from schemas.events import LogEvent
+from schemas.events import LogEvent, UsageCharged
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -130,3 +132,29 @@ class EventStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def charges_in(events: Sequence[LogEvent]) -> list[tuple[int, UsageKey, str]]:
+    """(index in the batch, key, payload digest) of each charge; a key twice is refused."""
+    charges: list[tuple[int, UsageKey, str]] = []
+    seen: set[UsageKey] = set()
+    for index, event in enumerate(events):
+        if isinstance(event, UsageCharged):
+            key = (event.subscription_id, event.event_id)
+            if key in seen:
+                raise DuplicateUsageKey(f"usage key {key} appears twice in one append")
+            seen.add(key)
+            charges.append((index, key, event.payload_digest))
+    return charges
+
+
+def chained(head: Head, recorded_at_us: int, encoded: list[bytes]) -> list[StoredRecord]:
+    """The records of `encoded` events appended after `head` at one instant, each chained to
+    the one before it."""
+    records: list[StoredRecord] = []
+    prev_hash = head.hash
+    for position, data in enumerate(encoded, start=head.position + 1):
+        digest = record_hash(prev_hash, position, recorded_at_us, data)
+        records.append(StoredRecord(position, recorded_at_us, data, prev_hash, digest))
+        prev_hash = digest
+    return records

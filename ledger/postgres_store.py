@@ -49,6 +49,7 @@ from ledger.errors import (
     LeaseLost,
     StoreError,
 )
+from ledger.idempotency import UsageKey
 from ledger.leases import RENEWALS_PER_TTL, Fence, Lease, LeaseHolder
 from ledger.log import (
     EVENT_ENCODER,
@@ -57,9 +58,10 @@ from ledger.log import (
     Head,
     PriorCharge,
     StoredRecord,
-    record_hash,
+    chained,
+    charges_in,
 )
-from schemas.events import LogEvent, UsageCharged
+from schemas.events import LogEvent
 
 DEFAULT_SCHEMA = "public"
 
@@ -87,8 +89,6 @@ MAX_SCHEMA_NAME_CHARS = 63
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
-UsageKey = tuple[str, str]
-"""(subscription_id, event_id)."""
 
 _USAGE_KEYS_PRIMARY_KEY = "usage_keys_pkey"
 
@@ -239,7 +239,7 @@ class PostgresEventStore:
         if not INT64_MIN <= recorded_at_us <= INT64_MAX:
             raise ValueError(f"recorded_at_us {recorded_at_us} does not fit in 64 bits")
         encoded = [EVENT_ENCODER.encode(event) for event in events]
-        charges = _charges_in(events)
+        charges = charges_in(events)
         with self._lock:
             self._reconnect_if_broken()
             try:
@@ -263,7 +263,7 @@ class PostgresEventStore:
                             f"recorded_at_us {recorded_at_us} is earlier than the head's "
                             f"{head.recorded_at_us} (position {head.position})"
                         )
-                    records = _chained(head, recorded_at_us, encoded)
+                    records = chained(head, recorded_at_us, encoded)
                     if charges:
                         self._db.execute(self._q.insert_keys, _key_columns(charges, records))
                     self._db.execute(self._q.insert_records, _record_columns(records, events))
@@ -636,30 +636,6 @@ def _head_of(row: tuple[int, bytes, int] | None) -> Head:
         return Head(0, GENESIS_HASH, 0)
     position, digest, recorded_at_us = row
     return Head(position, bytes(digest), recorded_at_us)
-
-
-def _charges_in(events: Sequence[LogEvent]) -> list[tuple[int, UsageKey, str]]:
-    """(index in the batch, key, payload digest) of each charge; a key twice is refused."""
-    charges: list[tuple[int, UsageKey, str]] = []
-    seen: set[UsageKey] = set()
-    for index, event in enumerate(events):
-        if isinstance(event, UsageCharged):
-            key = (event.subscription_id, event.event_id)
-            if key in seen:
-                raise DuplicateUsageKey(f"usage key {key} appears twice in one append")
-            seen.add(key)
-            charges.append((index, key, event.payload_digest))
-    return charges
-
-
-def _chained(head: Head, recorded_at_us: int, encoded: list[bytes]) -> list[StoredRecord]:
-    records: list[StoredRecord] = []
-    prev_hash = head.hash
-    for position, data in enumerate(encoded, start=head.position + 1):
-        digest = record_hash(prev_hash, position, recorded_at_us, data)
-        records.append(StoredRecord(position, recorded_at_us, data, prev_hash, digest))
-        prev_hash = digest
-    return records
 
 
 def _record_columns(records: list[StoredRecord], events: Sequence[LogEvent]) -> list[list[Any]]:

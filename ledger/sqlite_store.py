@@ -36,6 +36,7 @@ from ledger.errors import (
     LeaseLost,
     StoreError,
 )
+from ledger.idempotency import UsageKey
 from ledger.leases import Fence, Lease, LeaseHolder
 from ledger.log import (
     EVENT_ENCODER,
@@ -44,10 +45,11 @@ from ledger.log import (
     Head,
     PriorCharge,
     StoredRecord,
+    chained,
+    charges_in,
     datetime_from_us,
-    record_hash,
 )
-from schemas.events import LogEvent, UsageCharged
+from schemas.events import LogEvent
 
 SCHEMA_VERSION = 1
 
@@ -77,8 +79,6 @@ SQL_VARIABLES_PER_QUERY = 500
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
-UsageKey = tuple[str, str]
-"""(subscription_id, event_id)."""
 
 UsageKeyHash = Callable[[str, str], int]
 
@@ -215,7 +215,7 @@ class SqliteEventStore:
         if not INT64_MIN <= recorded_at_us <= INT64_MAX:
             raise ValueError(f"recorded_at_us {recorded_at_us} does not fit in 64 bits")
         encoded = [EVENT_ENCODER.encode(event) for event in events]
-        charges = _charges_in(events)
+        charges = charges_in(events)
         hashed = {key: self._key_hash(*key) for _, key, _ in charges}
         with self._lock:
             with self._transaction("BEGIN IMMEDIATE"):
@@ -229,7 +229,7 @@ class SqliteEventStore:
                         f"recorded_at_us {recorded_at_us} is earlier than the head's "
                         f"{head.recorded_at_us} (position {head.position})"
                     )
-                records = _chained(head, recorded_at_us, encoded)
+                records = chained(head, recorded_at_us, encoded)
                 recent_rows, overflow_rows = self._place_keys(charges, hashed, head.position + 1)
                 self._db.executemany(_INSERT_RECORD, _log_rows(records, events))
                 if recent_rows:
@@ -621,30 +621,6 @@ class SqliteEventStore:
             "UPDATE meta SET value = ? WHERE key = 'usage_keys_merged_through'", (str(through),)
         )
         return True
-
-
-def _charges_in(events: Sequence[LogEvent]) -> list[tuple[int, UsageKey, str]]:
-    """(index in the batch, key, payload digest) of each charge; a key twice is refused."""
-    charges: list[tuple[int, UsageKey, str]] = []
-    seen: set[UsageKey] = set()
-    for index, event in enumerate(events):
-        if isinstance(event, UsageCharged):
-            key = (event.subscription_id, event.event_id)
-            if key in seen:
-                raise DuplicateUsageKey(f"usage key {key} appears twice in one append")
-            seen.add(key)
-            charges.append((index, key, event.payload_digest))
-    return charges
-
-
-def _chained(head: Head, recorded_at_us: int, encoded: list[bytes]) -> list[StoredRecord]:
-    records: list[StoredRecord] = []
-    prev_hash = head.hash
-    for position, data in enumerate(encoded, start=head.position + 1):
-        digest = record_hash(prev_hash, position, recorded_at_us, data)
-        records.append(StoredRecord(position, recorded_at_us, data, prev_hash, digest))
-        prev_hash = digest
-    return records
 
 
 def _log_rows(

@@ -33,10 +33,10 @@ import psycopg
 from psycopg import sql
 
 from ledger.errors import StoreError
-from ledger.log import datetime_from_us, us_from_datetime
+from ledger.log import us_from_datetime
 from ledger.postgres_store import migration_lock_key
 from projections.balances import Balances, PackRow, SeatRow, SubscriptionRow
-from projections.read_store import DEFAULT_CHECKPOINT, CheckpointMoved
+from projections.read_store import DEFAULT_CHECKPOINT, CheckpointMoved, balances_from_rows
 from projections.usage import (
     USAGE_INDEX_NAMES,
     RecordReader,
@@ -536,56 +536,11 @@ class PostgresReadModelStore:
 
 
 def _load_balances(db: Connection) -> Balances:
-    subscriptions = [
-        SubscriptionRow(
-            sub_id,
-            datetime_from_us(anchor_us),
-            cycle,
-            None if start_us is None else datetime_from_us(start_us),
-            None if end_us is None else datetime_from_us(end_us),
-            uncovered_cycle,
-            uncovered_total,
-            granted,
-            used,
-            expired,
-        )
-        for (
-            sub_id,
-            anchor_us,
-            cycle,
-            start_us,
-            end_us,
-            uncovered_cycle,
-            uncovered_total,
-            granted,
-            used,
-            expired,
-        ) in db.execute(_SELECT_SUBSCRIPTIONS, binary=True)
-    ]
-    seats = [SeatRow(*row) for row in db.execute(_SELECT_SEATS, binary=True)]
-    packs = [
-        PackRow(
-            sub_id,
-            pack_id,
-            credits,
-            remaining,
-            expired,
-            datetime_from_us(purchased_us),
-            datetime_from_us(expires_us),
-            status,
-        )
-        for (
-            sub_id,
-            pack_id,
-            credits,
-            remaining,
-            expired,
-            purchased_us,
-            expires_us,
-            status,
-        ) in db.execute(_SELECT_PACKS, binary=True)
-    ]
-    return Balances.from_rows(subscriptions, seats, packs)
+    return balances_from_rows(
+        db.execute(_SELECT_SUBSCRIPTIONS, binary=True),
+        db.execute(_SELECT_SEATS, binary=True),
+        db.execute(_SELECT_PACKS, binary=True),
+    )
 
 
 class PostgresReadModelReader:

@@ -11,9 +11,10 @@ filters, order and cursor of `projections.usage`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Final, Protocol
+from collections.abc import Iterable, Sequence
+from typing import Any, Final, Protocol
 
+from ledger.log import datetime_from_us
 from projections.balances import Balances, PackRow, SeatRow, SubscriptionRow
 from projections.usage import UsageIndexRow, UsageQuery
 from schemas.read_models import UsagePage
@@ -95,3 +96,58 @@ class ReadModelStore(Protocol):
     def unlock_writer(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+def balances_from_rows(
+    subscriptions: Iterable[Sequence[Any]],
+    seats: Iterable[Sequence[Any]],
+    packs: Iterable[Sequence[Any]],
+) -> Balances:
+    """Balances from the tables' rows as every store selects them: the columns of
+    `rm_subscriptions`, `rm_seats` and `rm_packs` in their declared order, instants as
+    microseconds since the epoch."""
+    return Balances.from_rows(
+        (_subscription_row(*row) for row in subscriptions),
+        (SeatRow(*row) for row in seats),
+        (_pack_row(*row) for row in packs),
+    )
+
+
+def _subscription_row(
+    sub_id: str,
+    anchor_us: int,
+    cycle: int,
+    start_us: int | None,
+    end_us: int | None,
+    *amounts_ucr: int,
+) -> SubscriptionRow:
+    return SubscriptionRow(
+        sub_id,
+        datetime_from_us(anchor_us),
+        cycle,
+        None if start_us is None else datetime_from_us(start_us),
+        None if end_us is None else datetime_from_us(end_us),
+        *amounts_ucr,
+    )
+
+
+def _pack_row(
+    sub_id: str,
+    pack_id: str,
+    credits_ucr: int,
+    remaining_ucr: int,
+    expired_ucr: int,
+    purchased_us: int,
+    expires_us: int,
+    status: Any,
+) -> PackRow:
+    return PackRow(
+        sub_id,
+        pack_id,
+        credits_ucr,
+        remaining_ucr,
+        expired_ucr,
+        datetime_from_us(purchased_us),
+        datetime_from_us(expires_us),
+        status,
+    )

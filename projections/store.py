@@ -19,9 +19,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Final
 
-from ledger.log import datetime_from_us, us_from_datetime
+from ledger.log import us_from_datetime
 from projections.balances import Balances, PackRow, SeatRow, SubscriptionRow
-from projections.read_store import DEFAULT_CHECKPOINT, CheckpointMoved
+from projections.read_store import DEFAULT_CHECKPOINT, CheckpointMoved, balances_from_rows
 from projections.usage import (
     INSERT_USAGE_SQL,
     USAGE_INDEX_NAMES,
@@ -291,65 +291,17 @@ class SqliteReadModelStore:
 
     def load_balances(self) -> Balances:
         """The balances exactly as the tables hold them (as of the checkpoint)."""
-        subscriptions = [
-            SubscriptionRow(
-                sub_id,
-                datetime_from_us(anchor_us),
-                cycle,
-                None if start_us is None else datetime_from_us(start_us),
-                None if end_us is None else datetime_from_us(end_us),
-                uncovered_cycle,
-                uncovered_total,
-                granted,
-                used,
-                expired,
-            )
-            for (
-                sub_id,
-                anchor_us,
-                cycle,
-                start_us,
-                end_us,
-                uncovered_cycle,
-                uncovered_total,
-                granted,
-                used,
-                expired,
-            ) in self._db.execute(
+        return balances_from_rows(
+            self._db.execute(
                 f"SELECT {_SUBSCRIPTION_COLUMNS} FROM rm_subscriptions ORDER BY subscription_id"
-            )
-        ]
-        seats = [
-            SeatRow(*row)
-            for row in self._db.execute(
+            ),
+            self._db.execute(
                 f"SELECT {_SEAT_COLUMNS} FROM rm_seats ORDER BY subscription_id, seat_id"
-            )
-        ]
-        packs = [
-            PackRow(
-                sub_id,
-                pack_id,
-                credits,
-                remaining,
-                expired,
-                datetime_from_us(purchased_us),
-                datetime_from_us(expires_us),
-                status,
-            )
-            for (
-                sub_id,
-                pack_id,
-                credits,
-                remaining,
-                expired,
-                purchased_us,
-                expires_us,
-                status,
-            ) in self._db.execute(
+            ),
+            self._db.execute(
                 f"SELECT {_PACK_COLUMNS} FROM rm_packs ORDER BY subscription_id, pack_id"
-            )
-        ]
-        return Balances.from_rows(subscriptions, seats, packs)
+            ),
+        )
 
     def usage(self, query: UsageQuery) -> UsagePage:
         """One page of usage rows. Raises `InvalidUsageQuery` (bad limit or cursor)."""

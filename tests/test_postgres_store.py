@@ -266,7 +266,7 @@ LONG_LEASE_MS = 60_000
 
 def _freeze_once_between_round_trips(monkeypatch: pytest.MonkeyPatch) -> None:
     """The next append sleeps FROZEN_S after its lock and head read, as a process stopped there."""
-    real = postgres_store._chained
+    real = postgres_store.chained
     frozen: list[bool] = []
 
     def chained(*args: Any) -> list[StoredRecord]:
@@ -275,7 +275,7 @@ def _freeze_once_between_round_trips(monkeypatch: pytest.MonkeyPatch) -> None:
             time.sleep(FROZEN_S)
         return real(*args)
 
-    monkeypatch.setattr(postgres_store, "_chained", chained)
+    monkeypatch.setattr(postgres_store, "chained", chained)
 
 
 def test_a_process_frozen_inside_an_append_frees_the_append_lock_within_its_idle_timeout(
