@@ -153,7 +153,7 @@ PROBLEMS: Final[dict[str, tuple[int, str]]] = {
     "unsupported-media-type": (415, "Unsupported media type"),
     "internal": (500, "Internal error"),
     "not-ready": (503, "Not ready"),
-    "write-unavailable": (503, "The write could not be carried out now; retry it"),
+    "store-unavailable": (503, "The ledger's store or writer cannot answer now; retry"),
 }
 """Every problem type the API answers with: slug -> (HTTP status, title). Stable."""
 
@@ -258,14 +258,15 @@ def _on_http(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, An
     return problem_response(slug, str(exc.detail), dict(exc.headers or {}) or None)
 
 
-def _on_write_unavailable(
+def _on_store_unavailable(
     request: Request[Any, Any, Any], exc: Exception
 ) -> Response[dict[str, Any]]:
-    """The log's store or the writer could not take a write now (busy, reconnecting, the writer
-    process restarting): 503 with Retry-After. Writes are idempotent, so a retry is safe."""
-    log.warning("api.write_unavailable", path=request.url.path, error=str(exc))
+    """A store (the log, the tokens) or the writer could not answer now (busy, reconnecting,
+    the writer process restarting): 503 with Retry-After. Writes are idempotent, so retrying
+    one is safe."""
+    log.warning("api.store_unavailable", path=request.url.path, error=str(exc))
     return problem_response(
-        "write-unavailable", f"{type(exc).__name__}: {exc}", {"Retry-After": "1"}
+        "store-unavailable", f"{type(exc).__name__}: {exc}", {"Retry-After": "1"}
     )
 
 
@@ -1165,8 +1166,8 @@ def create_app(
         Problem: _on_problem,
         ValidationException: _on_validation,
         HTTPException: _on_http,
-        StoreError: _on_write_unavailable,
-        WriteChannelError: _on_write_unavailable,
+        StoreError: _on_store_unavailable,
+        WriteChannelError: _on_store_unavailable,
         Exception: _on_unexpected,
     }
     v1_handlers: list[HTTPRouteHandler] = [

@@ -995,7 +995,7 @@ def test_a_write_the_store_cannot_take_now_is_503_with_retry_after_and_a_retry_b
     with monkeypatch.context() as patched:
         patched.setattr(Ledger, "execute", busy)
         refused = api.post("/v1/subscriptions/team-1/packs", None, **key)
-    body = _problem(refused, 503, "write-unavailable")
+    body = _problem(refused, 503, "store-unavailable")
     assert refused.headers["retry-after"] == "1"
     assert "ConcurrentAppend" in body["detail"]
     bought = api.post("/v1/subscriptions/team-1/packs", None, **key)
