@@ -66,7 +66,7 @@ from faststream.redis.message import DATA_KEY, BatchStreamMessage
 from faststream.redis.parser import BinaryMessageFormatV1, MessageFormat
 from redis.exceptions import ResponseError
 
-from ledger.errors import LeaseLost
+from ledger.errors import LeaseLost, StoreError
 from ledger.leases import Fence
 from ledger.partitions import partition_of
 from schemas.usage import UsageEvent
@@ -95,6 +95,19 @@ CLAIM_IDLE_MS: Final = 30_000
 """Milliseconds an entry stays pending, unacknowledged, before another consumer reclaims it."""
 RECLAIM_INTERVAL_S: Final = 5.0
 """Seconds between two sweeps of the pending list with XAUTOCLAIM."""
+MAX_DELIVERIES: Final = 20
+"""Deliveries after which an entry that still fails on its own is dead-lettered
+(`delivery_limit`, with the error) instead of being retried for ever: with the default claim
+idle time, about ten minutes of retries. Failures of the store or of Redis never count: those
+entries stay pending until the store answers again (a valid event is never given up because
+the database was away)."""
+INFRASTRUCTURE_ERRORS: Final[tuple[type[BaseException], ...]] = (
+    StoreError,
+    OSError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+)
+"""Failures that say nothing about the entry: it is retried, whatever its delivery count."""
 GRACEFUL_TIMEOUT_S: Final = 15.0
 """Seconds the broker waits, when stopping, for a batch in flight to finish."""
 LINGER_S: Final = 0.01
@@ -112,6 +125,8 @@ MISSING_DATA: Final = "missing_data"
 WRONG_PARTITION: Final = "wrong_partition"
 """The event's subscription hashes to another partition than the stream it arrived on."""
 REJECTED: Final = "rejected"
+DELIVERY_LIMIT: Final = "delivery_limit"
+"""An entry that failed on its own `max_deliveries` times (a payload that trips a bug)."""
 """Fallback reason for a ledger rejection that carries none."""
 
 StreamEntry = tuple[str, Mapping[bytes, bytes]]
@@ -528,6 +543,7 @@ class IngestConfig:
     poll_block_ms: int = POLL_BLOCK_MS
     claim_idle_ms: int = CLAIM_IDLE_MS
     reclaim_interval_s: float = RECLAIM_INTERVAL_S
+    max_deliveries: int = MAX_DELIVERIES
     take_over_at_start: bool = True
     """The single writer of its log takes over, at start, every entry left pending by any
     consumer before it reads anything new: those consumers died, and their entries came first
@@ -540,6 +556,8 @@ class IngestConfig:
             raise ValueError(f"max_records must be in 1..100000, not {self.max_records}")
         if self.claim_idle_ms < 1 or self.poll_block_ms < 1 or self.reclaim_interval_s <= 0:
             raise ValueError("claim_idle_ms, poll_block_ms and reclaim_interval_s must be > 0")
+        if self.max_deliveries < 2:
+            raise ValueError(f"max_deliveries must be at least 2, not {self.max_deliveries}")
 
     @property
     def dead_letter_stream(self) -> str:
@@ -837,19 +855,44 @@ class IngestService:
             self.log.exception("ingest.reclaimed_batch_failed", entries=len(entries))
         else:
             return [entry_id for entry_id, _ in entries]
-        if len(entries) == 1:
-            return []
-        done: list[str] = []
+        done: list[str] = []  # one by one: the failing entry (or entries) holds back no other
         for entry in entries:
             try:
                 await self._process([entry])
             except LeaseLost:
                 raise
-            except Exception:
+            except INFRASTRUCTURE_ERRORS:
                 self.log.exception("ingest.entry_failed", entry_id=entry[0])
+            except Exception as error:
+                self.log.exception("ingest.entry_failed", entry_id=entry[0])
+                if await self._gave_up(entry, error):
+                    done.append(entry[0])
             else:
                 done.append(entry[0])
         return done
+
+    async def _gave_up(self, entry: StreamEntry, error: Exception) -> bool:
+        """Dead-letter an entry that failed on its own `max_deliveries` times; True when it was
+        (so it is acknowledged), False when it has deliveries left (it stays pending)."""
+        entry_id, fields = entry
+        client = await self.broker.connect()
+        config = self.config
+        pending = await client.xpending_range(
+            name=config.stream, groupname=config.group, min=entry_id, max=entry_id, count=1
+        )
+        deliveries = int(pending[0]["times_delivered"]) if pending else 0
+        if deliveries < config.max_deliveries:
+            return False
+        found = self.processor.payload(fields)
+        original = found[0] if found is not None else _fields_as_json(fields)
+        detail = f"{type(error).__name__}: {error} (after {deliveries} deliveries)"
+        letter = DeadLetter(entry_id, DELIVERY_LIMIT, detail, original)
+        sink = self.processor.dead_letter_sink
+        await asyncio.get_running_loop().run_in_executor(self.executor, sink.write, [letter])
+        self.log.error(
+            "ingest.delivery_limit", entry_id=entry_id, deliveries=deliveries, error=str(error)
+        )
+        return True
 
 
 def create_app(

@@ -29,6 +29,7 @@ from redis.crc import key_slot
 
 from ledger.application import Ledger, Outcome
 from ledger.clock import ManualClock
+from ledger.errors import StoreError
 from ledger.log import us_from_datetime
 from ledger.rate_card import load_rate_card
 from ledger.sqlite_store import SqliteEventStore
@@ -40,6 +41,7 @@ from schemas.usage import UsageEvent
 from services.client import UsagePublisher, encode_usage
 from services.ingest import (
     CONSUMER_GROUP,
+    MAX_DELIVERIES,
     BatchResult,
     DeadLetter,
     IngestConfig,
@@ -447,6 +449,7 @@ class Services:
         *,
         claim_idle_ms: int = NEVER_CLAIM_IDLE_MS,
         max_records: int = 1_000,
+        max_deliveries: int = MAX_DELIVERIES,
     ) -> IngestService:
         config = IngestConfig(
             stream=self.stream,
@@ -454,6 +457,7 @@ class Services:
             claim_idle_ms=claim_idle_ms,
             reclaim_interval_s=FAST_RECLAIM_INTERVAL_S,
             max_records=max_records,
+            max_deliveries=max_deliveries,
         )
         service = IngestService(
             build_broker(self.redis_url), self.processor(), config, executor=self.env.executor
@@ -817,3 +821,49 @@ async def test_ingest_and_dead_letters_work_on_a_redis_cluster_across_slots(
 @pytest.mark.parametrize("stream", ["ledger.usage", "team.{7}.usage", "{p}.usage", "a{b"])
 def test_the_dead_letter_index_shares_the_slot_of_the_dead_letter_stream(stream: str) -> None:
     assert key_slot(dead_letter_index(stream).encode()) == key_slot(f"{stream}.dead".encode())
+
+
+async def test_an_entry_failing_on_its_own_max_deliveries_times_is_dead_lettered_and_acked(
+    services: Services, redis_sync: redis.Redis, stream_name: str
+) -> None:
+    ledger = services.env.ledger
+    ledger.fail_when = lambda usages: any(u.event_id == "poison" for u in usages)
+    await services.start(claim_idle_ms=FAST_CLAIM_IDLE_MS, max_deliveries=3)
+    ids = xadd_all(
+        redis_sync, stream_name, [data(usage("e-1")), data(usage("poison")), data(usage("e-2"))]
+    )
+    await eventually(lambda: ids[1] in dead_letters(redis_sync, stream_name), "given up")
+    await eventually(lambda: pending(redis_sync, stream_name) == 0, "all acknowledged")
+    letter = dead_letters(redis_sync, stream_name)[ids[1]]
+    assert letter["reason"] == b"delivery_limit"
+    assert b"InjectedFailure" in letter["detail"] and b"after 3 deliveries" in letter["detail"]
+    assert letter["data"] == data(usage("poison"))[b"data"]
+    assert [ledger.count("e-1"), ledger.count("e-2"), ledger.count("poison")] == [1, 1, 0]
+
+
+async def test_an_entry_the_store_cannot_take_is_never_given_up_whatever_its_deliveries(
+    services: Services, redis_sync: redis.Redis, stream_name: str
+) -> None:
+    ledger = services.env.ledger
+
+    def store_away(usages: Sequence[UsageEvent]) -> bool:
+        if any(u.event_id == "unlucky" for u in usages):
+            raise StoreError("the log's database is away")
+        return False
+
+    ledger.fail_when = store_away
+    await services.start(claim_idle_ms=FAST_CLAIM_IDLE_MS, max_deliveries=2)
+    ids = xadd_all(redis_sync, stream_name, [data(usage("unlucky"))])
+
+    def delivered() -> int:
+        rows: list[dict[str, Any]] = cast(Any, redis_sync).xpending_range(
+            stream_name, CONSUMER_GROUP, "-", "+", 1
+        )
+        return int(rows[0]["times_delivered"]) if rows else 0
+
+    await eventually(lambda: delivered() >= 5, "retried past the delivery limit")
+    assert dead_letters(redis_sync, stream_name) == {}
+    ledger.fail_when = lambda usages: False  # the store is back
+    await eventually(services.charged("unlucky"), "charged once the store answers")
+    await eventually(lambda: pending(redis_sync, stream_name) == 0, "acknowledged")
+    assert ids and ledger.count("unlucky") == 1
