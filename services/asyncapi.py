@@ -42,7 +42,12 @@ def asyncapi_document(stream: str = DEFAULT_STREAM) -> dict[str, Any]:
         description=(
             "Gateways publish one usage event per served request with "
             f"`XADD {stream} * data <json>`. Entries that cannot be charged are copied to "
-            f"`{stream}.dead` with a machine-readable reason and acknowledged."
+            f"`{stream}.dead` with a machine-readable reason and acknowledged. With "
+            "LEDGER_PARTITIONS=N > 1 the stream is split by subscription: partition = the "
+            "first 8 bytes of SHA-256 of the UTF-8 subscription_id, big-endian unsigned, "
+            f"modulo N; partition k is the stream `{{{stream}.k}}` (dead letters "
+            f"`{{{stream}.k}}.dead`), with the same messages as the channel below; an event "
+            "on another partition's stream is dead-lettered `wrong_partition`."
         ),
     )
     document: dict[str, Any] = msgspec.json.decode(spec.to_specification().to_json())
