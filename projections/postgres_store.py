@@ -33,10 +33,16 @@ import psycopg
 from psycopg import sql
 
 from ledger.errors import StoreError
-from ledger.log import us_from_datetime
 from ledger.postgres_store import migration_lock_key
 from projections.balances import Balances, PackRow, SeatRow, SubscriptionRow
-from projections.read_store import DEFAULT_CHECKPOINT, CheckpointMoved, balances_from_rows
+from projections.read_store import (
+    DEFAULT_CHECKPOINT,
+    CheckpointMoved,
+    balances_from_rows,
+    pack_values,
+    seat_values,
+    subscription_values,
+)
 from projections.usage import (
     USAGE_INDEX_NAMES,
     RecordReader,
@@ -250,10 +256,6 @@ def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
     return [[row[i] for row in rows] for i in range(width)]
 
 
-def _us_or_none(instant: Any) -> int | None:
-    return None if instant is None else us_from_datetime(instant)
-
-
 class PostgresReadModelStore:
     """The read model tables in a PostgreSQL schema (the log's); `events` is the log they index
     (usage pages are decoded from its records).
@@ -401,49 +403,9 @@ class PostgresReadModelStore:
     ) -> None:
         """Upsert the changed balance rows, insert the new usage rows and move the checkpoint
         from `after` to `position`; `CheckpointMoved` when another writer moved it first."""
-        subscription_rows = [
-            (
-                s.subscription_id,
-                us_from_datetime(s.anchor),
-                s.cycle,
-                _us_or_none(s.cycle_start),
-                _us_or_none(s.cycle_end),
-                s.uncovered_cycle_ucr,
-                s.uncovered_total_ucr,
-                s.granted_ucr,
-                s.used_ucr,
-                s.expired_ucr,
-            )
-            for s in subscriptions
-        ]
-        seat_rows = [
-            (
-                s.subscription_id,
-                s.seat_id,
-                s.tier,
-                s.pending_tier,
-                s.status,
-                s.cycle,
-                s.quota_ucr,
-                s.used_ucr,
-                s.pack_used_ucr,
-                s.uncovered_ucr,
-            )
-            for s in seats
-        ]
-        pack_rows = [
-            (
-                p.subscription_id,
-                p.pack_id,
-                p.credits_ucr,
-                p.remaining_ucr,
-                p.expired_ucr,
-                us_from_datetime(p.purchased_at),
-                us_from_datetime(p.expires_at),
-                p.status,
-            )
-            for p in packs
-        ]
+        subscription_rows = [subscription_values(s) for s in subscriptions]
+        seat_rows = [seat_values(s) for s in seats]
+        pack_rows = [pack_values(p) for p in packs]
         upserts = [
             (statement, _columns(rows, width))
             for statement, rows, width in (

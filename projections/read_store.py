@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any, Final, Protocol
 
-from ledger.log import datetime_from_us
+from ledger.log import datetime_from_us, us_from_datetime
 from projections.balances import Balances, PackRow, SeatRow, SubscriptionRow
 from projections.usage import UsageIndexRow, UsageQuery
 from schemas.read_models import UsagePage
@@ -96,6 +96,52 @@ class ReadModelStore(Protocol):
     def unlock_writer(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+def subscription_values(s: SubscriptionRow) -> tuple[Any, ...]:
+    """A subscription row as every store writes it: `rm_subscriptions`' columns, in order."""
+    return (
+        s.subscription_id,
+        us_from_datetime(s.anchor),
+        s.cycle,
+        None if s.cycle_start is None else us_from_datetime(s.cycle_start),
+        None if s.cycle_end is None else us_from_datetime(s.cycle_end),
+        s.uncovered_cycle_ucr,
+        s.uncovered_total_ucr,
+        s.granted_ucr,
+        s.used_ucr,
+        s.expired_ucr,
+    )
+
+
+def seat_values(s: SeatRow) -> tuple[Any, ...]:
+    """A seat row as every store writes it: `rm_seats`' columns, in order."""
+    return (
+        s.subscription_id,
+        s.seat_id,
+        s.tier,
+        s.pending_tier,
+        s.status,
+        s.cycle,
+        s.quota_ucr,
+        s.used_ucr,
+        s.pack_used_ucr,
+        s.uncovered_ucr,
+    )
+
+
+def pack_values(p: PackRow) -> tuple[Any, ...]:
+    """A pack row as every store writes it: `rm_packs`' columns, in order."""
+    return (
+        p.subscription_id,
+        p.pack_id,
+        p.credits_ucr,
+        p.remaining_ucr,
+        p.expired_ucr,
+        us_from_datetime(p.purchased_at),
+        us_from_datetime(p.expires_at),
+        p.status,
+    )
 
 
 def balances_from_rows(

@@ -15,13 +15,18 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
 from pathlib import Path
 from typing import IO, Final
 
-from ledger.log import us_from_datetime
 from projections.balances import Balances, PackRow, SeatRow, SubscriptionRow
-from projections.read_store import DEFAULT_CHECKPOINT, CheckpointMoved, balances_from_rows
+from projections.read_store import (
+    DEFAULT_CHECKPOINT,
+    CheckpointMoved,
+    balances_from_rows,
+    pack_values,
+    seat_values,
+    subscription_values,
+)
 from projections.usage import (
     INSERT_USAGE_SQL,
     USAGE_INDEX_NAMES,
@@ -108,10 +113,6 @@ _UPSERT_SUBSCRIPTION: Final = (
 )
 _UPSERT_SEAT: Final = f"INSERT OR REPLACE INTO rm_seats ({_SEAT_COLUMNS}) VALUES ({'?,' * 9}?)"
 _UPSERT_PACK: Final = f"INSERT OR REPLACE INTO rm_packs ({_PACK_COLUMNS}) VALUES ({'?,' * 7}?)"
-
-
-def _us_or_none(instant: datetime | None) -> int | None:
-    return None if instant is None else us_from_datetime(instant)
 
 
 class SqliteReadModelStore:
@@ -207,58 +208,9 @@ class SqliteReadModelStore:
         from `after` to `position`; `CheckpointMoved` when another writer moved it first."""
         with self._transaction():
             self._move_checkpoint(name, after, position)
-            self._db.executemany(
-                _UPSERT_SUBSCRIPTION,
-                [
-                    (
-                        s.subscription_id,
-                        us_from_datetime(s.anchor),
-                        s.cycle,
-                        _us_or_none(s.cycle_start),
-                        _us_or_none(s.cycle_end),
-                        s.uncovered_cycle_ucr,
-                        s.uncovered_total_ucr,
-                        s.granted_ucr,
-                        s.used_ucr,
-                        s.expired_ucr,
-                    )
-                    for s in subscriptions
-                ],
-            )
-            self._db.executemany(
-                _UPSERT_SEAT,
-                [
-                    (
-                        s.subscription_id,
-                        s.seat_id,
-                        s.tier,
-                        s.pending_tier,
-                        s.status,
-                        s.cycle,
-                        s.quota_ucr,
-                        s.used_ucr,
-                        s.pack_used_ucr,
-                        s.uncovered_ucr,
-                    )
-                    for s in seats
-                ],
-            )
-            self._db.executemany(
-                _UPSERT_PACK,
-                [
-                    (
-                        p.subscription_id,
-                        p.pack_id,
-                        p.credits_ucr,
-                        p.remaining_ucr,
-                        p.expired_ucr,
-                        us_from_datetime(p.purchased_at),
-                        us_from_datetime(p.expires_at),
-                        p.status,
-                    )
-                    for p in packs
-                ],
-            )
+            self._db.executemany(_UPSERT_SUBSCRIPTION, map(subscription_values, subscriptions))
+            self._db.executemany(_UPSERT_SEAT, map(seat_values, seats))
+            self._db.executemany(_UPSERT_PACK, map(pack_values, packs))
             self._db.executemany(INSERT_USAGE_SQL, usage_rows)
 
     def _move_checkpoint(self, name: str, after: int, position: int) -> None:
