@@ -15,7 +15,7 @@ from typing import Protocol
 
 import msgspec
 
-from ledger.errors import DuplicateUsageKey
+from ledger.errors import ClockWentBackwards, ConcurrentAppend, DuplicateUsageKey
 from ledger.idempotency import UsageKey
 from ledger.leases import Fence
 from schemas.events import LogEvent, UsageCharged
@@ -132,6 +132,28 @@ class EventStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def check_append_arguments(events: Sequence[LogEvent], recorded_at_us: int) -> None:
+    """What every store refuses before touching its database (`ValueError`)."""
+    if len(events) > MAX_APPEND_EVENTS:
+        raise ValueError(f"{len(events)} events in one append; at most {MAX_APPEND_EVENTS}")
+    if not INT64_MIN <= recorded_at_us <= INT64_MAX:
+        raise ValueError(f"recorded_at_us {recorded_at_us} does not fit in 64 bits")
+
+
+def check_head(head: Head, recorded_at_us: int, expected_position: int | None) -> None:
+    """What every store refuses once it holds the append lock and has read the head."""
+    if expected_position is not None and head.position != expected_position:
+        raise ConcurrentAppend(expected_position, head.position)
+    if head.position and recorded_at_us < head.recorded_at_us:
+        raise ClockWentBackwards(
+            f"recorded_at_us {recorded_at_us} is earlier than the head's "
+            f"{head.recorded_at_us} (position {head.position})"
+        )
 
 
 def charges_in(events: Sequence[LogEvent]) -> list[tuple[int, UsageKey, str]]:

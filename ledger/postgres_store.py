@@ -43,8 +43,6 @@ import psycopg
 from psycopg import sql
 
 from ledger.errors import (
-    ClockWentBackwards,
-    ConcurrentAppend,
     DuplicateUsageKey,
     LeaseLost,
     StoreError,
@@ -54,12 +52,13 @@ from ledger.leases import RENEWALS_PER_TTL, Fence, Lease, LeaseHolder
 from ledger.log import (
     EVENT_ENCODER,
     GENESIS_HASH,
-    MAX_APPEND_EVENTS,
     Head,
     PriorCharge,
     StoredRecord,
     chained,
     charges_in,
+    check_append_arguments,
+    check_head,
 )
 from schemas.events import LogEvent
 
@@ -86,8 +85,6 @@ DEAD_WORKER_ROWS_KEPT_S = 3_600
 
 MAX_SCHEMA_NAME_CHARS = 63
 """PostgreSQL's identifier limit (NAMEDATALEN - 1)."""
-
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 _USAGE_KEYS_PRIMARY_KEY = "usage_keys_pkey"
@@ -234,10 +231,7 @@ class PostgresEventStore:
     ) -> list[StoredRecord]:
         if not events:
             return []
-        if len(events) > MAX_APPEND_EVENTS:
-            raise ValueError(f"{len(events)} events in one append; at most {MAX_APPEND_EVENTS}")
-        if not INT64_MIN <= recorded_at_us <= INT64_MAX:
-            raise ValueError(f"recorded_at_us {recorded_at_us} does not fit in 64 bits")
+        check_append_arguments(events, recorded_at_us)
         encoded = [EVENT_ENCODER.encode(event) for event in events]
         charges = charges_in(events)
         with self._lock:
@@ -256,13 +250,7 @@ class PostgresEventStore:
                     pipeline.sync()
                     head = _head_of(head_cursor.fetchone())
                     _check_fence(fence, lease.fetchone() if lease else None)
-                    if expected_position is not None and head.position != expected_position:
-                        raise ConcurrentAppend(expected_position, head.position)
-                    if head.position and recorded_at_us < head.recorded_at_us:
-                        raise ClockWentBackwards(
-                            f"recorded_at_us {recorded_at_us} is earlier than the head's "
-                            f"{head.recorded_at_us} (position {head.position})"
-                        )
+                    check_head(head, recorded_at_us, expected_position)
                     records = chained(head, recorded_at_us, encoded)
                     if charges:
                         self._db.execute(self._q.insert_keys, _key_columns(charges, records))

@@ -30,8 +30,6 @@ from typing import Any, get_args
 import msgspec
 
 from ledger.errors import (
-    ClockWentBackwards,
-    ConcurrentAppend,
     DuplicateUsageKey,
     LeaseLost,
     StoreError,
@@ -41,12 +39,13 @@ from ledger.leases import Fence, Lease, LeaseHolder
 from ledger.log import (
     EVENT_ENCODER,
     GENESIS_HASH,
-    MAX_APPEND_EVENTS,
     Head,
     PriorCharge,
     StoredRecord,
     chained,
     charges_in,
+    check_append_arguments,
+    check_head,
     datetime_from_us,
 )
 from schemas.events import LogEvent
@@ -76,8 +75,6 @@ DEAD_WORKER_ROWS_KEPT_S = 3_600
 
 SQL_VARIABLES_PER_QUERY = 500
 """Bound parameters per `IN (...)` list, well under SQLite's limit."""
-
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 UsageKeyHash = Callable[[str, str], int]
@@ -210,10 +207,7 @@ class SqliteEventStore:
     ) -> list[StoredRecord]:
         if not events:
             return []
-        if len(events) > MAX_APPEND_EVENTS:
-            raise ValueError(f"{len(events)} events in one append; at most {MAX_APPEND_EVENTS}")
-        if not INT64_MIN <= recorded_at_us <= INT64_MAX:
-            raise ValueError(f"recorded_at_us {recorded_at_us} does not fit in 64 bits")
+        check_append_arguments(events, recorded_at_us)
         encoded = [EVENT_ENCODER.encode(event) for event in events]
         charges = charges_in(events)
         hashed = {key: self._key_hash(*key) for _, key, _ in charges}
@@ -222,13 +216,7 @@ class SqliteEventStore:
                 if fence is not None:
                     self._check_fence(fence)
                 head = self._read_head()
-                if expected_position is not None and head.position != expected_position:
-                    raise ConcurrentAppend(expected_position, head.position)
-                if head.position and recorded_at_us < head.recorded_at_us:
-                    raise ClockWentBackwards(
-                        f"recorded_at_us {recorded_at_us} is earlier than the head's "
-                        f"{head.recorded_at_us} (position {head.position})"
-                    )
+                check_head(head, recorded_at_us, expected_position)
                 records = chained(head, recorded_at_us, encoded)
                 recent_rows, overflow_rows = self._place_keys(charges, hashed, head.position + 1)
                 self._db.executemany(_INSERT_RECORD, _log_rows(records, events))
