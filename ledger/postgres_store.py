@@ -166,18 +166,66 @@ _TAG_OF: dict[type, str] = {
 }
 
 
-def _lock_key(schema: str, purpose: str) -> int:
+def advisory_lock_key(schema: str, purpose: str) -> int:
+    """A 64-bit advisory lock key for one purpose within one schema (log, read models...)."""
     text = f"credits-ledger:{schema}:{purpose}".encode()
     return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big", signed=True)
 
 
 def append_lock_key(schema: str = DEFAULT_SCHEMA) -> int:
     """The advisory lock key every append to this schema's log holds until it commits."""
-    return _lock_key(schema, "append")
+    return advisory_lock_key(schema, "append")
 
 
 def migration_lock_key(schema: str = DEFAULT_SCHEMA) -> int:
-    return _lock_key(schema, "migrate")
+    return advisory_lock_key(schema, "migrate")
+
+
+def check_schema_name(schema: str) -> None:
+    """Refuse a schema name PostgreSQL would not keep whole (`ValueError`)."""
+    if not schema or len(schema) > MAX_SCHEMA_NAME_CHARS:
+        raise ValueError(f"schema must be 1 to {MAX_SCHEMA_NAME_CHARS} characters: {schema!r}")
+
+
+def migrate(
+    db: psycopg.Connection[Any],
+    schema: str,
+    version_table: LiteralString,
+    migrations: Sequence[tuple[int, LiteralString]],
+    what: str,
+) -> None:
+    """Create `schema` if missing and apply the `migrations` its `version_table` does not list,
+    in one transaction under the schema's migration lock (one opener at a time, whatever it
+    opens: the log, the read models, the tokens). `{schema}` in a statement is the schema.
+    A schema at a version newer than the last of `migrations` is refused (`StoreError`)."""
+    name = sql.Identifier(schema)
+    versions = sql.SQL("{}.{}").format(name, sql.Identifier(version_table))
+    latest = migrations[-1][0]
+    with db.transaction():
+        db.execute("SELECT pg_advisory_xact_lock(%s)", (migration_lock_key(schema),))
+        exists = db.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone()
+        if exists is None:
+            db.execute(sql.SQL("CREATE SCHEMA {}").format(name))
+        db.execute(
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {} ("
+                " version integer PRIMARY KEY,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            ).format(versions)
+        )
+        row = db.execute(sql.SQL("SELECT max(version) FROM {}").format(versions)).fetchone()
+        current = 0 if row is None or row[0] is None else int(row[0])
+        if current > latest:
+            raise StoreError(
+                f"the {what} of schema {schema!r} are at version {current}, newer than this"
+                f" code's {latest}"
+            )
+        for version, statements in migrations:
+            if version > current:
+                db.execute(sql.SQL(statements).format(schema=name))
+                db.execute(
+                    sql.SQL("INSERT INTO {} (version) VALUES (%s)").format(versions), (version,)
+                )
 
 
 class PostgresEventStore:
@@ -200,8 +248,7 @@ class PostgresEventStore:
         idle_in_transaction_timeout_ms: int = IDLE_IN_TRANSACTION_TIMEOUT_MS,
         application_name: str | None = None,
     ) -> None:
-        if not schema or len(schema) > MAX_SCHEMA_NAME_CHARS:
-            raise ValueError(f"schema must be 1 to {MAX_SCHEMA_NAME_CHARS} characters: {schema!r}")
+        check_schema_name(schema)
         if lock_timeout_ms < 1:
             raise ValueError(f"lock_timeout_ms must be at least 1, not {lock_timeout_ms}")
         self.schema = schema
@@ -465,40 +512,7 @@ class PostgresEventStore:
             self._db = self._connect()
 
     def _migrate(self) -> None:
-        """Create the schema and apply the migrations it lacks, one opener at a time."""
-        schema = sql.Identifier(self.schema)
-        with self._db.transaction():
-            self._db.execute("SELECT pg_advisory_xact_lock(%s)", (migration_lock_key(self.schema),))
-            exists = self._db.execute(
-                "SELECT 1 FROM pg_namespace WHERE nspname = %s", (self.schema,)
-            ).fetchone()
-            if exists is None:
-                self._db.execute(sql.SQL("CREATE SCHEMA {}").format(schema))
-            self._db.execute(
-                sql.SQL(
-                    "CREATE TABLE IF NOT EXISTS {}.schema_version ("
-                    " version integer PRIMARY KEY,"
-                    " applied_at timestamptz NOT NULL DEFAULT now())"
-                ).format(schema)
-            )
-            row = self._db.execute(
-                sql.SQL("SELECT max(version) FROM {}.schema_version").format(schema)
-            ).fetchone()
-            current = 0 if row is None or row[0] is None else int(row[0])
-            if current > SCHEMA_VERSION:
-                raise StoreError(
-                    f"schema {self.schema!r} is at version {current}, newer than this code's "
-                    f"{SCHEMA_VERSION}"
-                )
-            for version, statements in MIGRATIONS:
-                if version > current:
-                    self._db.execute(sql.SQL(statements).format(schema=schema))
-                    self._db.execute(
-                        sql.SQL("INSERT INTO {}.schema_version (version) VALUES (%s)").format(
-                            schema
-                        ),
-                        (version,),
-                    )
+        migrate(self._db, self.schema, "schema_version", MIGRATIONS, "log tables")
 
 
 class _Queries:

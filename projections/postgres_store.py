@@ -24,7 +24,6 @@ in pipeline mode, and the commit.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Final, LiteralString, TypeVar
@@ -33,7 +32,14 @@ import psycopg
 from psycopg import sql
 
 from ledger.errors import StoreError
-from ledger.postgres_store import migration_lock_key
+from ledger.postgres_store import (
+    CONNECT_TIMEOUT_S,
+    DEFAULT_SCHEMA,
+    advisory_lock_key,
+    check_schema_name,
+    migrate,
+    migration_lock_key,
+)
 from projections.balances import Balances, PackRow, SeatRow, SubscriptionRow
 from projections.read_store import (
     DEFAULT_CHECKPOINT,
@@ -54,9 +60,6 @@ from projections.usage import (
 )
 from schemas.read_models import UsagePage
 
-DEFAULT_SCHEMA: Final = "public"
-MAX_SCHEMA_NAME_CHARS: Final = 63
-CONNECT_TIMEOUT_S: Final = 10
 LOCK_TIMEOUT_MS: Final = 30_000
 """How long a write waits for a lock another writer holds (a racing batch, a reset)."""
 
@@ -215,19 +218,9 @@ _SET_CHECKPOINT: Final = (
 )
 
 
-def _lock_key(schema: str, purpose: str) -> int:
-    text = f"credits-ledger:{schema}:{purpose}".encode()
-    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big", signed=True)
-
-
 def writer_lock_key(schema: str = DEFAULT_SCHEMA) -> int:
     """The session advisory lock the one writer of this schema's read models holds."""
-    return _lock_key(schema, "read-models-writer")
-
-
-def _check_schema(schema: str) -> None:
-    if not schema or len(schema) > MAX_SCHEMA_NAME_CHARS:
-        raise ValueError(f"schema must be 1 to {MAX_SCHEMA_NAME_CHARS} characters: {schema!r}")
+    return advisory_lock_key(schema, "read-models-writer")
 
 
 def _connect(url: str, schema: str, *, read_only: bool) -> Connection:
@@ -266,7 +259,7 @@ class PostgresReadModelStore:
     """
 
     def __init__(self, url: str, events: RecordReader, *, schema: str = DEFAULT_SCHEMA) -> None:
-        _check_schema(schema)
+        check_schema_name(schema)
         self.schema = schema
         self._url = url
         self._events = events
@@ -298,32 +291,8 @@ class PostgresReadModelStore:
         return self._db
 
     def _migrate(self) -> None:
-        """Create the schema and tables, or apply the migrations they lack, under the log's
-        migration lock (one opener at a time, log or read models)."""
-        db = self._db
-        with db.transaction():
-            db.execute("SELECT pg_advisory_xact_lock(%s)", (migration_lock_key(self.schema),))
-            exists = db.execute(
-                "SELECT 1 FROM pg_namespace WHERE nspname = %s", (self.schema,)
-            ).fetchone()
-            if exists is None:
-                db.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(self.schema)))
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS rm_schema_version ("
-                " version integer PRIMARY KEY,"
-                " applied_at timestamptz NOT NULL DEFAULT now())"
-            )
-            row = db.execute("SELECT max(version) FROM rm_schema_version").fetchone()
-            current = 0 if row is None or row[0] is None else int(row[0])
-            if current > SCHEMA_VERSION:
-                raise StoreError(
-                    f"the read models of schema {self.schema!r} are at version {current},"
-                    f" newer than this code's {SCHEMA_VERSION}"
-                )
-            for version, statements in MIGRATIONS:
-                if version > current:
-                    db.execute(statements)
-                    db.execute("INSERT INTO rm_schema_version (version) VALUES (%s)", (version,))
+        """Create the tables, or apply the migrations they lack (see `migrate`)."""
+        migrate(self._db, self.schema, "rm_schema_version", MIGRATIONS, "read models")
 
     def close(self) -> None:
         with self._lock:
@@ -510,7 +479,7 @@ class PostgresReadModelReader:
     again after it was lost). Safe to share between threads."""
 
     def __init__(self, url: str, events: RecordReader, *, schema: str = DEFAULT_SCHEMA) -> None:
-        _check_schema(schema)
+        check_schema_name(schema)
         self._url = url
         self._schema = schema
         self._events = events

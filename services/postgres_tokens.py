@@ -23,7 +23,7 @@ import psycopg
 from psycopg import sql
 
 from ledger.errors import StoreError
-from ledger.postgres_store import migration_lock_key
+from ledger.postgres_store import CONNECT_TIMEOUT_S, DEFAULT_SCHEMA, check_schema_name, migrate
 from services.auth import (
     BOOTSTRAP_ADMIN_ID,
     MAX_TOKEN_CHARS,
@@ -39,9 +39,6 @@ from services.auth import (
     token_hash,
 )
 
-DEFAULT_SCHEMA: Final = "public"
-MAX_SCHEMA_NAME_CHARS: Final = 63
-CONNECT_TIMEOUT_S: Final = 10
 STATEMENT_TIMEOUT_MS: Final = 5_000
 """Longest a token statement may run: a request's guard waits for it on the event loop."""
 RECONNECT_ATTEMPTS: Final = 1
@@ -81,8 +78,7 @@ class PostgresTokenStore:
     """
 
     def __init__(self, url: str, *, schema: str = DEFAULT_SCHEMA) -> None:
-        if not schema or len(schema) > MAX_SCHEMA_NAME_CHARS:
-            raise ValueError(f"schema must be 1 to {MAX_SCHEMA_NAME_CHARS} characters: {schema!r}")
+        check_schema_name(schema)
         self.schema = schema
         self._url = url
         self._lock = threading.Lock()
@@ -156,42 +152,8 @@ class PostgresTokenStore:
         return db
 
     def _migrate(self) -> None:
-        """Create the schema and apply the migrations the table lacks, under the log's
-        migration lock (one opener at a time: log, read models or tokens)."""
-        db = self._db
-        schema = sql.Identifier(self.schema)
-        with db.transaction():
-            db.execute("SELECT pg_advisory_xact_lock(%s)", (migration_lock_key(self.schema),))
-            exists = db.execute(
-                "SELECT 1 FROM pg_namespace WHERE nspname = %s", (self.schema,)
-            ).fetchone()
-            if exists is None:
-                db.execute(sql.SQL("CREATE SCHEMA {}").format(schema))
-            db.execute(
-                sql.SQL(
-                    "CREATE TABLE IF NOT EXISTS {}.api_tokens_schema_version ("
-                    " version integer PRIMARY KEY,"
-                    " applied_at timestamptz NOT NULL DEFAULT now())"
-                ).format(schema)
-            )
-            row = db.execute(
-                sql.SQL("SELECT max(version) FROM {}.api_tokens_schema_version").format(schema)
-            ).fetchone()
-            current = 0 if row is None or row[0] is None else int(row[0])
-            if current > SCHEMA_VERSION:
-                raise StoreError(
-                    f"the token table of schema {self.schema!r} is at version {current}, newer"
-                    f" than this code's {SCHEMA_VERSION}"
-                )
-            for version, statements in MIGRATIONS:
-                if version > current:
-                    db.execute(sql.SQL(statements).format(schema=schema))
-                    db.execute(
-                        sql.SQL(
-                            "INSERT INTO {}.api_tokens_schema_version (version) VALUES (%s)"
-                        ).format(schema),
-                        (version,),
-                    )
+        """Create the token table, or apply the migrations it lacks (see `migrate`)."""
+        migrate(self._db, self.schema, "api_tokens_schema_version", MIGRATIONS, "token table")
 
 
 class _Queries:
