@@ -27,7 +27,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -52,7 +52,7 @@ from services.redis_server import (
     RedisBinaryNotFoundError,
     find_redis_binary,
 )
-from tests.conftest import _missing_redis_binary, no_service
+from tests.conftest import no_service
 from tests.crash_support import (
     GROUP,
     KILL_TIMEOUT_S,
@@ -291,17 +291,34 @@ def log_events(worker: Worker, event: str) -> list[dict[str, Any]]:
     return found
 
 
-@pytest.fixture
-def failover_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
-    missing = _missing_redis_binary()
-    if missing is not None:
-        no_service(f"no redis-server for a private Redis: {missing}")
-    server = EmbeddedRedis(tmp_path / "redis", appendonly=True)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+def worker_env(
+    data_dir: Path,
+    *,
+    redis_url: str,
+    stream: str,
+    rate_card: Path,
+    postgres_url: str,
+    postgres_schema: str,
+    cluster: bool = False,
+) -> dict[str, str]:
+    """The environment of one ingest worker (or of the CLI) on the shared PostgreSQL log."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    env = ledger_env(
+        data_dir=data_dir,
+        redis_url=redis_url,
+        stream=stream,
+        rate_card=rate_card,
+        claim_idle_ms=CLAIM_IDLE_MS,
+    )
+    env.update(
+        LEDGER_DATABASE_URL=postgres_url,
+        LEDGER_DATABASE_SCHEMA=postgres_schema,
+        LEDGER_PARTITIONS=str(PARTITIONS),
+        LEDGER_LEASE_TTL_MS=str(LEASE_TTL_MS),
+    )
+    if cluster:
+        env["LEDGER_REDIS_CLUSTER"] = "1"
+    return env
 
 
 def _seed() -> int:
@@ -333,7 +350,7 @@ def _setup_lines() -> list[dict[str, Any]]:
 def test_ingest_workers_fail_over_without_losing_or_double_charging_and_fencing_holds(
     request: pytest.FixtureRequest,
     tmp_path: Path,
-    failover_redis: EmbeddedRedis,
+    embedded_redis: EmbeddedRedis,
     postgres_url: str,
     postgres_schema: str,
 ) -> None:
@@ -344,21 +361,14 @@ def test_ingest_workers_fail_over_without_losing_or_double_charging_and_fencing_
     rate_card = write_rate_card(tmp_path / "rate-card.toml")
 
     def env_for(data_dir: Path) -> dict[str, str]:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        env = ledger_env(
-            data_dir=data_dir,
-            redis_url=failover_redis.url,
+        return worker_env(
+            data_dir,
+            redis_url=embedded_redis.url,
             stream=base,
             rate_card=rate_card,
-            claim_idle_ms=CLAIM_IDLE_MS,
+            postgres_url=postgres_url,
+            postgres_schema=postgres_schema,
         )
-        env.update(
-            LEDGER_DATABASE_URL=postgres_url,
-            LEDGER_DATABASE_SCHEMA=postgres_schema,
-            LEDGER_PARTITIONS=str(PARTITIONS),
-            LEDGER_LEASE_TTL_MS=str(LEASE_TTL_MS),
-        )
-        return env
 
     cli_env = env_for(tmp_path / "cli")
     setup = run_ledger(
@@ -366,7 +376,7 @@ def test_ingest_workers_fail_over_without_losing_or_double_charging_and_fencing_
     )
     assert setup.returncode == 0, setup.stderr
     workload = make_failover_workload(rng, base, f"f{seed}")
-    client = redis.Redis.from_url(failover_redis.url)
+    client = redis.Redis.from_url(embedded_redis.url)
     request.addfinalizer(client.close)
     leases = PostgresEventStore(postgres_url, schema=postgres_schema)
     request.addfinalizer(leases.close)
@@ -375,7 +385,7 @@ def test_ingest_workers_fail_over_without_losing_or_double_charging_and_fencing_
         return {p: h for p, h in leases.holders().items() if h.live}
 
     workers: list[Worker] = []
-    publisher = MultiStreamPublisher(failover_redis.url, workload.entries)
+    publisher = MultiStreamPublisher(embedded_redis.url, workload.entries)
     request.addfinalizer(publisher.stop_now.set)
     started = time.monotonic()
     try:
@@ -640,22 +650,15 @@ def test_ingest_workers_share_partitions_whose_keys_live_on_different_cluster_no
         client = redis.cluster.RedisCluster.from_url(cluster.url)
 
         def env_for(data_dir: Path) -> dict[str, str]:
-            data_dir.mkdir(parents=True, exist_ok=True)
-            env = ledger_env(
-                data_dir=data_dir,
+            return worker_env(
+                data_dir,
                 redis_url=cluster.url,
                 stream=base,
                 rate_card=rate_card,
-                claim_idle_ms=CLAIM_IDLE_MS,
+                postgres_url=postgres_url,
+                postgres_schema=postgres_schema,
+                cluster=True,
             )
-            env.update(
-                LEDGER_DATABASE_URL=postgres_url,
-                LEDGER_DATABASE_SCHEMA=postgres_schema,
-                LEDGER_PARTITIONS=str(PARTITIONS),
-                LEDGER_LEASE_TTL_MS=str(LEASE_TTL_MS),
-                LEDGER_REDIS_CLUSTER="1",
-            )
-            return env
 
         streams = [partition_stream(base, k, PARTITIONS) for k in range(PARTITIONS)]
         for stream in streams:
