@@ -54,6 +54,9 @@ class Outcome(msgspec.Struct, frozen=True):
     records: tuple[StoredRecord, ...] = ()
     reason: str | None = None
     detail: str | None = None
+    charged_ucr: int = 0
+    """What this command charged (its `usage.charged` event), so a caller counting credits
+    need not decode the records again."""
 
 
 class Ledger:
@@ -164,7 +167,14 @@ class Ledger:
             if refusal is not None:
                 outcomes.append(Outcome("rejected", reason=refusal.reason, detail=refusal.detail))
                 continue
-            outcomes.append(Outcome(status, tuple(records[offset : offset + len(events)])))
+            charged_ucr = sum(e.credits_ucr for e in events if isinstance(e, UsageCharged))
+            outcomes.append(
+                Outcome(
+                    status,
+                    tuple(records[offset : offset + len(events)]),
+                    charged_ucr=charged_ucr,
+                )
+            )
             offset += len(events)
         return outcomes
 

@@ -134,15 +134,6 @@ StreamEntry = tuple[str, Mapping[bytes, bytes]]
 
 USAGE_DECODER: Final = msgspec.json.Decoder(UsageEvent)
 
-
-class _Credits(msgspec.Struct):
-    """The two fields of a log record that the credits-deducted metric needs."""
-
-    type: str
-    credits_ucr: int = 0
-
-
-_CREDITS_DECODER: Final = msgspec.json.Decoder(_Credits)
 _FIELDS_ENCODER: Final = msgspec.json.Encoder()
 
 
@@ -162,7 +153,7 @@ class ChargeOutcome(Protocol):
     def detail(self) -> str | None: ...
 
     @property
-    def records(self) -> Sequence[Any]: ...  # StoredRecords: `.data` is the event's JSON
+    def charged_ucr(self) -> int: ...
 
 
 class ChargingLedger(Protocol):
@@ -436,8 +427,7 @@ class IngestProcessor:
                 for item, outcome in zip(valid, outcomes, strict=True):
                     if outcome.status == "applied":
                         applied += 1
-                        if self.metrics is not None:
-                            credits_ucr += _charged_ucr(outcome.records)
+                        credits_ucr += outcome.charged_ucr
                     elif outcome.status == "duplicate":
                         duplicates += 1
                     else:
@@ -510,16 +500,6 @@ class IngestProcessor:
             bound.exception("ingest.projections_failed")
             return False
         return True
-
-
-def _charged_ucr(records: Sequence[Any]) -> int:
-    """Credits of the `usage.charged` records among one applied charge's records."""
-    total = 0
-    for record in records:
-        fields = _CREDITS_DECODER.decode(record.data)
-        if fields.type == "usage.charged":
-            total += fields.credits_ucr
-    return total
 
 
 def _id_key(entry_id: str) -> tuple[int, int]:

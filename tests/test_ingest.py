@@ -53,6 +53,7 @@ from services.ingest import (
     create_app,
     dead_letter_index,
 )
+from services.metrics import LedgerMetrics
 from services.redis_server import (
     EmbeddedRedisCluster,
     RedisBinaryNotFoundError,
@@ -867,3 +868,19 @@ async def test_an_entry_the_store_cannot_take_is_never_given_up_whatever_its_del
     await eventually(services.charged("unlucky"), "charged once the store answers")
     await eventually(lambda: pending(redis_sync, stream_name) == 0, "acknowledged")
     assert ids and ledger.count("unlucky") == 1
+
+
+def test_metrics_count_entries_charges_credits_and_dead_letters_by_reason(
+    env: LedgerEnv, redis_sync: redis.Redis, stream_name: str
+) -> None:
+    metrics = LedgerMetrics()
+    processor = IngestProcessor(
+        env.ledger, None, RedisDeadLetterSink(redis_sync, stream_name), metrics=metrics
+    )
+    entries = [data(usage("m-1")), {b"data": b"{not json"}, data(usage("m-1"))]
+    ids = xadd_all(redis_sync, stream_name, entries)
+    env.run(processor.process, read_back(redis_sync, stream_name, ids))
+    assert metrics.events_ingested.value() == 3
+    assert metrics.charges.value() == 1  # the second m-1 is a duplicate: charged once
+    assert metrics.credits_deducted_ucr.value() == 3_180_000  # the seed example: 3.18
+    assert metrics.dead_lettered.value(reason="invalid_json") == 1
