@@ -42,15 +42,3 @@ def allocate(
         parts.append(Allocation("uncovered", "", left_ucr))
     assert sum(part.credits_ucr for part in parts) == amount_ucr, "allocation must add up"
     return tuple(parts)
-
-
-def available_ucr(sub: SubscriptionState, seat: SeatState, at: datetime) -> int:
-    """Credits the seat could still spend at `at`: its own remaining plus valid packs'."""
-    if seat.status == "removed":
-        return 0
-    packs = sum(
-        pack.remaining_ucr
-        for pack in sub.live_packs.values()
-        if pack.purchased_at <= at < pack.expires_at
-    )
-    return max(seat.remaining_ucr, 0) + packs

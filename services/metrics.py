@@ -152,12 +152,6 @@ class Gauge(_Valued):
             key = self._bounded(key, self._values)
             self._values[key] = value
 
-    def inc(self, amount: Number = 1, **labels: str) -> None:
-        self._add(amount, labels)
-
-    def dec(self, amount: Number = 1, **labels: str) -> None:
-        self._add(-amount, labels)
-
 
 class _Series:
     __slots__ = ("buckets", "count", "sum_ns")
