@@ -19,6 +19,9 @@ Role = Literal["all", "ingest", "api"]
 part (ingest under partition leases, lifecycle ticker), or the API's (HTTP, projector)."""
 DEFAULT_DATA_DIR = "./var"
 DEFAULT_STREAM = "ledger.usage"
+CLAIM_IDLE_MS = 30_000
+"""Milliseconds an entry stays pending, unacknowledged, before another consumer reclaims it."""
+MAX_CLAIM_IDLE_MS = 24 * 3_600_000
 DATABASE_FILE = "ledger.sqlite3"
 DEFAULT_DATABASE_SCHEMA = "public"
 POSTGRES_URL_PREFIXES = ("postgresql://", "postgres://")
@@ -46,6 +49,9 @@ class Settings:
     partitions: int = 1
     lease_ttl_ms: int = LEASE_TTL_MS
     role: Role = "all"
+    claim_idle_ms: int = CLAIM_IDLE_MS
+    """LEDGER_CLAIM_IDLE_MS: how long an entry may sit pending on a consumer before another
+    takes it over (a crashed consumer's entries wait this long)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -84,14 +90,11 @@ class Settings:
                 env, "LEDGER_LEASE_TTL_MS", LEASE_TTL_MS, MIN_LEASE_TTL_MS, 24 * 3_600_000
             ),
             role=role,  # type: ignore[arg-type]
+            claim_idle_ms=_int_in(env, "LEDGER_CLAIM_IDLE_MS", CLAIM_IDLE_MS, 1, MAX_CLAIM_IDLE_MS),
         )
 
     def with_overrides(self, **changes: object) -> Settings:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})  # type: ignore[arg-type]
-
-    @property
-    def dead_letter_stream(self) -> str:
-        return f"{self.usage_stream}.dead"
 
     def partition_stream(self, partition: int) -> str:
         """The usage stream of one partition (`usage_stream` itself with one partition)."""

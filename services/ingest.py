@@ -70,7 +70,7 @@ from ledger.errors import LeaseLost, StoreError
 from ledger.leases import Fence
 from ledger.partitions import partition_of
 from schemas.usage import UsageEvent
-from services.config import default_consumer_name
+from services.config import CLAIM_IDLE_MS, default_consumer_name
 from services.metrics import LedgerMetrics
 
 log = structlog.get_logger(__name__)
@@ -91,8 +91,6 @@ MAX_RECORDS: Final = 1_000
 """Most entries read (and charged in one ledger transaction) per batch."""
 POLL_BLOCK_MS: Final = 100
 """XREADGROUP BLOCK timeout in milliseconds; an arriving entry ends the wait at once."""
-CLAIM_IDLE_MS: Final = 30_000
-"""Milliseconds an entry stays pending, unacknowledged, before another consumer reclaims it."""
 RECLAIM_INTERVAL_S: Final = 5.0
 """Seconds between two sweeps of the pending list with XAUTOCLAIM."""
 MAX_DELIVERIES: Final = 20
@@ -538,10 +536,6 @@ class IngestConfig:
             raise ValueError("claim_idle_ms, poll_block_ms and reclaim_interval_s must be > 0")
         if self.max_deliveries < 2:
             raise ValueError(f"max_deliveries must be at least 2, not {self.max_deliveries}")
-
-    @property
-    def dead_letter_stream(self) -> str:
-        return dead_letter_stream(self.stream)
 
 
 BROKER_LOGGER: Final = "ledger.faststream"

@@ -246,7 +246,6 @@ async def run(settings: Settings) -> None:
             api = ApiSupervisor(settings, worker)
             resources.callback(api.stop)
             await api.start()
-        claim_idle_ms = int(os.environ.get("LEDGER_CLAIM_IDLE_MS") or IngestConfig.claim_idle_ms)
         consumers: list[IngestService] = []
         keeper: PartitionKeeper | None = None
         keeper_task: asyncio.Task[None] | None = None
@@ -266,7 +265,7 @@ async def run(settings: Settings) -> None:
                     partition=partition,
                     partitions=settings.partitions,
                 )
-                config = IngestConfig(stream=stream, claim_idle_ms=claim_idle_ms)
+                config = IngestConfig(stream=stream, claim_idle_ms=settings.claim_idle_ms)
                 broker = build_broker(redis_url, cluster=settings.redis_cluster)
                 service = IngestService(broker, processor, config, executor=executor)
                 await service.start()
@@ -283,7 +282,7 @@ async def run(settings: Settings) -> None:
                 stream_of=settings.partition_stream,
                 ledger=worker.ledger,
                 executor=executor,
-                claim_idle_ms=claim_idle_ms,
+                claim_idle_ms=settings.claim_idle_ms,
                 metrics=METRICS,
             )
             await keeper.step()  # a first share before announcing the start
