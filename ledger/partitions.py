@@ -12,11 +12,15 @@ the same tag, so the three keys of a partition live in one cluster slot.
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 
 MAX_PARTITIONS = 1_024
 """Most partitions a usage stream may be split into."""
 
 HASH_PREFIX_BYTES = 8
+PARTITION_CACHE_ENTRIES = 65_536
+"""Subscriptions whose partition is remembered: the ingest checks one per event, and a few
+subscriptions send most of them, so the SHA-256 is computed once per subscription."""
 
 
 class PartitionError(ValueError):
@@ -29,6 +33,7 @@ def check_partitions(partitions: int) -> int:
     return partitions
 
 
+@lru_cache(maxsize=PARTITION_CACHE_ENTRIES)
 def partition_of(subscription_id: str, partitions: int) -> int:
     """The partition (0-based) whose stream carries this subscription's usage."""
     digest = hashlib.sha256(subscription_id.encode()).digest()
