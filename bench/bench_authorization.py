@@ -29,7 +29,7 @@ from pathlib import Path
 
 import redis
 
-from services.redis_server import EmbeddedRedis
+from services.redis_server import EmbeddedRedis, free_loopback_port
 
 SUBSCRIPTIONS = 100
 SEATS = 10
@@ -168,7 +168,7 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="bench-authz-"))
     embedded = EmbeddedRedis(folder / "redis")
     embedded.start()
-    port = _free_port()
+    port = free_loopback_port()
     stream = "bench.usage"
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
     env.update(
@@ -228,14 +228,6 @@ def main() -> None:
         f"requests {len(from_due):,} ({len(from_due) / elapsed:,.0f}/s), errors"
         f" {measured['errors']}; log appended {appended_rate:,.0f} records/s meanwhile"
     )
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _wait_ready(port: int, timeout_s: float = 60) -> None:

@@ -40,7 +40,7 @@ from services.bootstrap import open_event_store
 from services.client import UsagePublisher
 from services.config import Settings
 from services.postgres_server import LocalPostgres
-from services.redis_server import EmbeddedRedis
+from services.redis_server import EmbeddedRedis, free_loopback_port
 
 SUBSCRIPTIONS = 400
 SEATS_PER_SUBSCRIPTION = 3
@@ -142,7 +142,7 @@ def run_sqlite(redis_url: str, workdir: Path, events: int) -> tuple[float, float
         LEDGER_REDIS_URL=redis_url,
         LEDGER_USAGE_STREAM=stream,
         LEDGER_DATA_DIR=str(data_dir),
-        LEDGER_PORT=str(_free_port()),
+        LEDGER_PORT=str(free_loopback_port()),
     )
     command = [sys.executable, "-m", "services.cli"]
     setup = subprocess.run(
@@ -163,14 +163,6 @@ def run_sqlite(redis_url: str, workdir: Path, events: int) -> tuple[float, float
         process.send_signal(signal.SIGTERM)
         process.wait(60)
     return elapsed, replay_rate(Settings(data_dir=data_dir))
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def run(

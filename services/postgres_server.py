@@ -13,13 +13,14 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
 from types import TracebackType
 
 import structlog
+
+from services.redis_server import free_loopback_port
 
 log = structlog.get_logger()
 
@@ -60,12 +61,6 @@ def find_postgres_binaries() -> Path:
     raise LocalPostgresError(
         f"no initdb and pg_ctl on PATH or in {BINARY_DIR_PATTERN} (install PostgreSQL's server)"
     )
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((LOOPBACK_HOST, 0))
-        return int(probe.getsockname()[1])
 
 
 def _unprivileged_user() -> pwd.struct_passwd:
@@ -169,7 +164,7 @@ class LocalPostgres:
         if not self._durable:
             settings += ["-c fsync=off", "-c full_page_writes=off"]
         for _ in range(MAX_PORT_ATTEMPTS):
-            port = _free_port()
+            port = free_loopback_port()
             command = [str(binaries / "pg_ctl"), "-D", str(data), "-l", str(server_log), "-w"]
             command += ["-t", str(START_TIMEOUT_S), "-o", " ".join([f"-p {port}", *settings])]
             try:

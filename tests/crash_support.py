@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import redis
 
-from tests.service_support import free_port
+from services.redis_server import free_loopback_port
 
 GROUP = "ledger"
 UCR_PER_CREDIT = 1_000_000
@@ -443,7 +443,7 @@ def ledger_env(
         LEDGER_RATE_CARD=str(rate_card),
         LEDGER_CLAIM_IDLE_MS=str(claim_idle_ms),
         LEDGER_ADMIN_TOKEN="crash-test-admin-token",
-        LEDGER_PORT=str(free_port()),
+        LEDGER_PORT=str(free_loopback_port()),
         PYTHONUNBUFFERED="1",
     )
     return env

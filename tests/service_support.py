@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import redis
 import redis.cluster
 
 from services.ingest import dead_letter_index
+from services.redis_server import free_loopback_port
 
 HTTP_TIMEOUT_S = 10.0
 START = "2026-03-01T09:00:00Z"
@@ -33,13 +33,6 @@ MAX_TOKENS = 50_000_000
 """Every component at its bound: 10,000 + 1,000 + 60,000 = 71,000 credits per event."""
 LEDGER = (sys.executable, "-m", "services.cli")
 LOG_TAIL_CHARS = 4_000
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now (the OS picks it), on loopback."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -194,7 +187,7 @@ def start_service(
     With `cluster`, `redis_url` is a node of a Redis Cluster (LEDGER_REDIS_CLUSTER=1);
     `env_overrides` are set last (say, LEDGER_DATABASE_URL)."""
     stream = f"test.{uuid.uuid4().hex[:12]}.usage"
-    port = free_port()
+    port = free_loopback_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
     env.update(
         LEDGER_DATA_DIR=str(tmp_path / "data"),

@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from ledger.clock import SharedManualClock
-from tests.service_support import free_port
+from services.redis_server import free_loopback_port
 
 LEDGER = (sys.executable, "-m", "services.cli")
 WAIT_S = 20.0
@@ -42,7 +42,7 @@ def env(tmp_path: Path, redis_url: str, stream_name: str) -> dict[str, str]:
         LEDGER_USAGE_STREAM=stream_name,
         LEDGER_CLOCK="manual",
         LEDGER_CLOCK_START=START,
-        LEDGER_PORT=str(free_port()),
+        LEDGER_PORT=str(free_loopback_port()),
     )
     return values
 
