@@ -181,6 +181,31 @@ def migration_lock_key(schema: str = DEFAULT_SCHEMA) -> int:
     return advisory_lock_key(schema, "migrate")
 
 
+def connect(
+    url: str, settings: dict[str, str], *, application_name: str | None = None
+) -> psycopg.Connection[tuple[Any, ...]]:
+    """An autocommit connection with these session `settings` (`set_config` names and
+    values); every failure is a `StoreError`, and a half-set-up connection is closed."""
+    options: dict[str, Any] = {}
+    if application_name is not None:
+        options["application_name"] = application_name
+    try:
+        db = psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S, **options)
+    except psycopg.Error as error:
+        raise StoreError(f"cannot connect to PostgreSQL: {error}") from error
+    try:
+        if settings:
+            calls = sql.SQL(", ").join(
+                sql.SQL("set_config({}, {}, false)").format(sql.Literal(name), sql.Literal(value))
+                for name, value in settings.items()
+            )
+            db.execute(sql.SQL("SELECT {}").format(calls))
+    except psycopg.Error as error:
+        db.close()
+        raise StoreError(f"cannot set up the PostgreSQL connection: {error}") from error
+    return db
+
+
 def check_schema_name(schema: str) -> None:
     """Refuse a schema name PostgreSQL would not keep whole (`ValueError`)."""
     if not schema or len(schema) > MAX_SCHEMA_NAME_CHARS:
@@ -487,25 +512,14 @@ class PostgresEventStore:
                 raise StoreError(f"query failed: {error}") from error
 
     def _connect(self) -> psycopg.Connection[tuple[Any, ...]]:
-        try:
-            options: dict[str, Any] = {}
-            if self._application_name is not None:
-                options["application_name"] = self._application_name
-            db = psycopg.connect(
-                self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S, **options
-            )
-        except psycopg.Error as error:
-            raise StoreError(f"cannot connect to PostgreSQL: {error}") from error
-        try:
-            db.execute(
-                "SELECT set_config('lock_timeout', %s, false),"
-                " set_config('idle_in_transaction_session_timeout', %s, false)",
-                (f"{self._lock_timeout_ms}ms", f"{self._idle_timeout_ms}ms"),
-            )
-        except psycopg.Error as error:
-            db.close()
-            raise StoreError(f"cannot set up the PostgreSQL connection: {error}") from error
-        return db
+        return connect(
+            self._url,
+            {
+                "lock_timeout": f"{self._lock_timeout_ms}ms",
+                "idle_in_transaction_session_timeout": f"{self._idle_timeout_ms}ms",
+            },
+            application_name=self._application_name,
+        )
 
     def _reconnect_if_broken(self) -> None:
         if self._db.broken:

@@ -33,10 +33,10 @@ from psycopg import sql
 
 from ledger.errors import StoreError
 from ledger.postgres_store import (
-    CONNECT_TIMEOUT_S,
     DEFAULT_SCHEMA,
     advisory_lock_key,
     check_schema_name,
+    connect,
     migrate,
     migration_lock_key,
 )
@@ -225,24 +225,14 @@ def writer_lock_key(schema: str = DEFAULT_SCHEMA) -> int:
 
 def _connect(url: str, schema: str, *, read_only: bool) -> Connection:
     """An autocommit connection whose unqualified names resolve in `schema` (only)."""
-    try:
-        db = psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
-    except psycopg.Error as error:
-        raise StoreError(f"cannot connect to PostgreSQL: {error}") from error
-    try:
-        db.execute(
-            "SELECT set_config('search_path', %s, false), set_config('lock_timeout', %s, false),"
-            " set_config('default_transaction_read_only', %s, false)",
-            (
-                sql.Identifier(schema).as_string(db),
-                f"{LOCK_TIMEOUT_MS}ms",
-                "on" if read_only else "off",
-            ),
-        )
-    except psycopg.Error as error:
-        db.close()
-        raise StoreError(f"cannot set up the PostgreSQL connection: {error}") from error
-    return db
+    return connect(
+        url,
+        {
+            "search_path": sql.Identifier(schema).as_string(),
+            "lock_timeout": f"{LOCK_TIMEOUT_MS}ms",
+            "default_transaction_read_only": "on" if read_only else "off",
+        },
+    )
 
 
 def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:

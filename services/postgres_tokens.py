@@ -23,7 +23,7 @@ import psycopg
 from psycopg import sql
 
 from ledger.errors import StoreError
-from ledger.postgres_store import CONNECT_TIMEOUT_S, DEFAULT_SCHEMA, check_schema_name, migrate
+from ledger.postgres_store import DEFAULT_SCHEMA, check_schema_name, connect, migrate
 from services.auth import (
     BOOTSTRAP_ADMIN_ID,
     MAX_TOKEN_CHARS,
@@ -138,18 +138,7 @@ class PostgresTokenStore:
                     attempts -= 1
 
     def _connect(self) -> Connection:
-        try:
-            db = psycopg.connect(self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
-        except psycopg.Error as error:
-            raise StoreError(f"cannot connect to PostgreSQL: {error}") from error
-        try:
-            db.execute(
-                "SELECT set_config('statement_timeout', %s, false)", (f"{STATEMENT_TIMEOUT_MS}ms",)
-            )
-        except psycopg.Error as error:
-            db.close()
-            raise StoreError(f"cannot set up the PostgreSQL connection: {error}") from error
-        return db
+        return connect(self._url, {"statement_timeout": f"{STATEMENT_TIMEOUT_MS}ms"})
 
     def _migrate(self) -> None:
         """Create the token table, or apply the migrations it lacks (see `migrate`)."""
