@@ -112,7 +112,7 @@ class Ledger:
         at_us = max(self.clock.now_us(), self.recorded_at_us)
         at = datetime_from_us(at_us)
         charged = self._prior_charges(commands)
-        decided: list[tuple[OutcomeStatus, list[LogEvent], Rejected | None]] = []
+        decided: list[tuple[OutcomeStatus, list[LogEvent], int, Rejected | None]] = []
         batch: list[LogEvent] = []
         undo = _Undo(self.state)
         try:
@@ -124,15 +124,17 @@ class Ledger:
                 try:
                     events = decide(self.state, command, at, self.rate_card)
                 except Rejected as refusal:
-                    decided.append(("rejected", [], refusal))
+                    decided.append(("rejected", [], 0, refusal))
                     continue
+                charged_ucr = 0
                 for event in events:
                     undo.save(event)
                     evolve(self.state, event)
-                    if isinstance(event, UsageCharged):
+                    if type(event) is UsageCharged:
                         charged[(event.subscription_id, event.event_id)] = event.payload_digest
+                        charged_ucr += event.credits_ucr
                 duplicate = isinstance(command, ChargeUsage) and not events
-                decided.append(("duplicate" if duplicate else "applied", events, None))
+                decided.append(("duplicate" if duplicate else "applied", events, charged_ucr, None))
                 batch.extend(events)
             records = self.store.append(batch, at_us, expected_position=self.position, fence=fence)
         except (ConcurrentAppend, LeaseLost):  # nothing was written: the state was at `position`
@@ -158,24 +160,18 @@ class Ledger:
 
     @staticmethod
     def _outcomes(
-        decided: list[tuple[OutcomeStatus, list[LogEvent], Rejected | None]],
+        decided: list[tuple[OutcomeStatus, list[LogEvent], int, Rejected | None]],
         records: list[StoredRecord],
     ) -> list[Outcome]:
         outcomes: list[Outcome] = []
         offset = 0
-        for status, events, refusal in decided:
+        for status, events, charged_ucr, refusal in decided:
             if refusal is not None:
                 outcomes.append(Outcome("rejected", reason=refusal.reason, detail=refusal.detail))
                 continue
-            charged_ucr = sum(e.credits_ucr for e in events if isinstance(e, UsageCharged))
-            outcomes.append(
-                Outcome(
-                    status,
-                    tuple(records[offset : offset + len(events)]),
-                    charged_ucr=charged_ucr,
-                )
-            )
-            offset += len(events)
+            end = offset + len(events)
+            outcomes.append(Outcome(status, tuple(records[offset:end]), charged_ucr=charged_ucr))
+            offset = end
         return outcomes
 
 

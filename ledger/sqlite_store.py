@@ -196,6 +196,8 @@ class SqliteEventStore:
         self._recent: dict[int, int] = {}
         self._recent_through = 0
         self._merged_through: int | None = None  # None: the mirror was never loaded
+        self._hashed_last: dict[UsageKey, int] = {}
+        """The keys the last `prior_charges` hashed: the append that follows hashes them again."""
 
     def append(
         self,
@@ -210,7 +212,11 @@ class SqliteEventStore:
         check_append_arguments(events, recorded_at_us)
         encoded = [EVENT_ENCODER.encode(event) for event in events]
         charges = charges_in(events)
-        hashed = {key: self._key_hash(*key) for _, key, _ in charges}
+        looked_up = self._hashed_last  # the keys `prior_charges` just hashed, as a rule
+        hashed = {
+            key: looked_up[key] if key in looked_up else self._key_hash(*key)
+            for _, key, _ in charges
+        }
         with self._lock:
             with self._transaction("BEGIN IMMEDIATE"):
                 if fence is not None:
@@ -309,6 +315,7 @@ class SqliteEventStore:
         if not keys:
             return {}
         hashed = {key: self._key_hash(*key) for key in keys}
+        self._hashed_last = hashed
         with self._lock, self._transaction("BEGIN"):
             self._sync_recent()
             found, _ = self._lookup(hashed)
