@@ -25,7 +25,7 @@ from ledger.errors import (
 )
 from ledger.lifecycle import due_events
 from ledger.pricing import price
-from ledger.rate_card import RateCard
+from ledger.rate_card import ModelRates, RateCard, RateCardVersion
 from ledger.state import LedgerState, SeatState, SubscriptionState, evolve, initial_state
 from schemas.commands import (
     AddSeat,
@@ -38,6 +38,8 @@ from schemas.commands import (
     RemoveSeat,
 )
 from schemas.events import (
+    Allocation,
+    Components,
     CycleStarted,
     LogEvent,
     PackPurchased,
@@ -49,7 +51,7 @@ from schemas.events import (
     SubscriptionOpened,
     UsageCharged,
 )
-from schemas.usage import usage_of
+from schemas.usage import Usage, UsageEvent, usage_of
 
 __all__ = ["decide", "evolve", "initial_state"]
 
@@ -192,11 +194,33 @@ def _charge(
     components = price(counts, rates.coefficients)
     credits_ucr = components.total_ucr()
     allocation = allocate(sub, seat, credits_ucr, at)
-    charged = UsageCharged(
-        subscription_id=sub.subscription_id,
-        seat_id=seat.seat_id,
+    charged = usage_charged(
+        usage, command.payload_digest, version, rates, counts, components, credits_ucr, allocation
+    )
+    events: list[LogEvent] = [*due, charged]
+    if allocation and allocation[-1].source == "uncovered" and seat.status == "active":
+        events.append(
+            SeatSuspended(sub.subscription_id, seat.seat_id, "credits_exhausted", usage.event_id)
+        )
+    return events
+
+
+def usage_charged(
+    usage: UsageEvent,
+    payload_digest: str,
+    version: RateCardVersion,
+    rates: ModelRates,
+    counts: Usage,
+    components: Components,
+    credits_ucr: int,
+    allocation: tuple[Allocation, ...],
+) -> UsageCharged:
+    """The `usage.charged` record of a request priced by `rates` and allocated."""
+    return UsageCharged(
+        subscription_id=usage.subscription_id,
+        seat_id=usage.seat_id,
         event_id=usage.event_id,
-        payload_digest=command.payload_digest,
+        payload_digest=payload_digest,
         occurred_at=usage.occurred_at.astimezone(UTC),
         model=usage.model,
         product=rates.product,
@@ -210,9 +234,3 @@ def _charge(
         api_key_id=usage.api_key_id,
         gateway=usage.gateway,
     )
-    events: list[LogEvent] = [*due, charged]
-    if allocation and allocation[-1].source == "uncovered" and seat.status == "active":
-        events.append(
-            SeatSuspended(sub.subscription_id, seat.seat_id, "credits_exhausted", usage.event_id)
-        )
-    return events
