@@ -651,7 +651,8 @@ class IngestService:
             parser=_parse_batch,
             decoder=_decode_entries,
             title=f"{config.stream}:ingest",
-        )(self._make_handler())
+        )
+        self.subscriber(self._make_handler())
 
     def _make_handler(self) -> Callable[[list[StreamEntry]], Awaitable[None]]:
         async def ingest_usage(entries: NoCast[list[StreamEntry]]) -> None:
@@ -743,6 +744,20 @@ class IngestService:
         if self._own_executor:
             self.executor.shutdown(wait=True)
 
+    async def resubscribe(self) -> bool:
+        """Start the subscriber again when FastStream has stopped it for good because the
+        consumer group is gone (NOGROUP: the stream was deleted, or a Redis that keeps nothing
+        on disk restarted). The group is created again at 0, so every entry the stream holds
+        now is read: what was charged before is a duplicate and charges nothing, the rest is
+        charged. True when it was restarted."""
+        if self.subscriber.running or self._stopping.is_set():
+            return False
+        self.log.warning("ingest.group_lost")
+        await self.prepare()
+        await self.subscriber.start()
+        self.log.warning("ingest.resubscribed")
+        return True
+
     def start_reclaimer(self) -> None:
         if self._reclaimer is None:
             self._stopping.clear()
@@ -760,19 +775,21 @@ class IngestService:
 
     async def consumer_lag(self) -> int:
         """Entries of the stream the group has not finished: pending (read, not acknowledged)
-        plus, on Redis 7, those not yet read (XINFO GROUPS `lag`; absent on Redis 6.2)."""
+        plus, on Redis 7, those not yet read (XINFO GROUPS `lag`; absent on Redis 6.2). With no
+        group, the stream's length: a group created again at 0 reads every entry."""
         client = await self.broker.connect()
         for group in await client.xinfo_groups(self.config.stream):
             name = group["name"]  # redis-py gives str keys; values may be bytes
             if name in (self.config.group, self.config.group.encode()):
                 return int(group.get("lag") or 0) + int(group["pending"])
-        return 0
+        return int(await client.xlen(self.config.stream))  # no group: it will read them all
 
     # -- reclaiming ----------------------------------------------------------------------
 
     async def _reclaim_loop(self) -> None:
         while not self._stopping.is_set():
             try:
+                await self.resubscribe()
                 await self.reclaim_once()
             except LeaseLost as error:
                 self.log.warning("ingest.reclaim_lease_lost", error=str(error))

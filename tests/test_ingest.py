@@ -71,6 +71,8 @@ WAIT_TIMEOUT_S = 10.0
 POLL_S = 0.02
 FAST_CLAIM_IDLE_MS = 300
 FAST_RECLAIM_INTERVAL_S = 0.05
+GROUP_LOST_S = 30.0
+"""FastStream waits 5 s after a failed read before the one that finds the group gone."""
 NEVER_CLAIM_IDLE_MS = 3_600_000
 
 
@@ -580,6 +582,27 @@ async def test_duplicates_across_batches_and_consumer_restarts_are_charged_once(
     assert [ledger.count(e) for e in ("e-1", "e-2", "e-3")] == [1, 1, 1]
     assert [ledger.count(e, "duplicate") for e in ("e-1", "e-2", "e-3")] == [1, 1, 0]
     assert ledger.seen() == 5  # every entry processed once: nothing re-read after the restart
+    assert redis_sync.xlen(f"{stream_name}.dead") == 0
+
+
+async def test_a_lost_consumer_group_is_created_again_at_0_and_ingest_goes_on(
+    services: Services, redis_sync: redis.Redis, stream_name: str
+) -> None:
+    # The stream is deleted (as when a Redis that keeps nothing on disk restarts): FastStream
+    # stops its subscriber for good on NOGROUP. Gateways publish on, which makes the stream
+    # again without the group; the service creates the group at 0 and charges what is there.
+    service = await services.start()
+    before = xadd_all(redis_sync, stream_name, [data(usage("e-1"))])
+    await eventually(services.acked_through(before[-1]), "charged before the stream was lost")
+    redis_sync.delete(stream_name)
+    await asyncio.sleep(0.2)  # the subscriber's blocked read ends on the deleted key
+    after = xadd_all(redis_sync, stream_name, [data(usage("e-1")), data(usage("e-2"))])
+    assert await service.consumer_lag() == 2  # no group yet: every entry is still to read
+
+    await eventually(services.charged("e-2"), "charged after the group came back", GROUP_LOST_S)
+    await eventually(services.acked_through(after[-1]), "acked", GROUP_LOST_S)
+    ledger = services.env.ledger
+    assert [ledger.count("e-1"), ledger.count("e-1", "duplicate"), ledger.count("e-2")] == [1, 1, 1]
     assert redis_sync.xlen(f"{stream_name}.dead") == 0
 
 
