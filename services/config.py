@@ -22,6 +22,10 @@ DEFAULT_STREAM = "ledger.usage"
 CLAIM_IDLE_MS = 30_000
 """Milliseconds an entry stays pending, unacknowledged, before another consumer reclaims it."""
 MAX_CLAIM_IDLE_MS = 24 * 3_600_000
+USAGE_RETENTION_S = 86_400
+"""Seconds an acknowledged usage entry stays in the stream before `ledger serve` deletes it."""
+MAX_USAGE_RETENTION_S = 366 * 86_400
+KEEP_FOREVER = "forever"
 DATABASE_FILE = "ledger.sqlite3"
 DEFAULT_DATABASE_SCHEMA = "public"
 POSTGRES_URL_PREFIXES = ("postgresql://", "postgres://")
@@ -52,6 +56,9 @@ class Settings:
     claim_idle_ms: int = CLAIM_IDLE_MS
     """LEDGER_CLAIM_IDLE_MS: how long an entry may sit pending on a consumer before another
     takes it over (a crashed consumer's entries wait this long)."""
+    usage_retention_s: int | None = USAGE_RETENTION_S
+    """LEDGER_USAGE_RETENTION_S: acknowledged entries older than this are deleted from the usage
+    stream (None, `forever`: never)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -91,10 +98,18 @@ class Settings:
             ),
             role=role,  # type: ignore[arg-type]
             claim_idle_ms=_int_in(env, "LEDGER_CLAIM_IDLE_MS", CLAIM_IDLE_MS, 1, MAX_CLAIM_IDLE_MS),
+            usage_retention_s=None
+            if env.get("LEDGER_USAGE_RETENTION_S", "").strip().lower() == KEEP_FOREVER
+            else _int_in(
+                env, "LEDGER_USAGE_RETENTION_S", USAGE_RETENTION_S, 0, MAX_USAGE_RETENTION_S
+            ),
         )
 
     def with_overrides(self, **changes: object) -> Settings:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})  # type: ignore[arg-type]
+
+    def usage_retention_ms(self) -> int | None:
+        return None if self.usage_retention_s is None else self.usage_retention_s * 1_000
 
     def partition_stream(self, partition: int) -> str:
         """The usage stream of one partition (`usage_stream` itself with one partition)."""

@@ -50,6 +50,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -106,6 +107,8 @@ INFRASTRUCTURE_ERRORS: Final[tuple[type[BaseException], ...]] = (
     redis.exceptions.TimeoutError,
 )
 """Failures that say nothing about the entry: it is retried, whatever its delivery count."""
+TRIM_INTERVAL_S: Final = 60.0
+"""Seconds between two trims of the usage stream (`IngestConfig.retention_ms`)."""
 GRACEFUL_TIMEOUT_S: Final = 15.0
 """Seconds the broker waits, when stopping, for a batch in flight to finish."""
 LINGER_S: Final = 0.01
@@ -234,9 +237,9 @@ def dead_letter_index(stream: str) -> str:
 class RedisDeadLetterSink:
     """Writes dead letters to `<stream>.dead`, at most one per source entry id.
 
-    The index hash (`dead_letter_index`) remembers which source ids were dead-lettered; it
-    grows with the dead-letter stream (one field per letter) and is trimmed with it. On a Redis
-    Cluster, where a pipeline may not run scripts, each letter is one round trip.
+    The index hash (`dead_letter_index`) remembers which source ids were dead-lettered (one
+    field per letter); `IngestService.trim_once` drops the fields of source entries it deleted.
+    On a Redis Cluster, where a pipeline may not run scripts, each letter is one round trip.
     """
 
     def __init__(
@@ -500,6 +503,10 @@ class IngestProcessor:
         return True
 
 
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def _id_key(entry_id: str) -> tuple[int, int]:
     millis, _, seq = entry_id.partition("-")
     try:
@@ -522,6 +529,10 @@ class IngestConfig:
     claim_idle_ms: int = CLAIM_IDLE_MS
     reclaim_interval_s: float = RECLAIM_INTERVAL_S
     max_deliveries: int = MAX_DELIVERIES
+    retention_ms: int | None = None
+    """Acknowledged entries older than this (by their ids' time) are deleted from the stream
+    every `trim_interval_s`; None keeps them all."""
+    trim_interval_s: float = TRIM_INTERVAL_S
     take_over_at_start: bool = True
     """The single writer of its log takes over, at start, every entry left pending by any
     consumer before it reads anything new: those consumers died, and their entries came first
@@ -536,6 +547,10 @@ class IngestConfig:
             raise ValueError("claim_idle_ms, poll_block_ms and reclaim_interval_s must be > 0")
         if self.max_deliveries < 2:
             raise ValueError(f"max_deliveries must be at least 2, not {self.max_deliveries}")
+        if self.retention_ms is not None and self.retention_ms < 0:
+            raise ValueError(f"retention_ms must be >= 0, not {self.retention_ms}")
+        if self.trim_interval_s <= 0:
+            raise ValueError(f"trim_interval_s must be > 0, not {self.trim_interval_s}")
 
 
 BROKER_LOGGER: Final = "ledger.faststream"
@@ -773,6 +788,55 @@ class IngestService:
         except TimeoutError:
             self.log.warning("ingest.reclaimer_stop_timeout")
 
+    async def trim_once(self) -> int:
+        """Delete the entries the group is done with (read and acknowledged: charged or
+        dead-lettered) whose ids are older than `retention_ms`, then forget the dead-letter
+        index fields of source entries no longer in the stream. Returns the entries deleted.
+
+        Nothing the group has not read, nor anything pending, is ever deleted: the bound is
+        the lower of the last delivered id and the oldest pending id, read in that order (an
+        entry read in between is pending by the second read, so the bound can only be lower).
+        """
+        retention_ms = self.config.retention_ms
+        if retention_ms is None:
+            return 0
+        client = await self.broker.connect()
+        stream, group = self.config.stream, self.config.group
+        delivered = None
+        for info in await client.xinfo_groups(stream):
+            if info["name"] in (group, group.encode()):
+                delivered = _id_key(_text(info["last-delivered-id"]))
+        if delivered is None:
+            return 0
+        summary = await client.xpending(stream, group)
+        bound = delivered
+        if summary["pending"]:
+            bound = min(bound, _id_key(_text(summary["min"])))
+        cutoff = (time.time_ns() // 1_000_000 - retention_ms, 0)
+        keep_from = min(bound, cutoff)
+        if keep_from <= (0, 0):
+            return 0
+        trimmed = int(
+            await client.xtrim(stream, minid=f"{keep_from[0]}-{keep_from[1]}", approximate=False)
+        )
+        if trimmed:
+            forgotten = await self._forget_dead_letters_before(client, keep_from)
+            self.log.info("ingest.trimmed", entries=trimmed, dead_letter_index_fields=forgotten)
+        return trimmed
+
+    async def _forget_dead_letters_before(self, client: Any, keep_from: tuple[int, int]) -> int:
+        """Drop the index fields of source ids below `keep_from`: those entries are gone from
+        the stream, so they can never be read, nor dead-lettered, again. The letters stay."""
+        index = dead_letter_index(self.config.stream)
+        stale = [
+            field
+            async for field, _ in client.hscan_iter(index, count=1_000)
+            if _id_key(_text(field)) < keep_from
+        ]
+        for first in range(0, len(stale), 1_000):
+            await client.hdel(index, *stale[first : first + 1_000])
+        return len(stale)
+
     async def consumer_lag(self) -> int:
         """Entries of the stream the group has not finished: pending (read, not acknowledged)
         plus, on Redis 7, those not yet read (XINFO GROUPS `lag`; absent on Redis 6.2). With no
@@ -787,6 +851,7 @@ class IngestService:
     # -- reclaiming ----------------------------------------------------------------------
 
     async def _reclaim_loop(self) -> None:
+        next_trim = time.monotonic() + self.config.trim_interval_s
         while not self._stopping.is_set():
             try:
                 await self.resubscribe()
@@ -795,6 +860,12 @@ class IngestService:
                 self.log.warning("ingest.reclaim_lease_lost", error=str(error))
             except Exception:
                 self.log.exception("ingest.reclaim_failed")
+            if time.monotonic() >= next_trim:
+                next_trim = time.monotonic() + self.config.trim_interval_s
+                try:
+                    await self.trim_once()
+                except Exception:
+                    self.log.exception("ingest.trim_failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
                     self._stopping.wait(), timeout=self.config.reclaim_interval_s

@@ -91,6 +91,8 @@ class PartitionKeeper:
     """The process's `Ledger` (charged on `executor`)."""
     executor: Executor
     claim_idle_ms: int
+    retention_ms: int | None = None
+    """Acknowledged entries older than this are deleted from each held stream (None: never)."""
     projections: Projections | None = None
     metrics: LedgerMetrics | None = None
     redis_cluster: bool = False
@@ -203,7 +205,12 @@ class PartitionKeeper:
             partitions=self.partitions,
             fence=held.lease.fence,
         )
-        config = IngestConfig(stream=stream, consumer=self.owner, claim_idle_ms=self.claim_idle_ms)
+        config = IngestConfig(
+            stream=stream,
+            consumer=self.owner,
+            claim_idle_ms=self.claim_idle_ms,
+            retention_ms=self.retention_ms,
+        )
         broker = build_broker(self.redis_url, cluster=self.redis_cluster)
         held.service = IngestService(broker, processor, config, executor=self.executor, lease=held)
         await held.service.start()

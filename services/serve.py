@@ -265,7 +265,11 @@ async def run(settings: Settings) -> None:
                     partition=partition,
                     partitions=settings.partitions,
                 )
-                config = IngestConfig(stream=stream, claim_idle_ms=settings.claim_idle_ms)
+                config = IngestConfig(
+                    stream=stream,
+                    claim_idle_ms=settings.claim_idle_ms,
+                    retention_ms=settings.usage_retention_ms(),
+                )
                 broker = build_broker(redis_url, cluster=settings.redis_cluster)
                 service = IngestService(broker, processor, config, executor=executor)
                 await service.start()
@@ -283,6 +287,7 @@ async def run(settings: Settings) -> None:
                 ledger=worker.ledger,
                 executor=executor,
                 claim_idle_ms=settings.claim_idle_ms,
+                retention_ms=settings.usage_retention_ms(),
                 metrics=METRICS,
             )
             await keeper.step()  # a first share before announcing the start

@@ -39,6 +39,7 @@ from schemas.commands import AddSeat, OpenSubscription, RemoveSeat
 from schemas.limits import MAX_TOKENS_PER_COMPONENT
 from schemas.usage import UsageEvent
 from services.client import UsagePublisher, encode_usage
+from services.config import ConfigError, Settings
 from services.ingest import (
     CONSUMER_GROUP,
     MAX_DELIVERIES,
@@ -74,6 +75,7 @@ FAST_RECLAIM_INTERVAL_S = 0.05
 GROUP_LOST_S = 30.0
 """FastStream waits 5 s after a failed read before the one that finds the group gone."""
 NEVER_CLAIM_IDLE_MS = 3_600_000
+NEVER_TRIM_INTERVAL_S = 3_600.0
 
 
 # -- the ledger under test --------------------------------------------------------------------
@@ -453,6 +455,8 @@ class Services:
         claim_idle_ms: int = NEVER_CLAIM_IDLE_MS,
         max_records: int = 1_000,
         max_deliveries: int = MAX_DELIVERIES,
+        retention_ms: int | None = None,
+        trim_interval_s: float = NEVER_TRIM_INTERVAL_S,
     ) -> IngestService:
         config = IngestConfig(
             stream=self.stream,
@@ -461,6 +465,8 @@ class Services:
             reclaim_interval_s=FAST_RECLAIM_INTERVAL_S,
             max_records=max_records,
             max_deliveries=max_deliveries,
+            retention_ms=retention_ms,
+            trim_interval_s=trim_interval_s,
         )
         service = IngestService(
             build_broker(self.redis_url), self.processor(), config, executor=self.env.executor
@@ -604,6 +610,50 @@ async def test_a_lost_consumer_group_is_created_again_at_0_and_ingest_goes_on(
     ledger = services.env.ledger
     assert [ledger.count("e-1"), ledger.count("e-1", "duplicate"), ledger.count("e-2")] == [1, 1, 1]
     assert redis_sync.xlen(f"{stream_name}.dead") == 0
+
+
+async def test_trimming_deletes_acknowledged_entries_only_and_their_dead_letter_index_fields(
+    services: Services, redis_sync: redis.Redis, stream_name: str
+) -> None:
+    ledger = services.env.ledger
+    service = await services.start(retention_ms=0)
+    done = xadd_all(redis_sync, stream_name, [data(usage("e-1")), {b"data": b"bad"}])
+    await eventually(services.acked_through(done[-1]), "charged and dead-lettered")
+    ledger.fail_when = lambda usages: True
+    failing = xadd_all(redis_sync, stream_name, [data(usage("e-2"))])
+    await eventually(lambda: ledger.failures == 1, "the next batch failed")
+    index = dead_letter_index(stream_name)
+    assert redis_sync.hkeys(index) == [done[1].encode()]
+
+    assert await service.trim_once() == 2  # acknowledged; the pending one stays
+    assert [entry_id.decode() for entry_id, _ in xrange(redis_sync, stream_name)] == failing
+    assert redis_sync.hlen(index) == 0  # that source entry is gone: it cannot come back
+    assert list(dead_letters(redis_sync, stream_name)) == [done[1]]  # the letter itself stays
+    assert await service.trim_once() == 0
+
+    await services.stop(service)
+    unread = xadd_all(redis_sync, stream_name, [data(usage("e-3"))])
+    assert await service.trim_once() == 0  # never past what the group has not read
+    assert [
+        entry_id.decode() for entry_id, _ in xrange(redis_sync, stream_name)
+    ] == failing + unread
+
+
+async def test_entries_younger_than_the_retention_stay_and_the_service_trims_by_itself(
+    services: Services, redis_sync: redis.Redis, stream_name: str
+) -> None:
+    kept = await services.start("consumer-a", retention_ms=3_600_000)
+    ids = xadd_all(redis_sync, stream_name, [data(usage(f"e-{n}")) for n in range(3)])
+    await eventually(services.acked_through(ids[-1]), "acked")
+    assert await kept.trim_once() == 0
+    assert redis_sync.xlen(stream_name) == 3
+    await services.stop(kept)
+
+    await services.start("consumer-b", retention_ms=0, trim_interval_s=FAST_RECLAIM_INTERVAL_S)
+    # Everything before the last delivered entry goes; that one is kept as the bound.
+    await eventually(lambda: redis_sync.xlen(stream_name) == 1, "trimmed by the service")
+    assert [entry_id.decode() for entry_id, _ in xrange(redis_sync, stream_name)] == ids[-1:]
+    assert services.env.ledger.seen() == 3
 
 
 async def test_a_failing_handler_leaves_its_batch_pending_and_a_restart_charges_it_once(
@@ -907,3 +957,12 @@ def test_metrics_count_entries_charges_credits_and_dead_letters_by_reason(
     assert metrics.charges.value() == 1  # the second m-1 is a duplicate: charged once
     assert metrics.credits_deducted_ucr.value() == 3_180_000  # the seed example: 3.18
     assert metrics.dead_lettered.value(reason="invalid_json") == 1
+
+
+def test_the_usage_retention_comes_from_the_environment() -> None:
+    assert Settings.from_env({}).usage_retention_ms() == 86_400_000
+    assert Settings.from_env({"LEDGER_USAGE_RETENTION_S": "0"}).usage_retention_ms() == 0
+    assert Settings.from_env({"LEDGER_USAGE_RETENTION_S": "forever"}).usage_retention_ms() is None
+    for bad in ("-1", "1h", str(367 * 86_400)):
+        with pytest.raises(ConfigError, match="LEDGER_USAGE_RETENTION_S"):
+            Settings.from_env({"LEDGER_USAGE_RETENTION_S": bad})
