@@ -856,7 +856,7 @@ async def test_ingest_and_dead_letters_work_on_a_redis_cluster_across_slots(
         for stream in CLUSTER_STREAMS:
             sink = RedisDeadLetterSink.from_url(redis_cluster.url, stream, cluster=True)
             processor = IngestProcessor(env.ledger, env.projections, sink)
-            config = IngestConfig(stream=stream, consumer="cluster-consumer")
+            config = IngestConfig(stream=stream, consumer="cluster-consumer", retention_ms=0)
             service = IngestService(
                 build_broker(redis_cluster.url, cluster=True),
                 processor,
@@ -881,6 +881,12 @@ async def test_ingest_and_dead_letters_work_on_a_redis_cluster_across_slots(
             # Writing the same letters again (a redelivered batch) adds none.
             sink = RedisDeadLetterSink(client, stream)
             sink.write([DeadLetter(bad_json, "invalid_json", "again", b"{not json")])
+            assert len(dead_letters(cast(Any, client), stream)) == 2
+        for service, stream in zip(services, CLUSTER_STREAMS, strict=True):
+            # Trimming on a cluster: the stream and the index are on their own slots.
+            assert await service.trim_once() == 4  # all but the last delivered entry
+            assert client.xlen(stream) == 1
+            assert client.hlen(dead_letter_index(stream)) == 0
             assert len(dead_letters(cast(Any, client), stream)) == 2
     finally:
         for service in services:
