@@ -22,7 +22,7 @@ DEFAULT_STREAM = "ledger.usage"
 CLAIM_IDLE_MS = 30_000
 """Milliseconds an entry stays pending, unacknowledged, before another consumer reclaims it."""
 MAX_CLAIM_IDLE_MS = 24 * 3_600_000
-USAGE_RETENTION_S = 86_400
+USAGE_RETENTION_S = 3_600
 """Seconds an acknowledged usage entry stays in the stream before `ledger serve` deletes it."""
 MAX_USAGE_RETENTION_S = 366 * 86_400
 KEEP_FOREVER = "forever"

@@ -966,7 +966,7 @@ def test_metrics_count_entries_charges_credits_and_dead_letters_by_reason(
 
 
 def test_the_usage_retention_comes_from_the_environment() -> None:
-    assert Settings.from_env({}).usage_retention_ms() == 86_400_000
+    assert Settings.from_env({}).usage_retention_ms() == 3_600_000
     assert Settings.from_env({"LEDGER_USAGE_RETENTION_S": "0"}).usage_retention_ms() == 0
     assert Settings.from_env({"LEDGER_USAGE_RETENTION_S": "forever"}).usage_retention_ms() is None
     for bad in ("-1", "1h", str(367 * 86_400)):
