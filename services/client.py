@@ -64,7 +64,7 @@ class UsagePublisher:
 
     def publish(self, event: UsageEvent) -> str:
         entry_id = self._client.xadd(self.stream_of(event), {DATA_FIELD: encode_usage(event)})
-        return _text(entry_id)
+        return as_text(entry_id)
 
     def publish_many(self, events: Iterable[UsageEvent]) -> list[str]:
         """Pipelined XADDs, in order, `PUBLISH_CHUNK_EVENTS` per round trip."""
@@ -75,10 +75,10 @@ class UsagePublisher:
             pipe.xadd(self.stream_of(event), {DATA_FIELD: encode_usage(event)})
             pending += 1
             if pending == PUBLISH_CHUNK_EVENTS:
-                ids.extend(_text(entry_id) for entry_id in pipe.execute())
+                ids.extend(as_text(entry_id) for entry_id in pipe.execute())
                 pending = 0
         if pending:
-            ids.extend(_text(entry_id) for entry_id in pipe.execute())
+            ids.extend(as_text(entry_id) for entry_id in pipe.execute())
         return ids
 
     def close(self) -> None:
@@ -97,5 +97,6 @@ class UsagePublisher:
         self.close()
 
 
-def _text(entry_id: bytes | str) -> str:
-    return entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+def as_text(value: bytes | str) -> str:
+    """A Redis reply as text: clients without `decode_responses` answer bytes."""
+    return value.decode() if isinstance(value, bytes) else value

@@ -71,6 +71,7 @@ from ledger.errors import LeaseLost, StoreError
 from ledger.leases import Fence
 from ledger.partitions import partition_of
 from schemas.usage import UsageEvent
+from services.client import as_text
 from services.config import CLAIM_IDLE_MS, default_consumer_name
 from services.metrics import LedgerMetrics
 
@@ -503,10 +504,6 @@ class IngestProcessor:
         return True
 
 
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _id_key(entry_id: str) -> tuple[int, int]:
     millis, _, seq = entry_id.partition("-")
     try:
@@ -801,24 +798,19 @@ class IngestService:
         if retention_ms is None:
             return 0
         client = await self.broker.connect()
-        stream, group = self.config.stream, self.config.group
-        delivered = None
-        for info in await client.xinfo_groups(stream):
-            if info["name"] in (group, group.encode()):
-                delivered = _id_key(_text(info["last-delivered-id"]))
-        if delivered is None:
+        info = await self._group_info(client)
+        if info is None:
             return 0
-        summary = await client.xpending(stream, group)
-        bound = delivered
+        bound = _id_key(as_text(info["last-delivered-id"]))
+        summary = await client.xpending(self.config.stream, self.config.group)
         if summary["pending"]:
-            bound = min(bound, _id_key(_text(summary["min"])))
+            bound = min(bound, _id_key(as_text(summary["min"])))
         cutoff = (time.time_ns() // 1_000_000 - retention_ms, 0)
         keep_from = min(bound, cutoff)
         if keep_from <= (0, 0):
             return 0
-        trimmed = int(
-            await client.xtrim(stream, minid=f"{keep_from[0]}-{keep_from[1]}", approximate=False)
-        )
+        minid = f"{keep_from[0]}-{keep_from[1]}"
+        trimmed = int(await client.xtrim(self.config.stream, minid=minid, approximate=False))
         if trimmed:
             forgotten = await self._forget_dead_letters_before(client, keep_from)
             self.log.info("ingest.trimmed", entries=trimmed, dead_letter_index_fields=forgotten)
@@ -831,7 +823,7 @@ class IngestService:
         stale = [
             field
             async for field, _ in client.hscan_iter(index, count=1_000)
-            if _id_key(_text(field)) < keep_from
+            if _id_key(as_text(field)) < keep_from
         ]
         for first in range(0, len(stale), 1_000):
             await client.hdel(index, *stale[first : first + 1_000])
@@ -842,11 +834,18 @@ class IngestService:
         plus, on Redis 7, those not yet read (XINFO GROUPS `lag`; absent on Redis 6.2). With no
         group, the stream's length: a group created again at 0 reads every entry."""
         client = await self.broker.connect()
-        for group in await client.xinfo_groups(self.config.stream):
-            name = group["name"]  # redis-py gives str keys; values may be bytes
-            if name in (self.config.group, self.config.group.encode()):
-                return int(group.get("lag") or 0) + int(group["pending"])
-        return int(await client.xlen(self.config.stream))  # no group: it will read them all
+        info = await self._group_info(client)
+        if info is None:  # a group created again at 0 will read them all
+            return int(await client.xlen(self.config.stream))
+        return int(info.get("lag") or 0) + int(info["pending"])
+
+    async def _group_info(self, client: Any) -> dict[str, Any] | None:
+        """XINFO GROUPS' entry of this service's group; None when the stream has no such group."""
+        group = self.config.group
+        for info in await client.xinfo_groups(self.config.stream):
+            if info["name"] in (group, group.encode()):  # str keys; values may be bytes
+                return dict(info)
+        return None
 
     # -- reclaiming ----------------------------------------------------------------------
 
