@@ -870,6 +870,20 @@ def test_a_ledger_that_decided_on_a_stale_head_decides_again_and_charges_once(
     assert first.state.subscriptions["sub-1"].seats["seat-1"].used_ucr == 3_180_000
 
 
+def _before_next_append(store: Any, other_writer: Callable[[], object]) -> None:
+    """The next `store.append` first lets `other_writer` append: another writer comes between
+    a ledger's decision and its append."""
+    real_append = store.append
+    done: list[object] = []
+
+    def append_after_the_other_writer(*args: Any, **kwargs: Any) -> list[StoredRecord]:
+        if not done:
+            done.append(other_writer())
+        return real_append(*args, **kwargs)
+
+    store.append = append_after_the_other_writer
+
+
 def test_a_ledger_refused_by_a_concurrent_append_undoes_its_batch_and_decides_again(
     store_factory: StoreFactory,
 ) -> None:
@@ -878,15 +892,7 @@ def test_a_ledger_refused_by_a_concurrent_append_undoes_its_batch_and_decides_ag
     first, second = _open_ledger(store, clock), _open_ledger(store_factory(), clock)
     _set_up_subscription(first)
     second.catch_up()
-    real_append = store.append
-    interleaved = []
-
-    def append_after_the_other_writer(*args: Any, **kwargs: Any) -> list[StoredRecord]:
-        if not interleaved:  # the other writer appends between first's decision and append
-            interleaved.append(second.charge([_usage("other")]))
-        return real_append(*args, **kwargs)
-
-    store.append = append_after_the_other_writer  # type: ignore[method-assign]
+    _before_next_append(store, lambda: second.charge([_usage("other")]))
     [outcome] = first.charge([_usage("mine")])
 
     assert outcome.status == "applied" and first.concurrent_appends == 1
@@ -958,15 +964,7 @@ def test_a_refused_batch_of_every_kind_of_event_is_undone_exactly(
     first, second = _open_ledger(store, clock), _open_ledger(store_factory(), clock)
     _set_up_subscription(first)
     second.catch_up()
-    real_append = store.append
-    interleaved = []
-
-    def append_after_the_other_writer(*args: Any, **kwargs: Any) -> list[StoredRecord]:
-        if not interleaved:
-            interleaved.append(second.charge([_usage("other", seat_id="seat-2")]))
-        return real_append(*args, **kwargs)
-
-    store.append = append_after_the_other_writer  # type: ignore[method-assign]
+    _before_next_append(store, lambda: second.charge([_usage("other", seat_id="seat-2")]))
     huge = msgspec.structs.replace(_usage("huge"), output_tokens=30_000_000)  # beyond the quota
     outcomes = first.execute(
         [
