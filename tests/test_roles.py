@@ -31,6 +31,16 @@ DRAIN_TIMEOUT_S = 20.0
 PARTITIONS = 4
 
 
+def _serve_env(tmp_path: Path, redis_url: str, stream: str) -> dict[str, str]:
+    return ledger_env(
+        data_dir=tmp_path / "data",
+        redis_url=redis_url,
+        stream=stream,
+        rate_card=write_rate_card(tmp_path / "rates.toml"),
+        claim_idle_ms=1_000,
+    )
+
+
 def _backfill(env: dict[str, str], lines: list[dict[str, object]]) -> None:
     result = run_ledger(env, "backfill", "-", stdin="".join(json.dumps(x) + "\n" for x in lines))
     assert result.returncode == 0, result.stderr
@@ -39,13 +49,7 @@ def _backfill(env: dict[str, str], lines: list[dict[str, object]]) -> None:
 def test_an_api_process_serves_what_other_processes_append(
     tmp_path: Path, redis_url: str, stream_name: str
 ) -> None:
-    env = ledger_env(
-        data_dir=tmp_path / "data",
-        redis_url=redis_url,
-        stream=stream_name,
-        rate_card=write_rate_card(tmp_path / "rates.toml"),
-        claim_idle_ms=1_000,
-    )
+    env = _serve_env(tmp_path, redis_url, stream_name)
     _backfill(env, [{"type": "subscription.open", "subscription_id": "team-1"}])
     serve = ServeProcesses(env, tmp_path)
     with serve.logs_on_failure():
@@ -80,13 +84,7 @@ def test_an_api_process_serves_what_other_processes_append(
 def test_the_single_process_consumes_every_partition(
     tmp_path: Path, redis_url: str, stream_name: str
 ) -> None:
-    env = ledger_env(
-        data_dir=tmp_path / "data",
-        redis_url=redis_url,
-        stream=stream_name,
-        rate_card=write_rate_card(tmp_path / "rates.toml"),
-        claim_idle_ms=1_000,
-    )
+    env = _serve_env(tmp_path, redis_url, stream_name)
     env["LEDGER_PARTITIONS"] = str(PARTITIONS)
     teams = ["team-1", "team-2", "team-4", "acme"]
     assert {partition_of(team, PARTITIONS) for team in teams} == {0, 2, 3}
