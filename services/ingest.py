@@ -908,14 +908,18 @@ class IngestService:
         return acked
 
     async def _process_reclaimed(self, entries: list[StreamEntry]) -> list[str]:
-        try:
-            await self._process(entries)
-        except LeaseLost:
-            raise  # no entry of this partition can be charged here any more
-        except Exception:
-            self.log.exception("ingest.reclaimed_batch_failed", entries=len(entries))
-        else:
-            return [entry_id for entry_id, _ in entries]
+        if len(entries) > 1:
+            try:
+                await self._process(entries)
+            except LeaseLost:
+                raise  # no entry of this partition can be charged here any more
+            except INFRASTRUCTURE_ERRORS:  # the store or Redis is away: no entry would do better
+                self.log.exception("ingest.reclaimed_batch_failed", entries=len(entries))
+                return []
+            except Exception:
+                self.log.exception("ingest.reclaimed_batch_failed", entries=len(entries))
+            else:
+                return [entry_id for entry_id, _ in entries]
         done: list[str] = []  # one by one: the failing entry (or entries) holds back no other
         for entry in entries:
             try:
