@@ -488,9 +488,11 @@ class PostgresEventStore:
         statistics say. With `ORDER BY position LIMIT n` over an open range, a table not yet
         analyzed gets a bitmap scan of the whole range and an on-disk sort (measured: 4 times
         slower); the rows of one range arrive nearly in order, so sorting them here costs a pass.
+        With `until`, the head is not asked for: positions are gap-free and committed in order
+        (appends hold the append lock to their commit), so a range that comes back short ends
+        at the head.
         """
-        head = self.head().position
-        last = head if until is None else min(until, head)
+        last = self.head().position if until is None else until
         position = after
         while position < last:
             upper = min(last, position + READ_CHUNK_RECORDS)
@@ -498,6 +500,8 @@ class PostgresEventStore:
             rows.sort(key=_first)
             if rows:
                 yield rows
+            if len(rows) < upper - position:
+                return
             position = upper
 
     def _fetch(
