@@ -3,12 +3,13 @@ rendered in the text exposition format 0.0.4 that `GET /metrics` serves.
 
 Counts stay integers (events, micro-credits), so the text shows `1000000`, never `1e+06`;
 durations are kept in integer nanoseconds and rendered as exact decimal seconds. Every metric is
-safe to update from any thread. The process-wide instruments are module attributes, so the code
-that ingests can write `metrics.events_ingested.inc(n)` after `from services import metrics`.
+safe to update from any thread. The process-wide instruments are `METRICS` (also module
+attributes); ingest and the API are handed a `LedgerMetrics`, so tests can give them their own.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 import threading
 from collections.abc import Collection, Mapping, Sequence
@@ -83,10 +84,11 @@ class _Metric:
         self.name = name
         self.help = help_text
         self.label_names = tuple(label_names)
+        self._label_set = frozenset(self.label_names)
         self._lock = threading.Lock()
 
     def _key(self, labels: dict[str, str]) -> LabelValues:
-        if set(labels) != set(self.label_names):
+        if labels.keys() != self._label_set:
             raise ValueError(f"{self.name} takes the labels {self.label_names}, got {labels}")
         return tuple(str(labels[name]) for name in self.label_names)
 
@@ -178,15 +180,13 @@ class Histogram(_Metric):
         assert list(buckets_ns) == sorted(set(buckets_ns)) and buckets_ns[0] > 0
         assert "le" not in self.label_names
         self.buckets_ns = tuple(buckets_ns)
+        self._bounds = [format_seconds(b) for b in self.buckets_ns] + ["+Inf"]
         self._series: dict[LabelValues, _Series] = {}
 
     def observe_ns(self, duration_ns: int, **labels: str) -> None:
         key = self._key(labels)
         duration_ns = max(0, duration_ns)
-        slot = next(
-            (i for i, bound in enumerate(self.buckets_ns) if duration_ns <= bound),
-            len(self.buckets_ns),
-        )
+        slot = bisect.bisect_left(self.buckets_ns, duration_ns)  # the first bound >= it
         with self._lock:
             key = self._bounded(key, self._series)
             series = self._series.get(key)
@@ -210,8 +210,7 @@ class Histogram(_Metric):
         lines: list[str] = []
         for key, buckets, count, sum_ns in items:
             cumulative = 0
-            bounds = [format_seconds(b) for b in self.buckets_ns] + ["+Inf"]
-            for bound, in_bucket in zip(bounds, buckets, strict=True):
+            for bound, in_bucket in zip(self._bounds, buckets, strict=True):
                 cumulative += in_bucket
                 labels = _label_text(names, (*key, bound))
                 lines.append(f"{self.name}_bucket{labels} {cumulative}")
@@ -303,20 +302,20 @@ class LedgerMetrics:
         return self.registry.render(names)
 
 
+METRICS: Final = LedgerMetrics()
+"""The process's instruments; `GET /metrics` renders these unless the app is given others."""
 WRITER_METRIC_NAMES: Final = frozenset(
-    {
-        "ledger_events_ingested_total",
-        "ledger_events_dead_lettered_total",
-        "ledger_charges_total",
-        "ledger_credits_deducted_ucr_total",
-        "ledger_consumer_lag_events",
-    }
+    metric.name
+    for metric in (
+        METRICS.events_ingested,
+        METRICS.dead_lettered,
+        METRICS.charges,
+        METRICS.credits_deducted_ucr,
+        METRICS.consumer_lag,
+    )
 )
 """The metrics the writer (ingest) sets. `ledger serve` runs the HTTP API in a process of its
 own, which renders the rest and asks the writer for these."""
-
-METRICS: Final = LedgerMetrics()
-"""The process's instruments; `GET /metrics` renders these unless the app is given others."""
 REGISTRY: Final = METRICS.registry
 events_ingested: Final = METRICS.events_ingested
 dead_lettered: Final = METRICS.dead_lettered
