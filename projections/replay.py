@@ -60,7 +60,7 @@ def balances_as_of(
         if on_progress is not None:
             for first in range(0, len(chunk), PROGRESS_EVERY_RECORDS):
                 on_progress(min(PROGRESS_EVERY_RECORDS, len(chunk) - first))
-    balances.take_changes()
+    balances.forget_changes()
     return balances
 
 

@@ -181,7 +181,7 @@ _SLUG_BY_STATUS: Final = {
     503: "not-ready",
 }
 
-EVERY_ROLE: Final[frozenset[Role]] = frozenset({"admin", "auditor", "viewer", "gateway"})
+EVERY_ROLE: Final[frozenset[Role]] = frozenset(ROLES)
 SEAT_READERS: Final[frozenset[Role]] = EVERY_ROLE
 SUBSCRIPTION_READERS: Final[frozenset[Role]] = frozenset({"admin", "auditor", "viewer"})
 AUDITORS: Final[frozenset[Role]] = frozenset({"admin", "auditor"})
@@ -754,13 +754,16 @@ def create_app(
         except InvalidAsOf as error:
             raise Problem("invalid-parameter", f"as_of: {error}", parameter="as_of") from None
 
+    def now() -> datetime:
+        return datetime_from_us(clock.now_us())
+
     @contextmanager
     def at(as_of: str | None) -> Iterator[tuple[Balances, datetime]]:
         """The balances and the instant a read answers as of; the live balances are held
         still (no fold on the writer thread) until the `with` block ends."""
         if as_of is None:
             with runner.reading() as balances:
-                yield balances, datetime_from_us(clock.now_us())
+                yield balances, now()
             return
         position = position_of(as_of)
         instant = _parse_instant(as_of, "as_of") if not as_of.startswith(POSITION_PREFIX) else None
@@ -943,9 +946,6 @@ def create_app(
             raise Problem("not-found", f"no live token {token_id!r}")
 
     # -- writes: admin only, through the single writer --------------------------------------
-
-    def now() -> datetime:
-        return datetime_from_us(clock.now_us())
 
     async def write(command: Command) -> Outcome:
         [outcome] = await writer.execute([command])
@@ -1146,9 +1146,9 @@ def create_app(
 
     @get("/v1/tokens/self", summary="The bearer token's own role and scope, and the ledger's now")
     async def get_token_self(request: Request[Any, Any, Any]) -> TokenSelfView:
-        me = access(request, frozenset(ROLES))
+        me = access(request, EVERY_ROLE)
         scope = None if me.subscription_ids is None else sorted(me.subscription_ids)
-        return TokenSelfView(me.token_id, me.role, scope, datetime_from_us(clock.now_us()))
+        return TokenSelfView(me.token_id, me.role, scope, now())
 
     @get("/healthz", summary="Liveness")
     async def healthz() -> HealthView:

@@ -22,6 +22,10 @@ from services.postgres_tokens import PostgresTokenStore
 
 def open_event_store(settings: Settings) -> EventStore:
     """PostgreSQL when `LEDGER_DATABASE_URL` is a postgresql:// URL, else the SQLite file."""
+    return _open_log_store(settings)
+
+
+def _open_log_store(settings: Settings) -> SqliteEventStore | PostgresEventStore:
     url = settings.postgres_url()
     if url is not None:
         return _postgres(settings, url)
@@ -43,10 +47,7 @@ def _postgres(settings: Settings, url: str) -> PostgresEventStore:
 def open_lease_store(settings: Settings) -> LeaseStore:
     """The leases live in the log's store; an ingest worker opens a second connection for
     them, so a renewal never waits behind an append."""
-    url = settings.postgres_url()
-    if url is not None:
-        return _postgres(settings, url)
-    return SqliteEventStore(settings.sqlite_path())
+    return _open_log_store(settings)
 
 
 def open_read_store(settings: Settings, store: EventStore) -> ReadModelStore:

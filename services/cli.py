@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from functools import wraps
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any, TypeVar, get_args
 
 import click
 import msgspec
@@ -32,7 +32,7 @@ from schemas.commands import AdminCommand, ChargeUsage, Command
 from schemas.read_models import UsageRow
 from schemas.usage import UsageEvent
 from services.bootstrap import Parts, bootstrap, make_clock
-from services.config import ConfigError, Settings, parse_instant
+from services.config import ConfigError, Role, Settings, parse_instant
 from services.simulate import simulate
 
 EXIT_CODES: dict[type[Exception], int] = {
@@ -98,7 +98,7 @@ def main(ctx: click.Context, data_dir: Path | None, database_url: str | None) ->
 @click.option("--stream", help="Overrides LEDGER_USAGE_STREAM.")
 @click.option(
     "--role",
-    type=click.Choice(["all", "ingest", "api"]),
+    type=click.Choice(get_args(Role)),
     help="Overrides LEDGER_ROLE: all (default, one process), ingest (a worker under partition "
     "leases), api (HTTP and projector).",
 )

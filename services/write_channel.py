@@ -83,13 +83,13 @@ class RemoteWriter:
     def __init__(self, connection: Connection, caught_up: Callable[[], Awaitable[int]]) -> None:
         self._connection = connection
         self._caught_up = caught_up
-        self._lock = threading.Lock()
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="write-channel")
+        """The one thread that uses the connection: a request and its answer never interleave
+        with another's."""
 
     def _call(self, kind: str, payload: Any) -> Any:
-        with self._lock:
-            self._connection.send((kind, payload))
-            status, value = self._connection.recv()
+        self._connection.send((kind, payload))
+        status, value = self._connection.recv()
         if status != "ok":
             raise WriteChannelError(str(value))
         return value
