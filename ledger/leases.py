@@ -15,6 +15,8 @@ from typing import Protocol
 
 import msgspec
 
+from ledger.errors import LeaseLost
+
 LEASE_TTL_MS = 10_000
 """How long a lease lasts unless renewed (LEDGER_LEASE_TTL_MS)."""
 
@@ -24,6 +26,9 @@ MIN_LEASE_TTL_MS = 100
 RENEWALS_PER_TTL = 3
 """A holder renews every TTL / 3: two renewals may fail before the lease is gone."""
 
+DEAD_WORKER_ROWS_KEPT_S = 3_600
+"""Heartbeat rows of workers gone this long are deleted by the next heartbeat."""
+
 
 class Fence(msgspec.Struct, frozen=True):
     """What an append under a lease carries: the store refuses it unless the partition's lease
@@ -32,6 +37,21 @@ class Fence(msgspec.Struct, frozen=True):
     partition: int
     owner: str
     token: int
+
+
+def check_fence(fence: Fence, row: tuple[str, int, bool] | None) -> None:
+    """Raises `LeaseLost` unless the partition's lease row, (owner, token, still live), carries
+    the fence's owner and token and has not expired."""
+    if row is None:
+        raise LeaseLost(f"partition {fence.partition} has no lease")
+    owner, token, live = row
+    if (owner, token) != (fence.owner, fence.token):
+        raise LeaseLost(
+            f"partition {fence.partition} is held by {owner!r} under token {token}; the append "
+            f"carries {fence.owner!r}, token {fence.token}"
+        )
+    if not live:
+        raise LeaseLost(f"the lease of partition {fence.partition} (token {token}) expired")
 
 
 class Lease(msgspec.Struct, frozen=True):

@@ -11,7 +11,7 @@ import hashlib
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Protocol, get_args
 
 import msgspec
 
@@ -30,6 +30,13 @@ MAX_APPEND_EVENTS = 100_000
 
 EVENT_ENCODER = msgspec.json.Encoder()
 EVENT_DECODER: msgspec.json.Decoder[LogEvent] = msgspec.json.Decoder(LogEvent)
+EVENT_TYPE_TAG: dict[type, str] = {
+    event_type: str(event_type.__struct_config__.tag) for event_type in get_args(LogEvent)
+}
+"""Each event type's `type` tag, stored in its own column beside the record."""
+
+READ_CHUNK_RECORDS = 10_000
+"""Records (positions) a store's `read` fetches per query: a long log streams, not loads."""
 
 
 class StoredRecord(msgspec.Struct, frozen=True):

@@ -37,7 +37,7 @@ import hashlib
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, LiteralString, get_args
+from typing import Any, LiteralString
 
 import psycopg
 from psycopg import sql
@@ -48,10 +48,19 @@ from ledger.errors import (
     StoreError,
 )
 from ledger.idempotency import UsageKey
-from ledger.leases import RENEWALS_PER_TTL, Fence, Lease, LeaseHolder
+from ledger.leases import (
+    DEAD_WORKER_ROWS_KEPT_S,
+    RENEWALS_PER_TTL,
+    Fence,
+    Lease,
+    LeaseHolder,
+    check_fence,
+)
 from ledger.log import (
     EVENT_ENCODER,
+    EVENT_TYPE_TAG,
     GENESIS_HASH,
+    READ_CHUNK_RECORDS,
     Head,
     PriorCharge,
     StoredRecord,
@@ -64,8 +73,6 @@ from schemas.events import LogEvent
 
 DEFAULT_SCHEMA = "public"
 
-READ_CHUNK_RECORDS = 10_000
-"""Positions `read` fetches per query: a long log streams instead of loading at once."""
 
 CONNECT_TIMEOUT_S = 10
 """How long opening the connection may take before the store gives up."""
@@ -80,8 +87,6 @@ the server after this long, which releases the append lock it holds."""
 LEASE_LAPSED_SQLSTATE = "LL001"
 """Raised by the schema's `lease_check` function, the last statement of a fenced append."""
 
-DEAD_WORKER_ROWS_KEPT_S = 3_600
-"""Heartbeat rows of workers gone this long are deleted by the next heartbeat."""
 
 MAX_SCHEMA_NAME_CHARS = 63
 """PostgreSQL's identifier limit (NAMEDATALEN - 1)."""
@@ -160,10 +165,6 @@ MIGRATIONS: tuple[tuple[int, LiteralString], ...] = (
 """(version, SQL) in order; `{schema}` is the store's schema. Append new ones, never edit."""
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]
-
-_TAG_OF: dict[type, str] = {
-    event_type: str(event_type.__struct_config__.tag) for event_type in get_args(LogEvent)
-}
 
 
 def advisory_lock_key(schema: str, purpose: str) -> int:
@@ -321,7 +322,9 @@ class PostgresEventStore:
                     # ends the session (and frees the lock) if the process freezes right here.
                     pipeline.sync()
                     head = _head_of(head_cursor.fetchone())
-                    _check_fence(fence, lease.fetchone() if lease else None)
+                    if fence is not None:  # the first check; `lease_check` repeats it last
+                        assert lease is not None
+                        check_fence(fence, lease.fetchone())
                     check_head(head, recorded_at_us, expected_position)
                     records = chained(head, recorded_at_us, encoded)
                     if charges:
@@ -570,7 +573,7 @@ class _Queries:
             ' AND k.event_id = wanted.event_id COLLATE "C"'
         )
         self.fence = q(
-            "SELECT owner, token, clock_timestamp(), expires_at > clock_timestamp()"
+            "SELECT owner, token, expires_at > clock_timestamp()"
             " FROM {schema}.leases WHERE partition = %b"
         )
         self.insert_fenced_append = q(
@@ -630,23 +633,6 @@ class _Queries:
         )
 
 
-def _check_fence(fence: Fence | None, row: tuple[str, int, Any, bool] | None) -> None:
-    """Raises `LeaseLost` unless the partition's lease row still carries the fence's owner and
-    token and has not expired (the first check; `lease_check` repeats it last)."""
-    if fence is None:
-        return
-    if row is None:
-        raise LeaseLost(f"partition {fence.partition} has no lease")
-    owner, token, _, live = row
-    if (owner, token) != (fence.owner, fence.token):
-        raise LeaseLost(
-            f"partition {fence.partition} is held by {owner!r} under token {token}; the append "
-            f"carries {fence.owner!r}, token {fence.token}"
-        )
-    if not live:
-        raise LeaseLost(f"the lease of partition {fence.partition} (token {token}) expired")
-
-
 def _first(row: tuple[Any, ...]) -> Any:
     return row[0]
 
@@ -663,7 +649,7 @@ def _record_columns(records: list[StoredRecord], events: Sequence[LogEvent]) -> 
         [record.position for record in records],
         [record.recorded_at_us for record in records],
         [event.subscription_id for event in events],
-        [_TAG_OF[type(event)] for event in events],
+        [EVENT_TYPE_TAG[type(event)] for event in events],
         [record.prev_hash for record in records],
         [record.hash for record in records],
         [record.data for record in records],

@@ -25,20 +25,21 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import msgspec
 
 from ledger.errors import (
     DuplicateUsageKey,
-    LeaseLost,
     StoreError,
 )
 from ledger.idempotency import UsageKey
-from ledger.leases import Fence, Lease, LeaseHolder
+from ledger.leases import DEAD_WORKER_ROWS_KEPT_S, Fence, Lease, LeaseHolder, check_fence
 from ledger.log import (
     EVENT_ENCODER,
+    EVENT_TYPE_TAG,
     GENESIS_HASH,
+    READ_CHUNK_RECORDS,
     Head,
     PriorCharge,
     StoredRecord,
@@ -64,14 +65,10 @@ OPEN_RETRY_INTERVAL_S = 0.01
 WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
 """What a WAL file is truncated to after a checkpoint, once a big merge has grown it."""
 
-READ_CHUNK_RECORDS = 10_000
-"""Records `read` fetches per query: a long log streams instead of loading at once."""
 
 RECENT_USAGE_KEYS_MAX = 131_072
 """Unmerged keys after which an append merges them into `usage_keys` (~14 MiB of dict)."""
 
-DEAD_WORKER_ROWS_KEPT_S = 3_600
-"""Heartbeat rows of workers gone this long are deleted by the next heartbeat."""
 
 SQL_VARIABLES_PER_QUERY = 500
 """Bound parameters per `IN (...)` list, well under SQLite's limit."""
@@ -139,10 +136,6 @@ _SELECT_EVENT_DATA = (
     "SELECT data FROM log WHERE position > ? AND position <= ? ORDER BY position LIMIT ?"
 )
 _SELECT_HEAD = "SELECT position, hash, recorded_at_us FROM log ORDER BY position DESC LIMIT 1"
-
-_TAG_OF: dict[type, str] = {
-    event_type: str(event_type.__struct_config__.tag) for event_type in get_args(LogEvent)
-}
 
 
 class _ChargeIdentity(msgspec.Struct, frozen=True):
@@ -422,19 +415,10 @@ class SqliteEventStore:
 
     def _check_fence(self, fence: Fence) -> None:
         row = self._db.execute(
-            "SELECT owner, token, expires_at_us FROM leases WHERE partition = ?",
-            (fence.partition,),
+            "SELECT owner, token, expires_at_us > ? FROM leases WHERE partition = ?",
+            (_now_us(), fence.partition),
         ).fetchone()
-        if row is None:
-            raise LeaseLost(f"partition {fence.partition} has no lease")
-        owner, token, expires_at_us = row
-        if (owner, token) != (fence.owner, fence.token):
-            raise LeaseLost(
-                f"partition {fence.partition} is held by {owner!r} under token {token}; the "
-                f"append carries {fence.owner!r}, token {fence.token}"
-            )
-        if expires_at_us <= _now_us():
-            raise LeaseLost(f"the lease of partition {fence.partition} (token {token}) expired")
+        check_fence(fence, None if row is None else (row[0], row[1], bool(row[2])))
 
     def _prepare(self, path: Path) -> None:
         self._enter_wal_mode()
@@ -626,7 +610,7 @@ def _log_rows(
             record.position,
             record.recorded_at_us,
             event.subscription_id,
-            _TAG_OF[type(event)],
+            EVENT_TYPE_TAG[type(event)],
             record.prev_hash,
             record.hash,
             record.data,
