@@ -72,7 +72,7 @@ from ledger.leases import Fence
 from ledger.partitions import partition_of
 from schemas.usage import UsageEvent
 from services.client import as_text
-from services.config import CLAIM_IDLE_MS, default_consumer_name
+from services.config import CLAIM_IDLE_MS, Settings, default_consumer_name
 from services.metrics import LedgerMetrics
 
 log = structlog.get_logger(__name__)
@@ -569,6 +569,46 @@ def build_broker(
         log_level=logging.DEBUG,
         logger=logging.getLogger(BROKER_LOGGER),
     )
+
+
+def open_partition_consumer(
+    settings: Settings,
+    redis_url: str,
+    ledger: ChargingLedger,
+    executor: Executor,
+    partition: int,
+    *,
+    consumer: str,
+    metrics: LedgerMetrics | None = None,
+    lease: PartitionLease | None = None,
+    fence: Fence | None = None,
+) -> tuple[IngestService, RedisDeadLetterSink]:
+    """The consumer of one partition's stream as `settings` configure it (not started yet),
+    and its dead-letter sink, which the caller closes after stopping the consumer."""
+    stream = settings.partition_stream(partition)
+    sink = RedisDeadLetterSink.from_url(redis_url, stream, cluster=settings.redis_cluster)
+    try:
+        processor = IngestProcessor(
+            ledger,
+            None,
+            sink,
+            metrics=metrics,
+            partition=partition,
+            partitions=settings.partitions,
+            fence=fence,
+        )
+        config = IngestConfig(
+            stream=stream,
+            consumer=consumer,
+            claim_idle_ms=settings.claim_idle_ms,
+            retention_ms=settings.usage_retention_ms(),
+        )
+        broker = build_broker(redis_url, cluster=settings.redis_cluster)
+        service = IngestService(broker, processor, config, executor=executor, lease=lease)
+    except BaseException:
+        sink.close()
+        raise
+    return service, sink
 
 
 async def ensure_group(client: Any, stream: str, group: str = CONSUMER_GROUP) -> bool:

@@ -28,14 +28,8 @@ import structlog
 
 from ledger.errors import StoreError
 from ledger.leases import RENEWALS_PER_TTL, Fence, Lease, LeaseStore, fair_share
-from services.ingest import (
-    IngestConfig,
-    IngestProcessor,
-    IngestService,
-    Projections,
-    RedisDeadLetterSink,
-    build_broker,
-)
+from services.config import Settings
+from services.ingest import IngestService, RedisDeadLetterSink, open_partition_consumer
 from services.metrics import LedgerMetrics
 
 LOCAL_MARGIN_DIVISOR: Final = 10
@@ -82,26 +76,28 @@ class PartitionKeeper:
 
     leases: LeaseStore
     """A store instance of its own (its own connection), used on `lease_executor` only."""
-    partitions: int
-    ttl_ms: int
+    settings: Settings
+    """The partitions, the lease TTL and how each partition's consumer is configured."""
     owner: str
     redis_url: str
-    stream_of: Callable[[int], str]
+    """The settings' Redis, or the private one `ledger serve` started."""
     ledger: Any
     """The process's `Ledger` (charged on `executor`)."""
     executor: Executor
-    claim_idle_ms: int
-    retention_ms: int | None = None
-    """Acknowledged entries older than this are deleted from each held stream (None: never)."""
-    projections: Projections | None = None
     metrics: LedgerMetrics | None = None
-    redis_cluster: bool = False
-    """`redis_url` names one node of a Redis Cluster."""
     held: dict[int, HeldPartition] = field(default_factory=dict)
     lease_executor: Executor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="ledger-leases")
     )
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def partitions(self) -> int:
+        return self.settings.partitions
+
+    @property
+    def ttl_ms(self) -> int:
+        return self.settings.lease_ttl_ms
 
     @property
     def interval_s(self) -> float:
@@ -194,25 +190,17 @@ class PartitionKeeper:
             self._wake.set()
 
     async def _start_service(self, held: HeldPartition) -> None:
-        stream = self.stream_of(held.partition)
-        held.sink = RedisDeadLetterSink.from_url(self.redis_url, stream, cluster=self.redis_cluster)
-        processor = IngestProcessor(
+        held.service, held.sink = open_partition_consumer(
+            self.settings,
+            self.redis_url,
             self.ledger,
-            self.projections,
-            held.sink,
+            self.executor,
+            held.partition,
+            consumer=self.owner,
             metrics=self.metrics,
-            partition=held.partition,
-            partitions=self.partitions,
+            lease=held,
             fence=held.lease.fence,
         )
-        config = IngestConfig(
-            stream=stream,
-            consumer=self.owner,
-            claim_idle_ms=self.claim_idle_ms,
-            retention_ms=self.retention_ms,
-        )
-        broker = build_broker(self.redis_url, cluster=self.redis_cluster)
-        held.service = IngestService(broker, processor, config, executor=self.executor, lease=held)
         await held.service.start()
 
     async def _drop(self, held: HeldPartition, why: str) -> None:

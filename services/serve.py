@@ -46,14 +46,7 @@ from services.api_process import ApiProcess
 from services.auth import ensure_admin_token
 from services.bootstrap import Parts, bootstrap, open_lease_store, open_token_store
 from services.config import ConfigError, Settings, default_consumer_name
-from services.ingest import (
-    BROKER_LOGGER,
-    IngestConfig,
-    IngestProcessor,
-    IngestService,
-    RedisDeadLetterSink,
-    build_broker,
-)
+from services.ingest import BROKER_LOGGER, IngestService, open_partition_consumer
 from services.metrics import METRICS
 from services.partition_leases import PartitionKeeper
 from services.projector import Projector
@@ -252,42 +245,27 @@ async def run(settings: Settings) -> None:
         if role == "all":
             assert redis_url is not None
             for partition in range(settings.partitions):
-                stream = settings.partition_stream(partition)
-                sink = RedisDeadLetterSink.from_url(
-                    redis_url, stream, cluster=settings.redis_cluster
+                service, sink = open_partition_consumer(
+                    settings,
+                    redis_url,
+                    worker.ledger,
+                    executor,
+                    partition,
+                    consumer=default_consumer_name(),
+                    metrics=METRICS,
                 )
                 resources.callback(sink.close)
-                processor = IngestProcessor(
-                    worker.ledger,
-                    None,
-                    sink,
-                    metrics=METRICS,
-                    partition=partition,
-                    partitions=settings.partitions,
-                )
-                config = IngestConfig(
-                    stream=stream,
-                    claim_idle_ms=settings.claim_idle_ms,
-                    retention_ms=settings.usage_retention_ms(),
-                )
-                broker = build_broker(redis_url, cluster=settings.redis_cluster)
-                service = IngestService(broker, processor, config, executor=executor)
                 await service.start()
                 consumers.append(service)
         elif role == "ingest":
             assert redis_url is not None
             keeper = PartitionKeeper(
                 leases=open_lease_store(settings),
-                partitions=settings.partitions,
-                ttl_ms=settings.lease_ttl_ms,
+                settings=settings,
                 owner=default_consumer_name(),
                 redis_url=redis_url,
-                redis_cluster=settings.redis_cluster,
-                stream_of=settings.partition_stream,
                 ledger=worker.ledger,
                 executor=executor,
-                claim_idle_ms=settings.claim_idle_ms,
-                retention_ms=settings.usage_retention_ms(),
                 metrics=METRICS,
             )
             await keeper.step()  # a first share before announcing the start
