@@ -17,7 +17,7 @@ import msgspec
 import redis
 import redis.cluster
 
-from ledger.partitions import check_partitions, partition_of, partition_stream
+from ledger.partitions import check_partitions, partition_of, partition_streams
 from schemas.usage import UsageEvent
 
 DEFAULT_STREAM: Final = "ledger.usage"
@@ -49,12 +49,9 @@ class UsagePublisher:
         from it) and each XADD goes to the node holding the stream's slot."""
         self.stream = stream
         self.partitions = check_partitions(partitions)
-        self._streams = [partition_stream(stream, k, partitions) for k in range(partitions)]
+        self._streams = partition_streams(stream, partitions)
         self._own_client = client is None
-        if client is None:
-            kind = redis.cluster.RedisCluster if cluster else redis.Redis
-            client = kind.from_url(redis_url)
-        self._client = client
+        self._client = redis_client(redis_url, cluster=cluster) if client is None else client
 
     def stream_of(self, event: UsageEvent) -> str:
         """The stream this event is published on: its subscription's partition."""
@@ -95,6 +92,16 @@ class UsagePublisher:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def redis_client(
+    redis_url: str, *, cluster: bool = False
+) -> redis.Redis | redis.cluster.RedisCluster:
+    """A client of the Redis at `redis_url`; with `cluster`, of the Redis Cluster that node is
+    part of (the other nodes are found from it)."""
+    if cluster:
+        return redis.cluster.RedisCluster.from_url(redis_url)
+    return redis.Redis.from_url(redis_url)
 
 
 def as_text(value: bytes | str) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal, get_args
 
 from ledger.leases import LEASE_TTL_MS, MIN_LEASE_TTL_MS
-from ledger.partitions import MAX_PARTITIONS, partition_stream
+from ledger.partitions import MAX_PARTITIONS, PartitionError, partition_stream
 
 ClockKind = Literal["system", "manual"]
 Role = Literal["all", "ingest", "api"]
@@ -72,10 +72,10 @@ class Settings:
         start = env.get("LEDGER_CLOCK_START")
         partitions = _int_in(env, "LEDGER_PARTITIONS", 1, 1, MAX_PARTITIONS)
         stream = env.get("LEDGER_USAGE_STREAM", DEFAULT_STREAM)
-        if partitions > 1 and ("{" in stream or "}" in stream):
-            raise ConfigError(
-                f"LEDGER_USAGE_STREAM may not contain braces with LEDGER_PARTITIONS > 1: {stream!r}"
-            )
+        try:
+            partition_stream(stream, 0, partitions)  # refuses what cannot be partitioned
+        except PartitionError as error:
+            raise ConfigError(f"LEDGER_USAGE_STREAM with LEDGER_PARTITIONS > 1: {error}") from None
         role = env.get("LEDGER_ROLE", "all")
         if role not in get_args(Role):
             raise ConfigError(f"LEDGER_ROLE must be one of {', '.join(get_args(Role))}: {role!r}")

@@ -71,7 +71,7 @@ from ledger.errors import LeaseLost, StoreError
 from ledger.leases import Fence
 from ledger.partitions import partition_of
 from schemas.usage import UsageEvent
-from services.client import as_text
+from services.client import as_text, redis_client
 from services.config import CLAIM_IDLE_MS, Settings, default_consumer_name
 from services.metrics import LedgerMetrics
 
@@ -257,8 +257,7 @@ class RedisDeadLetterSink:
     def from_url(
         cls, redis_url: str, source_stream: str, *, cluster: bool = False
     ) -> RedisDeadLetterSink:
-        client = redis.cluster.RedisCluster.from_url(redis_url) if cluster else None
-        return cls(client or redis.Redis.from_url(redis_url), source_stream)
+        return cls(redis_client(redis_url, cluster=cluster), source_stream)
 
     def write(self, letters: Sequence[DeadLetter]) -> None:
         if not letters:

@@ -7,12 +7,10 @@ when its owner stops. Nothing outside the data dir is written.
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import importlib.util
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -25,6 +23,8 @@ import redis
 import structlog
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+
+from services.children import die_with_parent
 
 log = structlog.get_logger()
 
@@ -45,8 +45,6 @@ MAX_PORT_ATTEMPTS = 5
 LOG_TAIL_LINES = 20
 
 AppendFsync = Literal["always", "everysec", "no"]
-
-_PR_SET_PDEATHSIG = 1
 
 
 class EmbeddedRedisError(RuntimeError):
@@ -96,12 +94,6 @@ def free_loopback_port() -> int:
         probe.bind((LOOPBACK_HOST, 0))
         port: int = probe.getsockname()[1]
         return port
-
-
-def _stop_with_parent() -> None:
-    """In the child before exec: get SIGTERM when the parent dies, so no Redis is orphaned."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class EmbeddedRedis:
@@ -266,7 +258,7 @@ class EmbeddedRedis:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 cwd=self.data_dir,
-                preexec_fn=_stop_with_parent if self.stop_with_parent else None,
+                preexec_fn=die_with_parent if self.stop_with_parent else None,
             )
         try:
             version = self._wait_until_ready(process, port)

@@ -132,7 +132,7 @@ class Worker:
         """Append what fell due (under `fence` when given)."""
         assert self.ledger is not None
         outcome = self.ledger.tick(fence)
-        (self.settings.data_dir / HEARTBEAT_FILE).touch()
+        self.beat()
         if outcome.records:
             log.info("lifecycle.appended", events=len(outcome.records))
         return len(outcome.records)

@@ -50,7 +50,7 @@ from schemas.limits import (
     MAX_TOOL_CALLS_PER_REQUEST,
 )
 from schemas.usage import UsageEvent
-from services.client import DATA_FIELD, UsagePublisher, encode_usage
+from services.client import DATA_FIELD, UsagePublisher, encode_usage, redis_client
 from services.config import ConfigError, Settings
 
 # -- defaults and shapes --------------------------------------------------------------------------
@@ -661,8 +661,7 @@ def simulate(
         raise ConfigError("simulate needs a Redis: pass --redis-url or set LEDGER_REDIS_URL")
     seed = random_seed() if seed is None else seed
     rate_card = load_rate_card(settings.rate_card)
-    kind = redis.cluster.RedisCluster if settings.redis_cluster else redis.Redis
-    client: Any = kind.from_url(settings.redis_url)
+    client: Any = redis_client(settings.redis_url, cluster=settings.redis_cluster)
     try:
         client.ping()  # before the ledger is touched: an unreachable Redis changes nothing
         report: SetupReport | None = None

@@ -9,7 +9,7 @@ load (`LEDGER_RATE_CARD`), so a pricing bug cannot agree with itself.
 from __future__ import annotations
 
 import contextlib
-import ctypes
+import functools
 import json
 import os
 import random
@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 import redis
 
+from services.children import die_with_parent
 from services.redis_server import free_loopback_port
 
 GROUP = "ledger"
@@ -426,12 +427,6 @@ class Publisher(threading.Thread):
 # -- `ledger` processes --------------------------------------------------------------------------
 
 
-def _die_with_parent() -> None:
-    """In the child: SIGKILL when the test process dies, so no `ledger serve` is orphaned."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
 def ledger_env(
     *, data_dir: Path, redis_url: str, stream: str, rate_card: Path, claim_idle_ms: int
 ) -> dict[str, str]:
@@ -508,7 +503,7 @@ class ServeProcesses:
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
+                preexec_fn=functools.partial(die_with_parent, signal.SIGKILL),
             )
         run = ServeRun(process, log_path, time.monotonic())
         self.runs.append(run)

@@ -21,6 +21,7 @@ from typing import Any
 import redis
 import redis.cluster
 
+from services.client import redis_client
 from services.ingest import dead_letter_index
 from services.redis_server import free_loopback_port
 
@@ -205,7 +206,7 @@ def start_service(
     log_path = tmp_path / "serve.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen([*LEDGER, "serve"], env=env, stdout=log, stderr=log)
-    client: Any = (redis.cluster.RedisCluster if cluster else redis.Redis).from_url(redis_url)
+    client: Any = redis_client(redis_url, cluster=cluster)
     service = Service(
         process,
         HttpClient(f"http://127.0.0.1:{port}", admin_token),
