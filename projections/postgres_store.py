@@ -54,9 +54,7 @@ from projections.usage import (
     RecordReader,
     UsageIndexRow,
     UsageQuery,
-    index_page,
-    page_of_positions,
-    usage_index_statement,
+    usage_page,
 )
 from schemas.read_models import UsagePage
 
@@ -422,10 +420,12 @@ class PostgresReadModelStore:
 
     def usage(self, query: UsageQuery) -> UsagePage:
         """One page of usage rows. Raises `InvalidUsageQuery` (bad limit or cursor)."""
-        statement, params = usage_index_statement(query, "%s")
-        with self._lock:
-            found = self._call(lambda db: db.execute(statement, params).fetchall())
-        return page_of_positions(self._events, query, *index_page(found, query.limit))
+
+        def fetch(statement: str, params: list[object]) -> list[tuple[int, int]]:
+            with self._lock:
+                return self._call(lambda db: db.execute(statement, params).fetchall())
+
+        return usage_page(fetch, self._events, query, "%s")
 
     def usage_index_rows(self) -> list[UsageIndexRow]:
         with self._lock:
@@ -488,9 +488,7 @@ class PostgresReadModelReader:
                 raise StoreError(f"read model reader: {error}") from error
 
     def page(self, query: UsageQuery) -> UsagePage:
-        statement, params = usage_index_statement(query, "%s")
-        found = self._fetch(statement, params)
-        return page_of_positions(self._events, query, *index_page(found, query.limit))
+        return usage_page(self._fetch, self._events, query, "%s")
 
     def checkpoint(self, name: str = DEFAULT_CHECKPOINT) -> int:
         rows = self._fetch(_SELECT_CHECKPOINT, (name,))

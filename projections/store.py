@@ -257,7 +257,7 @@ class SqliteReadModelStore:
 
     def usage(self, query: UsageQuery) -> UsagePage:
         """One page of usage rows. Raises `InvalidUsageQuery` (bad limit or cursor)."""
-        return usage_page(self._db, self._events, query)
+        return usage_page(lambda s, p: self._db.execute(s, p).fetchall(), self._events, query)
 
     def usage_index_rows(self) -> list[UsageIndexRow]:
         """Every usage index row in position order (for audits and tests; unbounded)."""
@@ -293,7 +293,8 @@ class SqliteReadModelReader:
 
     def page(self, query: UsageQuery) -> UsagePage:
         with self._lock:
-            return usage_page(self._connect(), self._events, query)
+            db = self._connect()
+            return usage_page(lambda s, p: db.execute(s, p).fetchall(), self._events, query)
 
     def checkpoint(self, name: str = DEFAULT_CHECKPOINT) -> int:
         with self._lock:

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Final, Protocol
 
@@ -161,22 +160,6 @@ def usage_index_statement(query: UsageQuery, marker: str = "?") -> tuple[str, li
     return statement, params
 
 
-def index_page(found: Sequence[tuple[int, int]], limit: int) -> tuple[list[int], str | None]:
-    """The positions of one page from the (position, recorded_at_us) rows its statement found,
-    and the cursor of the next page."""
-    page = found[:limit]
-    next_cursor = encode_cursor(page[-1][1], page[-1][0]) if len(found) > limit else None
-    return [position for position, _ in page], next_cursor
-
-
-def query_usage_index(
-    connection: sqlite3.Connection, query: UsageQuery
-) -> tuple[list[int], str | None]:
-    """The positions of one page of the query's rows, and the cursor of the next page."""
-    statement, params = usage_index_statement(query)
-    return index_page(connection.execute(statement, params).fetchall(), query.limit)
-
-
 def fetch_records(events: RecordReader, positions: Sequence[int]) -> list[StoredRecord]:
     """The log's records at these ascending positions, reading nearby ones together."""
     records: list[StoredRecord] = []
@@ -197,15 +180,19 @@ def fetch_records(events: RecordReader, positions: Sequence[int]) -> list[Stored
 
 
 def usage_page(
-    connection: sqlite3.Connection, events: RecordReader, query: UsageQuery
+    fetch: Callable[[str, list[object]], Sequence[tuple[int, int]]],
+    events: RecordReader,
+    query: UsageQuery,
+    marker: str = "?",
 ) -> UsagePage:
-    return page_of_positions(events, query, *query_usage_index(connection, query))
-
-
-def page_of_positions(
-    events: RecordReader, query: UsageQuery, positions: Sequence[int], next_cursor: str | None
-) -> UsagePage:
-    """The page of usage rows at these positions, decoded from the log's records."""
-    rows = tuple(usage_row(record) for record in fetch_records(events, positions))
+    """One page of the query's usage rows. `fetch` runs the index statement (placeholders
+    `marker`) on the read store and returns its (position, recorded_at_us) rows; the rows of
+    the page are decoded from the log's records at those positions."""
+    statement, params = usage_index_statement(query, marker)
+    found = fetch(statement, params)
+    page = found[: query.limit]
+    next_cursor = encode_cursor(page[-1][1], page[-1][0]) if len(found) > query.limit else None
+    records = fetch_records(events, [position for position, _ in page])
+    rows = tuple(usage_row(record) for record in records)
     assert all(row.subscription_id == query.subscription_id for row in rows)
     return UsagePage(items=rows, next_cursor=next_cursor)
