@@ -95,6 +95,7 @@ _TABLES_SQL: Final = (
     USAGE_TABLE_SQL,
 )
 _READ_MODEL_TABLES: Final = ("rm_subscriptions", "rm_seats", "rm_packs", "rm_usage")
+_SELECT_CHECKPOINT: Final = "SELECT position FROM rm_checkpoints WHERE name = ?"
 
 _SUBSCRIPTION_COLUMNS: Final = (
     "subscription_id, anchor_us, cycle, cycle_start_us, cycle_end_us, uncovered_cycle_ucr,"
@@ -176,8 +177,7 @@ class SqliteReadModelStore:
             self._db.execute(sql)
 
     def checkpoint(self, name: str = DEFAULT_CHECKPOINT) -> int:
-        row = self._db.execute("SELECT position FROM rm_checkpoints WHERE name = ?", (name,))
-        found = row.fetchone()
+        found = self._db.execute(_SELECT_CHECKPOINT, (name,)).fetchone()
         return int(found[0]) if found else 0
 
     def reset(self, name: str = DEFAULT_CHECKPOINT, *, drop_usage_indexes: bool = False) -> None:
@@ -298,11 +298,7 @@ class SqliteReadModelReader:
 
     def checkpoint(self, name: str = DEFAULT_CHECKPOINT) -> int:
         with self._lock:
-            row = (
-                self._connect()
-                .execute("SELECT position FROM rm_checkpoints WHERE name = ?", (name,))
-                .fetchone()
-            )
+            row = self._connect().execute(_SELECT_CHECKPOINT, (name,)).fetchone()
         return int(row[0]) if row else 0
 
     def close(self) -> None:
