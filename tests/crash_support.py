@@ -427,6 +427,10 @@ class Publisher(threading.Thread):
 # -- `ledger` processes --------------------------------------------------------------------------
 
 
+killed_with_parent = functools.partial(die_with_parent, signal.SIGKILL)
+"""In a test's child: SIGKILL when the test process dies, so no `ledger serve` is orphaned."""
+
+
 def ledger_env(
     *, data_dir: Path, redis_url: str, stream: str, rate_card: Path, claim_idle_ms: int
 ) -> dict[str, str]:
@@ -503,7 +507,7 @@ class ServeProcesses:
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
-                preexec_fn=functools.partial(die_with_parent, signal.SIGKILL),
+                preexec_fn=killed_with_parent,
             )
         run = ServeRun(process, log_path, time.monotonic())
         self.runs.append(run)

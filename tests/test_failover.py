@@ -62,11 +62,11 @@ from tests.crash_support import (
     STOP_TIMEOUT_S,
     TEST_RATE_CARD_VERSION,
     ServeRun,
-    _die_with_parent,
     drained,
     entry_key,
     entry_key_of_dead,
     expected_components,
+    killed_with_parent,
     ledger_env,
     read_stream,
     run_ledger,
@@ -257,7 +257,7 @@ def spawn_worker(env: Mapping[str, str], log_dir: Path, name: str) -> Worker:
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
+            preexec_fn=killed_with_parent,
         )
     return Worker(name, ServeRun(process, log_path, time.monotonic()))
 
