@@ -42,7 +42,7 @@ from ledger.idempotency import payload_digest
 from ledger.log import EVENT_ENCODER, GENESIS_HASH, record_hash, us_from_datetime
 from ledger.pricing import price
 from ledger.rate_card import load_rate_card
-from ledger.sqlite_store import usage_key_hash
+from ledger.stores.sqlite import usage_key_hash
 from schemas.commands import AddSeat, BuyPack, OpenSubscription
 from schemas.events import Allocation
 from schemas.usage import UsageEvent, usage_of

@@ -22,10 +22,10 @@ from ledger.audit import verify
 from ledger.clock import ManualClock
 from ledger.log import us_from_datetime
 from ledger.rate_card import load_rate_card
-from ledger.sqlite_store import SqliteEventStore
+from ledger.stores.sqlite import SqliteEventStore
 from projections.replay import balances_as_of
 from projections.runner import ProjectionRunner
-from projections.store import SqliteReadModelStore
+from projections.stores.sqlite import SqliteReadModelStore
 from schemas.commands import AddSeat, BuyPack, OpenSubscription
 from schemas.usage import UsageEvent
 

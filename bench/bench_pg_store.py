@@ -29,10 +29,10 @@ from bench_store import AT_US, Make, charges, grants, timed_appends
 from psycopg import sql
 
 from ledger.log import EventStore
-from ledger.postgres_store import PostgresEventStore
-from ledger.sqlite_store import SqliteEventStore
+from ledger.stores.postgres import PostgresEventStore
+from ledger.stores.sqlite import SqliteEventStore
 from schemas.events import UsageCharged
-from services.postgres_server import LocalPostgres
+from tests.support.postgres_server import LocalPostgres
 
 OpenStore = Callable[[str], EventStore]
 """Opens a fresh log named by the argument."""

@@ -33,14 +33,14 @@ import redis
 from psycopg import sql
 
 from ledger.partitions import partition_streams
-from ledger.postgres_store import PostgresEventStore
+from ledger.stores.postgres import PostgresEventStore
 from projections.replay import balances_as_of
 from schemas.usage import UsageEvent
 from services.bootstrap import open_event_store
 from services.client import UsagePublisher
 from services.config import Settings
-from services.postgres_server import LocalPostgres
 from services.redis_server import EmbeddedRedis, free_loopback_port
+from tests.support.postgres_server import LocalPostgres
 
 SUBSCRIPTIONS = 400
 SEATS_PER_SUBSCRIPTION = 3

@@ -9,7 +9,7 @@ quota grants, pack purchases and expiries. Reported: the pure fold (decode + app
 and a full `ProjectionRunner.rebuild()` into a SQLite read model store (usage rows, balance
 rows, checkpoints, indexes built at the end), reading the log from memory or, with
 `--sqlite-log` / `--postgres-log`, from the SQLite / PostgreSQL event store. With `--postgres`,
-the same into PostgreSQL read models as well (`projections.postgres_store`), printed after
+the same into PostgreSQL read models as well (`projections.stores.postgres`), printed after
 SQLite's. PostgreSQL is a private server from the local binaries with its default durability
 (WAL fsynced at commit) unless `--url` names one.
 """
@@ -38,10 +38,10 @@ from ledger.log import (
     us_from_datetime,
 )
 from projections.balances import Balances, apply_data, assert_conserved
-from projections.postgres_store import PostgresReadModelStore
 from projections.read_store import ReadModelStore
 from projections.runner import DEFAULT_BATCH_EVENTS, ProjectionRunner
-from projections.store import SqliteReadModelStore
+from projections.stores.postgres import PostgresReadModelStore
+from projections.stores.sqlite import SqliteReadModelStore
 from projections.usage import RecordReader, UsageQuery
 from schemas.events import (
     Allocation,
@@ -57,7 +57,7 @@ from schemas.events import (
     UsageCharged,
 )
 from schemas.usage import Usage
-from services.postgres_server import LocalPostgres
+from tests.support.postgres_server import LocalPostgres
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 MODELS = ("qwen3.6-plus", "glm-5", "MiniMax-M2.5", "deepseek-v3.2")
@@ -241,8 +241,8 @@ def main() -> None:
         log_kind = "in-memory log"
         if args.sqlite_log or args.postgres_log:
             from ledger.log import EventStore  # type: ignore[import-not-found]
-            from ledger.postgres_store import PostgresEventStore  # type: ignore[import-not-found]
-            from ledger.sqlite_store import SqliteEventStore  # type: ignore[import-not-found]
+            from ledger.stores.postgres import PostgresEventStore  # type: ignore[import-not-found]
+            from ledger.stores.sqlite import SqliteEventStore  # type: ignore[import-not-found]
 
             log: EventStore
             if args.postgres_log:

@@ -24,7 +24,7 @@ from pathlib import Path
 import msgspec
 
 from ledger.log import EventStore, us_from_datetime
-from ledger.sqlite_store import SqliteEventStore, UsageKey
+from ledger.stores.sqlite import SqliteEventStore, UsageKey
 from schemas.events import (
     Allocation,
     Coefficients,

@@ -1,6 +1,6 @@
 """What the runner, the projector and the API need of a read model store, whatever database holds
-it: `SqliteReadModelStore` (projections/store.py) and `PostgresReadModelStore`
-(projections/postgres_store.py) are each one.
+it: `SqliteReadModelStore` (projections/stores/sqlite.py) and `PostgresReadModelStore`
+(projections/stores/postgres.py) are each one.
 
 The guarantees every store keeps: a batch's changed balance rows, new usage rows and checkpoint
 are committed together, and only when the checkpoint is still where the writer left it (a

@@ -100,7 +100,7 @@ from schemas.read_models import (
     UsageRow,
 )
 from schemas.usage import Id, UtcInstant
-from services.auth import (
+from services.auth.tokens import (
     BOOTSTRAP_ADMIN_ID,
     MAX_SCOPE_SUBSCRIPTIONS,
     ROLES,

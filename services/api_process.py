@@ -38,6 +38,7 @@ from services.bootstrap import (
 )
 from services.children import ChildProcess, die_with_parent
 from services.config import Settings
+from services.logs import configure_logging
 from services.write_channel import RemoteWriter
 
 FOLLOW_INTERVAL_S: Final = 0.005
@@ -95,8 +96,6 @@ class Follower:
 
 def run_api_process(settings: Settings, connection: Connection, ready: Event) -> None:
     """The API process's main: serve until SIGTERM (or the parent's death)."""
-    from services.serve import configure_logging  # the serving process imports this module
-
     configure_logging()
     die_with_parent(signal.SIGKILL)
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)

@@ -8,16 +8,16 @@ from ledger.application import Ledger
 from ledger.clock import Clock, SharedManualClock, SystemClock
 from ledger.leases import LeaseStore
 from ledger.log import EventStore, us_from_datetime
-from ledger.postgres_store import IDLE_IN_TRANSACTION_TIMEOUT_MS, PostgresEventStore
 from ledger.rate_card import RateCard, load_rate_card
-from ledger.sqlite_store import SqliteEventStore
-from projections.postgres_store import PostgresReadModelReader, PostgresReadModelStore
+from ledger.stores.postgres import IDLE_IN_TRANSACTION_TIMEOUT_MS, PostgresEventStore
+from ledger.stores.sqlite import SqliteEventStore
 from projections.read_store import ReadModelReader, ReadModelStore
 from projections.runner import ProjectionRunner
-from projections.store import SqliteReadModelReader, SqliteReadModelStore
-from services.auth import TOKENS_FILE, SqliteTokenStore, TokenStore
+from projections.stores.postgres import PostgresReadModelReader, PostgresReadModelStore
+from projections.stores.sqlite import SqliteReadModelReader, SqliteReadModelStore
+from services.auth.postgres_tokens import PostgresTokenStore
+from services.auth.tokens import TOKENS_FILE, SqliteTokenStore, TokenStore
 from services.config import ConfigError, Settings, default_consumer_name
-from services.postgres_tokens import PostgresTokenStore
 
 
 def open_event_store(settings: Settings) -> EventStore:

@@ -1,6 +1,6 @@
 """The `ledger` command line: serve, replay, audit, export and backfill (SPEC §3 "CLI").
 
-Errors leave with a one-line message and a non-zero exit code, mapped in `EXIT_CODES`.
+Errors leave with a one-line message and a non-zero exit code (services.cli_errors).
 """
 
 from __future__ import annotations
@@ -8,65 +8,37 @@ from __future__ import annotations
 import csv
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from functools import wraps
 from pathlib import Path
-from typing import IO, Any, TypeVar, get_args
+from typing import IO, get_args
 
 import click
 import msgspec
-import redis
 
 from ledger.audit import verify
 from ledger.clock import ManualClock, SharedManualClock
-from ledger.errors import LedgerError
 from ledger.idempotency import payload_digest
 from ledger.log import datetime_from_us, us_from_datetime
 from ledger.money import format_credits
 from projections.balances import Balances, overview
-from projections.replay import InvalidAsOf, balances_as_of, resolve_as_of
-from projections.usage import InvalidUsageQuery, UsageQuery
+from projections.replay import balances_as_of, resolve_as_of
+from projections.usage import UsageQuery
 from schemas.commands import AdminCommand, ChargeUsage, Command
 from schemas.read_models import UsageRow
 from schemas.usage import UsageEvent
 from services.bootstrap import Parts, bootstrap, make_clock
+from services.cli_errors import one_line_errors
 from services.config import ConfigError, Role, Settings, parse_instant
 from services.simulate import simulate
-
-EXIT_CODES: dict[type[Exception], int] = {
-    ConfigError: 2,
-    InvalidAsOf: 2,
-    InvalidUsageQuery: 2,
-    msgspec.DecodeError: 2,
-    LedgerError: 3,
-    OSError: 4,
-    redis.exceptions.ConnectionError: 4,
-}
-"""Expected failures and their exit codes; a failed audit exits 1."""
 
 BACKFILL_BATCH_COMMANDS = 1_000
 PROGRESS_MIN_RECORDS = 50_000
 """Logs longer than this get a progress bar on replay and audit."""
 EXPORT_PAGE_ROWS = 1_000
 
-F = TypeVar("F", bound=Callable[..., Any])
 _ADMIN_DECODER = msgspec.json.Decoder(AdminCommand)
-
-
-def one_line_errors(command: F) -> F:
-    @wraps(command)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except tuple(EXIT_CODES) as error:
-            code = next(c for kind, c in EXIT_CODES.items() if isinstance(error, kind))
-            message = " ".join(str(error).split()) or type(error).__name__
-            click.echo(f"ledger: {message}", err=True)
-            sys.exit(code)
-
-    return run  # type: ignore[return-value]
 
 
 @contextmanager

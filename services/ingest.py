@@ -73,6 +73,7 @@ from ledger.partitions import partition_of
 from schemas.usage import UsageEvent
 from services.client import as_text, redis_client
 from services.config import CLAIM_IDLE_MS, Settings, default_consumer_name
+from services.logs import BROKER_LOGGER
 from services.metrics import LedgerMetrics
 
 log = structlog.get_logger(__name__)
@@ -547,10 +548,6 @@ class IngestConfig:
             raise ValueError(f"retention_ms must be >= 0, not {self.retention_ms}")
         if self.trim_interval_s <= 0:
             raise ValueError(f"trim_interval_s must be > 0, not {self.trim_interval_s}")
-
-
-BROKER_LOGGER: Final = "ledger.faststream"
-"""The standard-library logger FastStream writes to; `ledger serve` renders it as JSON lines."""
 
 
 def build_broker(

@@ -25,6 +25,7 @@ from projections.runner import ProjectionRunner
 from services.bootstrap import open_event_store, open_read_store
 from services.children import ChildProcess, die_with_parent
 from services.config import Settings
+from services.logs import configure_logging
 
 POLL_INTERVAL_S: Final = 0.02
 """Seconds between two catch-ups unless the last one was cut short by the batch bound (then
@@ -50,8 +51,6 @@ def run_projector(settings: Settings, parent_pid: int) -> None:
 
     def wanted() -> bool:
         return not stopping and os.getppid() == parent_pid
-
-    from services.serve import configure_logging  # the serving process imports this module
 
     configure_logging()
     os.nice(PROJECTOR_NICENESS)

@@ -26,11 +26,9 @@ ingest and no ticker; its admin writes append optimistically beside the workers.
 from __future__ import annotations
 
 import asyncio
-import logging
 import multiprocessing
 import os
 import signal
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -43,10 +41,11 @@ import structlog
 from ledger.application import Ledger
 from ledger.leases import Fence
 from services.api_process import ApiProcess
-from services.auth import ensure_admin_token
+from services.auth.tokens import ensure_admin_token
 from services.bootstrap import Parts, bootstrap, open_lease_store, open_token_store
 from services.config import ConfigError, Settings, default_consumer_name
-from services.ingest import BROKER_LOGGER, IngestService, open_partition_consumer
+from services.ingest import IngestService, open_partition_consumer
+from services.logs import configure_logging
 from services.metrics import METRICS
 from services.partition_leases import PartitionKeeper
 from services.projector import Projector
@@ -69,43 +68,6 @@ API_START_RETRY_S: Final = 0.25
 predecessor killed with its serve)."""
 
 log = structlog.get_logger("ledger.serve")
-
-
-def configure_logging(json_lines: bool | None = None) -> None:
-    """JSON lines when not on a terminal (production), readable console output otherwise."""
-    json_lines = not sys.stderr.isatty() if json_lines is None else json_lines
-    renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer() if json_lines else structlog.dev.ConsoleRenderer()
-    )
-    # FastStream and other libraries log through the standard library: render them the same way.
-    stdlib = logging.StreamHandler(sys.stderr)
-    stdlib.setFormatter(
-        structlog.stdlib.ProcessorFormatter(
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
-            foreign_pre_chain=[
-                structlog.stdlib.add_logger_name,
-                structlog.processors.add_log_level,
-                structlog.processors.TimeStamper(fmt="iso", utc=True),
-            ],
-        )
-    )
-    for name in ("faststream", BROKER_LOGGER, "uvicorn", "uvicorn.error"):
-        library_log = logging.getLogger(name)
-        library_log.handlers[:] = [stdlib]
-        library_log.propagate = False
-        library_log.setLevel(logging.WARNING)
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-        cache_logger_on_first_use=True,
-    )
 
 
 class Worker:

@@ -33,8 +33,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import wraps
-from typing import Any, Final, Literal, TypeVar, get_args
+from typing import Any, Final, Literal, get_args
 
 import click
 import msgspec
@@ -50,6 +49,7 @@ from schemas.limits import (
     MAX_TOOL_CALLS_PER_REQUEST,
 )
 from schemas.usage import UsageEvent
+from services.cli_errors import one_line_errors
 from services.client import DATA_FIELD, UsagePublisher, encode_usage, redis_client
 from services.config import ConfigError, Settings
 
@@ -560,23 +560,6 @@ def run_simulation(
 
 # -- the command ----------------------------------------------------------------------------------
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _one_line_errors(command: F) -> F:
-    """The CLI's own error handling and exit codes (services/cli.py `EXIT_CODES`).
-
-    Looked up when the command runs: services/cli.py imports this module to register it.
-    """
-
-    @wraps(command)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        from services.cli import one_line_errors
-
-        return one_line_errors(command)(*args, **kwargs)
-
-    return run  # type: ignore[return-value]
-
 
 @click.command()
 @click.option("--redis-url", help="Overrides LEDGER_REDIS_URL (one of them is required).")
@@ -636,7 +619,7 @@ def _one_line_errors(command: F) -> F:
     help="Prefix of subscription ids (<prefix>-sub-N), seat ids and pack ids.",
 )
 @click.pass_obj
-@_one_line_errors
+@one_line_errors
 def simulate(
     settings: Settings,
     redis_url: str | None,

@@ -38,8 +38,8 @@ import redis.asyncio
 import structlog
 from psycopg import sql
 
-from services.postgres_server import LocalPostgres, LocalPostgresError, find_postgres_binaries
 from services.redis_server import EmbeddedRedis, EmbeddedRedisError, find_redis_binary
+from tests.support.postgres_server import LocalPostgres, LocalPostgresError, find_postgres_binaries
 
 log = structlog.get_logger()
 

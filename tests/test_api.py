@@ -20,13 +20,13 @@ from ledger.clock import Clock, ManualClock
 from ledger.errors import ConcurrentAppend, Rejected
 from ledger.log import us_from_datetime
 from ledger.rate_card import load_rate_card
-from ledger.sqlite_store import SqliteEventStore
+from ledger.stores.sqlite import SqliteEventStore
 from projections.runner import ProjectionRunner
-from projections.store import SqliteReadModelStore
+from projections.stores.sqlite import SqliteReadModelStore
 from schemas.commands import AddSeat, BuyPack, Command, OpenSubscription
 from schemas.usage import UsageEvent
 from services.api import PROBLEM_BASE, PROBLEMS, REJECTION_PROBLEMS, app_from_parts, create_app
-from services.auth import (
+from services.auth.tokens import (
     TOKEN_PREFIX,
     TOKENS_FILE,
     SqliteTokenStore,

@@ -42,7 +42,7 @@ from psycopg import sql
 
 from ledger.leases import LeaseHolder
 from ledger.partitions import partition_of, partition_stream
-from ledger.postgres_store import PostgresEventStore
+from ledger.stores.postgres import PostgresEventStore
 from schemas.usage import UsageEvent
 from services.client import UsagePublisher, encode_usage
 from services.ingest import dead_letter_index, dead_letter_stream

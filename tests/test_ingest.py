@@ -32,9 +32,9 @@ from ledger.clock import ManualClock
 from ledger.errors import StoreError
 from ledger.log import us_from_datetime
 from ledger.rate_card import load_rate_card
-from ledger.sqlite_store import SqliteEventStore
+from ledger.stores.sqlite import SqliteEventStore
 from projections.runner import ProjectionRunner
-from projections.store import SqliteReadModelStore
+from projections.stores.sqlite import SqliteReadModelStore
 from schemas.commands import AddSeat, OpenSubscription, RemoveSeat
 from schemas.limits import MAX_TOKENS_PER_COMPONENT
 from schemas.usage import UsageEvent

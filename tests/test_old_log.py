@@ -12,7 +12,7 @@ import pytest
 
 from ledger.audit import verify
 from ledger.rate_card import load_rate_card
-from ledger.sqlite_store import SqliteEventStore
+from ledger.stores.sqlite import SqliteEventStore
 from projections.balances import dump
 from projections.replay import balances_as_of
 

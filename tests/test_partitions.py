@@ -17,7 +17,7 @@ from ledger.leases import fair_share
 from ledger.log import us_from_datetime
 from ledger.partitions import PartitionError, partition_of, partition_stream
 from ledger.rate_card import load_rate_card
-from ledger.sqlite_store import SqliteEventStore
+from ledger.stores.sqlite import SqliteEventStore
 from schemas.commands import AddSeat, OpenSubscription
 from schemas.usage import UsageEvent
 from services.client import UsagePublisher, encode_usage

@@ -14,12 +14,12 @@ import pytest
 from psycopg import sql
 
 from ledger.errors import StoreError
-from projections.postgres_store import (
+from projections.runner import ProjectionRunner
+from projections.stores.postgres import (
     SCHEMA_VERSION,
     PostgresReadModelStore,
     writer_lock_key,
 )
-from projections.runner import ProjectionRunner
 from projections.usage import UsageQuery
 from services.bootstrap import bootstrap
 from services.config import Settings

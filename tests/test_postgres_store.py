@@ -19,15 +19,15 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from ledger import postgres_store
 from ledger.application import Ledger
 from ledger.audit import verify
 from ledger.clock import ManualClock
 from ledger.errors import DuplicateUsageKey, LeaseLost, StoreError
 from ledger.log import StoredRecord, us_from_datetime
-from ledger.postgres_store import SCHEMA_VERSION, PostgresEventStore, append_lock_key
 from ledger.rate_card import load_rate_card
-from ledger.sqlite_store import SqliteEventStore
+from ledger.stores import postgres as postgres_store
+from ledger.stores.postgres import SCHEMA_VERSION, PostgresEventStore, append_lock_key
+from ledger.stores.sqlite import SqliteEventStore
 from services.bootstrap import bootstrap
 from services.config import ConfigError, Settings
 from tests.test_properties import as_command

@@ -46,7 +46,6 @@ from projections.balances import (
     subscription_balance,
 )
 from projections.live import LiveBalances
-from projections.postgres_store import PostgresReadModelStore
 from projections.read_store import CheckpointMoved, ReadModelStore
 from projections.replay import (
     PROGRESS_EVERY_RECORDS,
@@ -55,7 +54,8 @@ from projections.replay import (
     resolve_as_of,
 )
 from projections.runner import ProjectionRunner
-from projections.store import SqliteReadModelStore
+from projections.stores.postgres import PostgresReadModelStore
+from projections.stores.sqlite import SqliteReadModelStore
 from projections.usage import (
     MAX_FETCH_GAP_RECORDS as MAX_FETCH_GAP,
 )

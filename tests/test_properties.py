@@ -17,10 +17,10 @@ from ledger.clock import ManualClock
 from ledger.idempotency import payload_digest
 from ledger.log import us_from_datetime
 from ledger.rate_card import load_rate_card
-from ledger.sqlite_store import SqliteEventStore
+from ledger.stores.sqlite import SqliteEventStore
 from projections.balances import assert_conserved, dump
 from projections.runner import ProjectionRunner
-from projections.store import SqliteReadModelStore
+from projections.stores.sqlite import SqliteReadModelStore
 from projections.usage import MAX_PAGE_ROWS, UsageQuery
 from schemas.commands import ChargeUsage, Command
 from schemas.events import (

@@ -43,9 +43,9 @@ from ledger.log import (
     record_hash,
     us_from_datetime,
 )
-from ledger.postgres_store import PostgresEventStore, append_lock_key
 from ledger.rate_card import load_rate_card
-from ledger.sqlite_store import SqliteEventStore
+from ledger.stores.postgres import PostgresEventStore, append_lock_key
+from ledger.stores.sqlite import SqliteEventStore
 from schemas.commands import AddSeat, BuyPack, ChargeUsage, OpenSubscription
 from schemas.events import (
     Allocation,

@@ -16,7 +16,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from services.auth import (
+from services.auth.postgres_tokens import SCHEMA_VERSION, PostgresTokenStore
+from services.auth.tokens import (
     ADMIN_TOKEN_FILE,
     BOOTSTRAP_ADMIN_ID,
     TOKEN_PREFIX,
@@ -28,7 +29,6 @@ from services.auth import (
 )
 from services.bootstrap import open_token_store
 from services.config import Settings
-from services.postgres_tokens import SCHEMA_VERSION, PostgresTokenStore
 from tests.service_support import Service, start_service
 
 

@@ -2,10 +2,11 @@
 behind a load balancer reads, so a token created through one replica works on every other, and
 one revoked through any replica fails on the very next request to any of them.
 
-Same columns and rules as `services.auth.SqliteTokenStore`: only SHA-256 hashes are stored, the
-hash found is compared again in constant time, the bootstrap admin row is upserted. The table
-is created and migrated by the store when it opens, under the log's migration lock, and
-versioned in `api_tokens_schema_version` (apart from the log's and the read models' versions).
+Same columns and rules as `services.auth.tokens.SqliteTokenStore`: only SHA-256 hashes are
+stored, the hash found is compared again in constant time, the bootstrap admin row is
+upserted. The table is created and migrated by the store when it opens, under the log's
+migration lock, and versioned in `api_tokens_schema_version` (apart from the log's and the
+read models' versions).
 
 The API authenticates every `/v1` request on its event loop, so `authenticate` is one round
 trip on one connection (a lock guards it) through the unique index on `token_hash`, a
@@ -23,8 +24,8 @@ import psycopg
 from psycopg import sql
 
 from ledger.errors import StoreError
-from ledger.postgres_store import DEFAULT_SCHEMA, check_schema_name, connect, migrate
-from services.auth import (
+from ledger.stores.postgres import DEFAULT_SCHEMA, check_schema_name, connect, migrate
+from services.auth.tokens import (
     BOOTSTRAP_ADMIN_ID,
     MAX_TOKEN_CHARS,
     Principal,
@@ -68,7 +69,7 @@ _T = TypeVar("_T")
 
 
 class PostgresTokenStore:
-    """A `services.auth.TokenStore` in a PostgreSQL schema (the log's), created and migrated
+    """A `services.auth.tokens.TokenStore` in a PostgreSQL schema (the log's), created and migrated
     when it opens. Safe to share between threads; any number of stores, in any processes, may
     open the same schema.
 

@@ -32,7 +32,7 @@ import psycopg
 from psycopg import sql
 
 from ledger.errors import StoreError
-from ledger.postgres_store import (
+from ledger.stores.postgres import (
     DEFAULT_SCHEMA,
     advisory_lock_key,
     check_schema_name,

@@ -2,7 +2,7 @@
 
 A token is `lt_` followed by 43 URL-safe characters (256 random bits); the table keeps its
 hash, never the token. `TokenStore` is the contract; `SqliteTokenStore` keeps the table in a
-SQLite file of its own beside the read models, `services.postgres_tokens.PostgresTokenStore` in
+SQLite file of its own beside the read models, `services.auth.postgres_tokens.PostgresTokenStore` in
 the log's PostgreSQL schema, shared by every API process. Every `authenticate` asks the table,
 so a revocation holds from the next request on, in every process that reads that table.
 """

@@ -1,0 +1,1 @@
+"""Log store adapters: SQLite (embedded) and PostgreSQL (production); the domain imports none."""

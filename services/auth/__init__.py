@@ -1,0 +1,1 @@
+"""API tokens: roles, scopes and their stores (SQLite file, PostgreSQL schema)."""

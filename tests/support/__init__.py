@@ -1,0 +1,1 @@
+"""Helpers for the tests only: servers the fixtures start, shared checks."""
