@@ -14,16 +14,17 @@ never holds a decision the log does not.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Literal
 
 import msgspec
 
 from ledger.clock import Clock
 from ledger.decider import decide
-from ledger.errors import ConcurrentAppend, LeaseLost, Rejected
+from ledger.errors import ConcurrentAppend, Rejected, Undecidable
 from ledger.idempotency import UsageKey, payload_digest, usage_key
 from ledger.leases import Fence
-from ledger.log import EventStore, StoredRecord, datetime_from_us
+from ledger.log import EventStore, StoredRecord, recorded_instant
 from ledger.rate_card import RateCard
 from ledger.state import (
     LedgerState,
@@ -34,10 +35,12 @@ from ledger.state import (
     revert_charge,
 )
 from schemas.commands import AdvanceClock, ChargeUsage, Command
-from schemas.events import LogEvent, SeatAdded, UsageCharged
+from schemas.events import LogEvent, UsageCharged
 from schemas.usage import UsageEvent
 
 OutcomeStatus = Literal["applied", "duplicate", "rejected"]
+_Decided = tuple[OutcomeStatus, list[LogEvent], int, Rejected | None]
+"""One command's status, events, credits charged, and refusal."""
 
 
 class Outcome(msgspec.Struct, frozen=True):
@@ -98,43 +101,62 @@ class Ledger:
         if self.store.head().position != self.position:
             self.catch_up()
         at_us = max(self.clock.now_us(), self.recorded_at_us)
-        at = datetime_from_us(at_us)
+        at = recorded_instant(at_us)
         charged = self._prior_charges(commands)
-        decided: list[tuple[OutcomeStatus, list[LogEvent], int, Rejected | None]] = []
-        batch: list[LogEvent] = []
         undo = _Undo(self.state)
         try:
-            for command in commands:
-                if isinstance(command, ChargeUsage):
-                    prior = charged.get(usage_key(command.usage))
-                    if prior is not None:
-                        command = msgspec.structs.replace(command, prior_digest=prior)
-                try:
-                    events = decide(self.state, command, at, self.rate_card)
-                except Rejected as refusal:
-                    decided.append(("rejected", [], 0, refusal))
-                    continue
-                charged_ucr = 0
-                for event in events:
-                    undo.save(event)
-                    evolve(self.state, event)
-                    if type(event) is UsageCharged:
-                        charged[(event.subscription_id, event.event_id)] = event.payload_digest
-                        charged_ucr += event.credits_ucr
-                duplicate = isinstance(command, ChargeUsage) and not events
-                decided.append(("duplicate" if duplicate else "applied", events, charged_ucr, None))
-                batch.extend(events)
-            records = self.store.append(batch, at_us, expected_position=self.position, fence=fence)
-        except (ConcurrentAppend, LeaseLost):  # nothing was written: the state was at `position`
-            undo.restore()
-            raise
-        except BaseException:
+            decided, batch = self._decide(commands, at, charged, undo)
+        except BaseException:  # `evolve` refused an event `decide` made: a bug; start afresh
             self._refold()
+            raise
+        try:
+            records = self.store.append(batch, at_us, expected_position=self.position, fence=fence)
+        except BaseException:
+            # Nothing was written, so the state goes back to `position` exactly. (Should a
+            # commit have happened after all, the next call finds the head moved and folds it.)
+            undo.restore()
             raise
         if records:
             self.position = records[-1].position
             self.recorded_at_us = at_us
         return self._outcomes(decided, records)
+
+    def _decide(
+        self,
+        commands: Sequence[Command],
+        at: datetime,
+        charged: dict[UsageKey, str],
+        undo: _Undo,
+    ) -> tuple[list[_Decided], list[LogEvent]]:
+        """Decide each command on the state its predecessors in the batch left, folding its
+        events at once; a command the rules refuse (or that cannot be decided) is refused
+        alone, and the batch goes on."""
+        decided: list[_Decided] = []
+        batch: list[LogEvent] = []
+        for command in commands:
+            if isinstance(command, ChargeUsage):
+                prior = charged.get(usage_key(command.usage))
+                if prior is not None:
+                    command = msgspec.structs.replace(command, prior_digest=prior)
+            try:
+                events = decide(self.state, command, at, self.rate_card)
+            except Rejected as refusal:
+                decided.append(("rejected", [], 0, refusal))
+                continue
+            except Exception as error:  # `decide` is pure: nothing to undo for this command
+                decided.append(("rejected", [], 0, Undecidable(f"{type(error).__name__}: {error}")))
+                continue
+            charged_ucr = 0
+            for event in events:
+                undo.save(event)
+                evolve(self.state, event)
+                if type(event) is UsageCharged:
+                    charged[(event.subscription_id, event.event_id)] = event.payload_digest
+                    charged_ucr += event.credits_ucr
+            duplicate = isinstance(command, ChargeUsage) and not events
+            decided.append(("duplicate" if duplicate else "applied", events, charged_ucr, None))
+            batch.extend(events)
+        return decided, batch
 
     def _prior_charges(self, commands: Sequence[Command]) -> dict[UsageKey, str]:
         keys = [usage_key(c.usage) for c in commands if isinstance(c, ChargeUsage)]
@@ -147,10 +169,7 @@ class Ledger:
         self.catch_up()
 
     @staticmethod
-    def _outcomes(
-        decided: list[tuple[OutcomeStatus, list[LogEvent], int, Rejected | None]],
-        records: list[StoredRecord],
-    ) -> list[Outcome]:
+    def _outcomes(decided: list[_Decided], records: list[StoredRecord]) -> list[Outcome]:
         outcomes: list[Outcome] = []
         offset = 0
         for status, events, charged_ucr, refusal in decided:
@@ -169,14 +188,13 @@ class _Undo:
     A charge only moves credits, so it is undone by moving them back (`revert_charge`): the fast
     path copies nothing. Before any other event first touches a subscription, a copy of it is
     kept (None: it did not exist); the charges folded into it before that copy are reverted on
-    the copy. Seat ids a batch added to `seat_owner` are removed again.
+    the copy.
     """
 
     def __init__(self, state: LedgerState) -> None:
         self._state = state
         self._saved: dict[str, SubscriptionState | None] = {}
         self._charges: list[UsageCharged] = []
-        self._seats_added: list[str] = []
 
     def save(self, event: LogEvent) -> None:
         subscription_id = event.subscription_id
@@ -187,8 +205,6 @@ class _Undo:
         if subscription_id not in self._saved:
             current = self._state.subscriptions.get(subscription_id)
             self._saved[subscription_id] = None if current is None else copy_subscription(current)
-        if isinstance(event, SeatAdded) and event.seat_id not in self._state.seat_owner:
-            self._seats_added.append(event.seat_id)
 
     def restore(self) -> None:
         subscriptions = self._state.subscriptions
@@ -199,5 +215,3 @@ class _Undo:
                 subscriptions[subscription_id] = saved
         for charge in reversed(self._charges):
             revert_charge(subscriptions[charge.subscription_id], charge)
-        for seat_id in self._seats_added:
-            self._state.seat_owner.pop(seat_id, None)

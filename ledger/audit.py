@@ -1,10 +1,16 @@
-"""Audit: verify that the log was not altered and that every charge follows from the rules.
+"""Audit: verify that the log was not altered and that every event follows from the rules.
 
 One pass over the log checks, record by record: positions run 1, 2, 3… without a gap; each
 `prev_hash` is the previous record's hash and each hash is recomputed from the record's bytes;
-recorded times never go back; the bytes decode as a log event; and every `usage.charged`
-re-prices to the same components and credits under the rate card version it names, with an
-allocation that is what the deduction order gives on the state folded so far.
+recorded times never go back; the bytes decode as a log event; every `usage.charged` re-prices
+to the same components and credits under the rate card version it names, with an allocation
+that is what the deduction order gives on the state folded so far; every other event carries
+the amounts the rules give on that state (a tier's quota, what was left when a seat was
+removed, a pack expired or a cycle ended, a cycle's bounds); and folding the event neither
+overdraws a seat or a pack, nor adds anything twice, nor moves a cycle backwards.
+
+Every check is an explicit comparison that names the position: none is an `assert`, so the
+audit is the same under `python -O`.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ import msgspec
 
 from ledger.chain import link_problem
 from ledger.deduction import allocate
+from ledger.errors import LogInconsistent
+from ledger.event_rules import event_problem
 from ledger.log import GENESIS_HASH, StoredRecord, datetime_from_us
 from ledger.pricing import price
 from ledger.rate_card import RateCard
@@ -77,10 +85,14 @@ def _record_problem(
         problem = charge_problem(state, event, record, rate_card)
         if problem is not None:
             return problem
+    else:
+        problem = event_problem(state, event, datetime_from_us(record.recorded_at_us))
+        if problem is not None:
+            return problem
     try:
         evolve(state, event)
-    except (AssertionError, KeyError) as error:
-        return f"event does not follow from the log before it: {error!r}"
+    except LogInconsistent as error:
+        return f"event does not follow from the log before it: {error}"
     return None
 
 

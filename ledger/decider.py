@@ -17,7 +17,6 @@ from ledger.errors import (
     InvalidCommand,
     SeatExists,
     SeatIsRemoved,
-    SeatNotInSubscription,
     SubscriptionExists,
     UnknownModel,
     UnknownSeat,
@@ -71,11 +70,11 @@ def decide(
     due, sub = due_events(sub, at)
     match command:
         case AddSeat():
-            return due + _add_seat(state, sub, command)
+            return due + _add_seat(sub, command)
         case ChangeTier():
-            return due + _change_tier(_seat(state, sub, command.seat_id), sub, command)
+            return due + _change_tier(_seat(sub, command.seat_id), sub, command)
         case RemoveSeat():
-            return due + _remove_seat(_seat(state, sub, command.seat_id), sub)
+            return due + _remove_seat(_seat(sub, command.seat_id), sub)
         case BuyPack():
             return due + _buy_pack(sub, command, at)
     raise AssertionError(f"unhandled command {command!r}")
@@ -88,21 +87,20 @@ def _subscription(state: LedgerState, subscription_id: str) -> SubscriptionState
     return sub
 
 
-def _seat(state: LedgerState, sub: SubscriptionState, seat_id: str) -> SeatState:
+def _seat(sub: SubscriptionState, seat_id: str) -> SeatState:
+    """The seat of this subscription; a seat id names a seat within its subscription only, so
+    nothing another subscription holds changes the answer."""
     seat = sub.seats.get(seat_id)
     if seat is None:
-        if seat_id in state.seat_owner:
-            raise SeatNotInSubscription(
-                f"seat {seat_id!r} is not in subscription {sub.subscription_id!r}"
-            )
-        raise UnknownSeat(f"seat {seat_id!r} does not exist")
+        raise UnknownSeat(f"no seat {seat_id!r} in subscription {sub.subscription_id!r}")
     return seat
 
 
 def _open(state: LedgerState, command: OpenSubscription, at: datetime) -> list[LogEvent]:
     if command.subscription_id in state.subscriptions:
         raise SubscriptionExists(f"subscription {command.subscription_id!r} already exists")
-    anchor = command.anchor or at
+    # Cycles are counted in UTC: a month is added to the anchor's UTC date and time.
+    anchor = at if command.anchor is None else command.anchor.astimezone(UTC)
     if anchor > at:
         raise InvalidCommand("a subscription's anchor cannot be later than the ledger clock")
     cycle = cycle_index(anchor, at)
@@ -121,11 +119,11 @@ def _advance(state: LedgerState, at: datetime) -> list[LogEvent]:
     return events
 
 
-def _add_seat(state: LedgerState, sub: SubscriptionState, command: AddSeat) -> list[LogEvent]:
-    owner = state.seat_owner.get(command.seat_id)
-    if owner is not None:
-        where = "this subscription" if owner == sub.subscription_id else "another subscription"
-        raise SeatExists(f"seat {command.seat_id!r} already exists in {where}")
+def _add_seat(sub: SubscriptionState, command: AddSeat) -> list[LogEvent]:
+    if command.seat_id in sub.seats:
+        raise SeatExists(
+            f"seat {command.seat_id!r} already exists in subscription {sub.subscription_id!r}"
+        )
     quota = SEAT_QUOTA_UCR[command.tier]
     return [SeatAdded(sub.subscription_id, command.seat_id, command.tier, quota, sub.cycle)]
 
@@ -181,7 +179,7 @@ def _charge(
             f"event {usage.event_id!r} was already charged with a different payload"
         )
     sub = _subscription(state, usage.subscription_id)
-    seat = _seat(state, sub, usage.seat_id)
+    seat = _seat(sub, usage.seat_id)
     if seat.status == "removed":
         raise SeatIsRemoved(f"seat {usage.seat_id!r} was removed and can no longer spend")
     version = rate_card.in_force(at)

@@ -32,10 +32,6 @@ class UnknownSeat(Rejected):
     reason = "unknown_seat"
 
 
-class SeatNotInSubscription(Rejected):
-    reason = "seat_not_in_subscription"
-
-
 class SeatExists(Rejected):
     reason = "seat_exists"
 
@@ -56,6 +52,28 @@ class DuplicateConflict(Rejected):
 
 class InvalidCommand(Rejected):
     reason = "invalid_command"
+
+
+class Undecidable(Rejected):
+    """A command whose decision failed for a reason the rules do not name (a value the bounds
+    should have refused, or a bug): refused alone, so the commands beside it go on."""
+
+    reason = "invalid_event"
+
+
+class LogInconsistent(LedgerError):
+    """An event that cannot follow from the log before it: it would overdraw a seat or a pack,
+    add a seat twice, move a cycle backwards, name what does not exist... A log this ledger
+    wrote never holds one; an altered or foreign log may. Never folded, never appended."""
+
+
+class ClockOutOfRange(LedgerError):
+    """The ledger clock reads an instant outside the bounds every recorded time must keep: the
+    ledger appends nothing until it reads a valid time again."""
+
+
+class ManualClockError(LedgerError):
+    """The manual clock's file does not hold a time."""
 
 
 class StoreError(LedgerError):

@@ -11,14 +11,20 @@ import hashlib
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
-from typing import Protocol, get_args
+from typing import Final, Protocol, get_args
 
 import msgspec
 
-from ledger.errors import ClockWentBackwards, ConcurrentAppend, DuplicateUsageKey
+from ledger.errors import (
+    ClockOutOfRange,
+    ClockWentBackwards,
+    ConcurrentAppend,
+    DuplicateUsageKey,
+)
 from ledger.idempotency import UsageKey
 from ledger.leases import Fence
 from schemas.events import LogEvent, UsageCharged
+from schemas.limits import MAX_INSTANT, MIN_INSTANT
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -85,6 +91,21 @@ def us_from_datetime(instant: datetime) -> int:
 
 def datetime_from_us(us: int) -> datetime:
     return EPOCH + timedelta(microseconds=us)
+
+
+MIN_RECORDED_AT_US: Final = us_from_datetime(MIN_INSTANT)
+MAX_RECORDED_AT_US: Final = us_from_datetime(MAX_INSTANT)
+
+
+def recorded_instant(recorded_at_us: int) -> datetime:
+    """The instant of a time to record; `ClockOutOfRange` when it lies outside the ledger's
+    bounds (nothing is appended at such a time: nothing later could fold it)."""
+    if not MIN_RECORDED_AT_US <= recorded_at_us <= MAX_RECORDED_AT_US:
+        raise ClockOutOfRange(
+            f"the ledger clock reads {recorded_at_us} µs since the epoch, outside"
+            f" [{MIN_INSTANT.isoformat()}, {MAX_INSTANT.isoformat()}]: nothing is appended"
+        )
+    return datetime_from_us(recorded_at_us)
 
 
 class EventStore(Protocol):

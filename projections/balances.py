@@ -1,18 +1,20 @@
 """The balances projection: seat, pack and subscription balances folded from the log.
 
 `apply` folds one event into a `Balances` in place (a copy per event would cost more than the
-fold itself). It never decides: every amount comes from the event, and the asserts only check
-that the log's amounts keep the books balanced.
+fold itself). It never decides: every amount comes from the event, and explicit checks (never
+`assert`, which `python -O` removes) refuse, with `LogInconsistent`, amounts that would not keep
+the books balanced.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import msgspec
 
+from ledger.errors import LedgerError, LogInconsistent
 from ledger.log import EVENT_DECODER, StoredRecord
 from schemas.commands import Tier
 from schemas.events import (
@@ -225,31 +227,38 @@ def _charge(b: Balances, e: ChargeView | UsageCharged) -> None:
     total = covered = 0
     for part in e.allocation:
         amount = part.credits_ucr
-        assert amount >= 0, "no allocation part is negative"
+        if amount < 0:
+            raise LogInconsistent("no allocation part is negative")
         total += amount
         source = part.source
         if source == "seat":
-            assert part.id == e.seat_id, "a seat part draws on the charged seat"
+            if part.id != e.seat_id:
+                raise LogInconsistent("a seat part draws on the charged seat")
             seat.used_ucr += amount
-            assert seat.used_ucr <= seat.quota_ucr, "seat quota overdrawn"
+            if seat.used_ucr > seat.quota_ucr:
+                raise LogInconsistent("seat quota overdrawn")
             covered += amount
         elif source == "pack":
             pack_key = (sub_id, part.id)
             pack = b.packs[pack_key]
-            assert pack.status != "expired", "an expired pack cannot be drawn on"
+            if pack.status == "expired":
+                raise LogInconsistent("an expired pack cannot be drawn on")
             pack.remaining_ucr -= amount
-            assert pack.remaining_ucr >= 0, "pack overdrawn"
+            if pack.remaining_ucr < 0:
+                raise LogInconsistent("pack overdrawn")
             if pack.remaining_ucr == 0:
                 pack.status = "exhausted"
             b.changed_packs.add(pack_key)
             seat.pack_used_ucr += amount
             covered += amount
         else:
-            assert source == "uncovered", f"unknown allocation source {source!r}"
+            if source != "uncovered":
+                raise LogInconsistent(f"unknown allocation source {source!r}")
             seat.uncovered_ucr += amount
             sub.uncovered_cycle_ucr += amount
             sub.uncovered_total_ucr += amount
-    assert total == e.credits_ucr, "a charge's parts add up to the charge"
+    if total != e.credits_ucr:
+        raise LogInconsistent("a charge's parts add up to the charge")
     sub.used_ucr += covered
     b.changed_seats.add(seat_key)
     b.changed_subscriptions.add(sub_id)
@@ -257,8 +266,11 @@ def _charge(b: Balances, e: ChargeView | UsageCharged) -> None:
 
 def _opened(b: Balances, e: SubscriptionOpened) -> None:
     sub_id = e.subscription_id
-    assert sub_id not in b.subscriptions, "a subscription is opened once"
-    b.subscriptions[sub_id] = SubscriptionRow(sub_id, e.anchor, -1, None, None, 0, 0, 0, 0, 0)
+    if sub_id in b.subscriptions:
+        raise LogInconsistent("a subscription is opened once")
+    # Read models hold UTC instants (an old log may record an anchor with its offset).
+    anchor = e.anchor.astimezone(UTC)
+    b.subscriptions[sub_id] = SubscriptionRow(sub_id, anchor, -1, None, None, 0, 0, 0, 0, 0)
     b.seat_ids[sub_id] = []
     b.pack_ids[sub_id] = []
     b.changed_subscriptions.add(sub_id)
@@ -266,8 +278,10 @@ def _opened(b: Balances, e: SubscriptionOpened) -> None:
 
 def _cycle_started(b: Balances, e: CycleStarted) -> None:
     sub = b.subscriptions[e.subscription_id]
-    assert e.cycle > sub.cycle, "cycles only move forward"
-    sub.cycle, sub.cycle_start, sub.cycle_end = e.cycle, e.cycle_start, e.cycle_end
+    if e.cycle <= sub.cycle:
+        raise LogInconsistent("cycles only move forward")
+    sub.cycle = e.cycle
+    sub.cycle_start, sub.cycle_end = e.cycle_start.astimezone(UTC), e.cycle_end.astimezone(UTC)
     sub.uncovered_cycle_ucr = 0
     b.changed_subscriptions.add(e.subscription_id)
 
@@ -275,8 +289,10 @@ def _cycle_started(b: Balances, e: CycleStarted) -> None:
 def _seat_added(b: Balances, e: SeatAdded) -> None:
     sub = b.subscriptions[e.subscription_id]
     key = (e.subscription_id, e.seat_id)
-    assert key not in b.seats, "a seat is added once"
-    assert e.quota_ucr >= 0
+    if key in b.seats:
+        raise LogInconsistent("a seat is added once")
+    if e.quota_ucr < 0:
+        raise LogInconsistent("a quota is never negative")
     b.seats[key] = SeatRow(
         e.subscription_id, e.seat_id, e.tier, None, "active", e.cycle, e.quota_ucr, 0, 0, 0
     )
@@ -290,11 +306,13 @@ def _tier_changed(b: Balances, e: SeatTierChanged) -> None:
     key = (e.subscription_id, e.seat_id)
     seat = b.seats[key]
     if e.effect == "immediate":
-        assert seat.status != "removed", "a removed seat changes no tier"
+        if seat.status == "removed":
+            raise LogInconsistent("a removed seat changes no tier")
         sub = b.subscriptions[e.subscription_id]
         sub.granted_ucr += e.quota_ucr - seat.quota_ucr
         seat.tier, seat.quota_ucr, seat.pending_tier = e.to_tier, e.quota_ucr, None
-        assert seat.used_ucr <= seat.quota_ucr, "an immediate change leaves remaining >= 0"
+        if seat.used_ucr > seat.quota_ucr:
+            raise LogInconsistent("an immediate change leaves remaining >= 0")
         b.changed_subscriptions.add(e.subscription_id)
     else:
         # Changing back to the tier in force cancels a pending downgrade, as the write side does.
@@ -305,8 +323,10 @@ def _tier_changed(b: Balances, e: SeatTierChanged) -> None:
 def _seat_removed(b: Balances, e: SeatRemoved) -> None:
     key = (e.subscription_id, e.seat_id)
     seat = b.seats[key]
-    assert seat.status != "removed", "a seat is removed once"
-    assert e.forfeited_ucr == seat.quota_ucr - seat.used_ucr, "forfeited = what was left"
+    if seat.status == "removed":
+        raise LogInconsistent("a seat is removed once")
+    if e.forfeited_ucr != seat.quota_ucr - seat.used_ucr:
+        raise LogInconsistent("forfeited = what was left")
     seat.status = "removed"
     b.subscriptions[e.subscription_id].expired_ucr += e.forfeited_ucr
     b.changed_seats.add(key)
@@ -317,9 +337,12 @@ def _quota_granted(b: Balances, e: SeatQuotaGranted) -> None:
     key = (e.subscription_id, e.seat_id)
     seat = b.seats[key]
     sub = b.subscriptions[e.subscription_id]
-    assert seat.status != "removed", "a removed seat is granted nothing"
-    assert e.lapsed_ucr == seat.quota_ucr - seat.used_ucr, "lapsed = last cycle's unused quota"
-    assert e.quota_ucr >= 0
+    if seat.status == "removed":
+        raise LogInconsistent("a removed seat is granted nothing")
+    if e.lapsed_ucr != seat.quota_ucr - seat.used_ucr:
+        raise LogInconsistent("lapsed = last cycle's unused quota")
+    if e.quota_ucr < 0:
+        raise LogInconsistent("a quota is never negative")
     sub.expired_ucr += e.lapsed_ucr
     sub.granted_ucr += e.quota_ucr
     seat.tier, seat.pending_tier, seat.cycle = e.tier, None, e.cycle
@@ -331,8 +354,10 @@ def _quota_granted(b: Balances, e: SeatQuotaGranted) -> None:
 def _pack_purchased(b: Balances, e: PackPurchased) -> None:
     sub = b.subscriptions[e.subscription_id]
     key = (e.subscription_id, e.pack_id)
-    assert key not in b.packs, "a pack is bought once"
-    assert e.credits_ucr >= 0
+    if key in b.packs:
+        raise LogInconsistent("a pack is bought once")
+    if e.credits_ucr < 0:
+        raise LogInconsistent("a pack's credits are never negative")
     status: PackStatus = "active" if e.credits_ucr > 0 else "exhausted"
     b.packs[key] = PackRow(
         e.subscription_id,
@@ -353,8 +378,10 @@ def _pack_purchased(b: Balances, e: PackPurchased) -> None:
 def _pack_expired(b: Balances, e: PackExpired) -> None:
     key = (e.subscription_id, e.pack_id)
     pack = b.packs[key]
-    assert pack.status != "expired", "a pack expires once"
-    assert e.expired_ucr == pack.remaining_ucr, "expired = what was left in the pack"
+    if pack.status == "expired":
+        raise LogInconsistent("a pack expires once")
+    if e.expired_ucr != pack.remaining_ucr:
+        raise LogInconsistent("expired = what was left in the pack")
     pack.remaining_ucr, pack.expired_ucr, pack.status = 0, e.expired_ucr, "expired"
     b.subscriptions[e.subscription_id].expired_ucr += e.expired_ucr
     b.changed_packs.add(key)
@@ -371,7 +398,8 @@ def _seat_resumed(b: Balances, e: SeatResumed) -> None:
 
 def _set_seat_status(b: Balances, key: SeatKey, status: SeatStatus) -> None:
     seat = b.seats[key]
-    assert seat.status != "removed", "a removed seat is neither suspended nor resumed"
+    if seat.status == "removed":
+        raise LogInconsistent("a removed seat is neither suspended nor resumed")
     seat.status = status
     b.changed_seats.add(key)
 
@@ -392,7 +420,7 @@ _HANDLERS: Final[dict[type[Any], Callable[[Balances, Any], None]]] = {
 }
 
 
-class NotConserved(AssertionError):
+class NotConserved(LedgerError):
     """granted != remaining + used + expired for a subscription: the books do not balance."""
 
 

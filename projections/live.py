@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Final, Protocol
 
+from ledger.errors import LogInconsistent
 from ledger.log import Head
 from projections.balances import Balances, apply_data
 
@@ -73,7 +74,8 @@ class LiveBalances:
         for records in self._events.read_event_data(self._position, head):
             for first in range(0, len(records), FOLD_CHUNK_RECORDS):
                 self._fold(records[first : first + FOLD_CHUNK_RECORDS])
-        assert self._position == head, "the log is gap-free to its head"
+        if self._position != head:
+            raise LogInconsistent(f"the log has a gap before position {head}")
         return self._position
 
     def _fold(self, chunk: list[bytes]) -> None:

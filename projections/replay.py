@@ -16,6 +16,7 @@ import msgspec
 
 from ledger.log import Head, StoredRecord, us_from_datetime
 from projections.balances import Balances, apply_data
+from schemas.instants import InstantOutOfRange, bounded_utc
 from schemas.usage import UtcInstant
 
 POSITION_PREFIX: Final = "position:"
@@ -112,9 +113,11 @@ def resolve_as_of(event_store: AsOfSource, spec: str) -> int:
             raise InvalidAsOf(f"as_of {spec!r} is beyond the log's head position {head}")
         return position
     try:
-        instant = msgspec.convert(spec, UtcInstant)
+        instant = bounded_utc(msgspec.convert(spec, UtcInstant), f"as_of {spec!r}")
     except msgspec.ValidationError as error:
         raise InvalidAsOf(
             f"as_of {spec!r} is neither position:N nor an RFC 3339 instant with an offset"
         ) from error
+    except InstantOutOfRange as error:
+        raise InvalidAsOf(str(error)) from None
     return event_store.position_at(us_from_datetime(instant))

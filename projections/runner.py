@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Final, Protocol
 
+from ledger.errors import LogInconsistent
 from ledger.log import Head, StoredRecord
 from projections.balances import Balances, apply_data, assert_conserved
 from projections.read_store import CheckpointMoved, ReadModelStore
@@ -80,7 +81,8 @@ class ProjectionRunner:
         """Fold and commit every record after the checkpoint up to the head as of this call."""
         assert 1 <= batch_size <= MAX_BATCH_EVENTS
         head = self._events.head().position
-        assert head >= self._position, "the log never shrinks below a checkpoint"
+        if head < self._position:
+            raise LogInconsistent(f"the log's head {head} is below the checkpoint {self._position}")
         try:
             while self._position < head:
                 until = min(self._position + batch_size, head)
@@ -127,7 +129,8 @@ class ProjectionRunner:
                 )
             count += 1
         # Positions only ever increase, so `count` records ending at `until` leave no gap.
-        assert count == until - after and position == until, "the log is gap-free to its head"
+        if count != until - after or position != until:
+            raise LogInconsistent(f"the log has a gap between positions {after} and {until}")
         return usage_rows
 
     def rebuild(

@@ -17,6 +17,7 @@ from typing import Final, Protocol
 
 import msgspec
 
+from ledger.errors import LogInconsistent
 from ledger.log import StoredRecord, datetime_from_us, us_from_datetime
 from schemas.events import UsageCharged
 from schemas.read_models import UsagePage, UsageRow
@@ -175,7 +176,8 @@ def fetch_records(events: RecordReader, positions: Sequence[int]) -> list[Stored
         span = events.read(after=positions[start] - 1, until=positions[end])
         records.extend(record for record in span if record.position in wanted)
         start = end + 1
-    assert [r.position for r in records] == list(positions), "the log holds every indexed row"
+    if [r.position for r in records] != list(positions):
+        raise LogInconsistent("the usage index names positions the log does not hold")
     return records
 
 

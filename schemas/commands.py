@@ -4,7 +4,8 @@ from typing import Literal
 
 import msgspec
 
-from schemas.usage import Id, UsageEvent, UtcInstant
+from schemas.instants import bounded_utc
+from schemas.usage import PathId, UsageEvent, UtcInstant
 
 Tier = Literal["standard", "advanced", "premium"]
 
@@ -12,31 +13,35 @@ Tier = Literal["standard", "advanced", "premium"]
 class OpenSubscription(
     msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="subscription.open"
 ):
-    subscription_id: Id
+    subscription_id: PathId
     anchor: UtcInstant | None = None
     """The billing anchor; the ledger clock's now when absent."""
 
+    def __post_init__(self) -> None:
+        if self.anchor is not None:
+            bounded_utc(self.anchor, "anchor")
+
 
 class AddSeat(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="seat.add"):
-    subscription_id: Id
-    seat_id: Id
+    subscription_id: PathId
+    seat_id: PathId
     tier: Tier
 
 
 class ChangeTier(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="seat.change_tier"):
-    subscription_id: Id
-    seat_id: Id
+    subscription_id: PathId
+    seat_id: PathId
     tier: Tier
 
 
 class RemoveSeat(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="seat.remove"):
-    subscription_id: Id
-    seat_id: Id
+    subscription_id: PathId
+    seat_id: PathId
 
 
 class BuyPack(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="pack.buy"):
-    subscription_id: Id
-    pack_id: Id
+    subscription_id: PathId
+    pack_id: PathId
 
 
 class ChargeUsage(msgspec.Struct, frozen=True, gc=False, tag="usage.charge"):

@@ -1,9 +1,20 @@
 """Named limits of the public contract: every bound a usage event or command is checked against."""
 
+from datetime import UTC, datetime
 from typing import Final
 
 MAX_ID_CHARS: Final = 128
 """Longest id accepted: event, subscription, seat, pack, request, api key, gateway."""
+
+ID_PATTERN: Final = r"^[A-Za-z0-9._:@-]+$"
+"""The characters of an id that appears in a URL path (subscription, seat, pack, event and
+the like): letters, digits and `. _ - : @`, so every id can be written in a path as it is."""
+
+MIN_INSTANT: Final = datetime(2000, 1, 1, tzinfo=UTC)
+MAX_INSTANT: Final = datetime(2199, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)
+"""Every instant the ledger accepts (anchors, the clock, `occurred_at`, expiries, `as_of`) lies
+in [MIN_INSTANT, MAX_INSTANT]: far enough from `datetime`'s years 1 and 9999 that adding a
+month, an offset or a validity period to any of them stays representable."""
 
 MAX_MODEL_CHARS: Final = 64
 MAX_TOKENS_PER_COMPONENT: Final = 50_000_000

@@ -5,7 +5,9 @@ from typing import Annotated
 
 import msgspec
 
+from schemas.instants import bounded_utc
 from schemas.limits import (
+    ID_PATTERN,
     MAX_ID_CHARS,
     MAX_IMAGES_PER_REQUEST,
     MAX_MODEL_CHARS,
@@ -14,6 +16,9 @@ from schemas.limits import (
 )
 
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS)]
+"""Free text of 1 to 128 characters: ids that never appear in a path (request, api key...)."""
+PathId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS, pattern=ID_PATTERN)]
+"""An id that may appear in a URL path: 1 to 128 of `A-Z a-z 0-9 . _ - : @`."""
 ModelName = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_MODEL_CHARS)]
 TokenCount = Annotated[int, msgspec.Meta(ge=0, le=MAX_TOKENS_PER_COMPONENT)]
 ToolCallCount = Annotated[int, msgspec.Meta(ge=0, le=MAX_TOOL_CALLS_PER_REQUEST)]
@@ -24,9 +29,9 @@ UtcInstant = Annotated[datetime, msgspec.Meta(tz=True)]
 class UsageEvent(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True):
     """One served model request, as a gateway reports it. `event_id` is the idempotency key."""
 
-    event_id: Id
-    subscription_id: Id
-    seat_id: Id
+    event_id: PathId
+    subscription_id: PathId
+    seat_id: PathId
     model: ModelName
     occurred_at: UtcInstant
     input_tokens: TokenCount = 0
@@ -38,6 +43,9 @@ class UsageEvent(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=Tr
     request_id: Id | None = None
     api_key_id: Id | None = None
     gateway: Id | None = None
+
+    def __post_init__(self) -> None:
+        bounded_utc(self.occurred_at, "occurred_at")  # a ValueError: the event is invalid
 
 
 class Usage(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):

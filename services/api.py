@@ -47,9 +47,9 @@ from ledger.errors import (
     InvalidCommand,
     SeatExists,
     SeatIsRemoved,
-    SeatNotInSubscription,
     StoreError,
     SubscriptionExists,
+    Undecidable,
     UnknownModel,
     UnknownSeat,
     UnknownSubscription,
@@ -90,6 +90,7 @@ from schemas.commands import (
     Tier,
 )
 from schemas.events import CycleStarted, PackExpired, PackPurchased
+from schemas.instants import bounded_utc
 from schemas.limits import MAX_ID_CHARS, MAX_MODEL_CHARS
 from schemas.read_models import (
     PackBalance,
@@ -99,7 +100,8 @@ from schemas.read_models import (
     UsagePage,
     UsageRow,
 )
-from schemas.usage import Id, UtcInstant
+from schemas.usage import PathId as BodyId
+from schemas.usage import UtcInstant
 from services.auth.tokens import (
     BOOTSTRAP_ADMIN_ID,
     MAX_SCOPE_SUBSCRIPTIONS,
@@ -160,11 +162,11 @@ PROBLEMS: Final[dict[str, tuple[int, str]]] = {
 REJECTION_PROBLEMS: Final[dict[str, str]] = {
     UnknownSubscription.reason: "not-found",
     UnknownSeat.reason: "not-found",
-    SeatNotInSubscription.reason: "not-found",
     SubscriptionExists.reason: "subscription-exists",
     SeatExists.reason: "seat-exists",
     SeatIsRemoved.reason: "seat-removed",
     InvalidCommand.reason: "invalid-command",
+    Undecidable.reason: "invalid-command",
     UnknownModel.reason: "unknown-model",
     DuplicateConflict.reason: "duplicate-conflict",
 }
@@ -484,13 +486,17 @@ class ClockAdvanced(msgspec.Struct, frozen=True):
 
 
 class OpenSubscriptionBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    subscription_id: Id
+    subscription_id: BodyId
     anchor: UtcInstant | None = None
     """The billing anchor; the ledger clock's now when absent."""
 
+    def __post_init__(self) -> None:
+        if self.anchor is not None:
+            bounded_utc(self.anchor, "anchor")
+
 
 class AddSeatBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    seat_id: Id
+    seat_id: BodyId
     tier: Tier
 
 
@@ -499,12 +505,15 @@ class ChangeTierBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class BuyPackBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    pack_id: Id | None = None
+    pack_id: BodyId | None = None
     """Generated when absent: derived from the Idempotency-Key header when one is sent."""
 
 
 class ClockBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     now: UtcInstant
+
+    def __post_init__(self) -> None:
+        bounded_utc(self.now, "now")
 
 
 def pack_id_for(subscription_id: str, idempotency_key: str | None) -> str:
@@ -992,7 +1001,7 @@ def create_app(
         return Response(
             view,
             status_code=HTTP_201_CREATED if created else HTTP_200_OK,
-            headers={"Location": f"/v1/subscriptions/{quote(sub, safe='')}/overview"},
+            headers={"Location": f"/v1/subscriptions/{quote(sub, safe=':@')}/overview"},
         )
 
     @post(

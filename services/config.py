@@ -12,6 +12,7 @@ from typing import Literal, get_args
 
 from ledger.leases import LEASE_TTL_MS, MIN_LEASE_TTL_MS
 from ledger.partitions import MAX_PARTITIONS, PartitionError, partition_stream
+from schemas.instants import InstantOutOfRange, bounded_utc
 
 ClockKind = Literal["system", "manual"]
 Role = Literal["all", "ingest", "api"]
@@ -186,6 +187,7 @@ def parse_instant(text: str, what: str) -> datetime:
         instant = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError as exc:
         raise ConfigError(f"{what}: {text!r} is not an RFC 3339 instant") from exc
-    if instant.tzinfo is None:
-        raise ConfigError(f"{what}: {text!r} has no UTC offset")
-    return instant
+    try:
+        return bounded_utc(instant, what)
+    except InstantOutOfRange as error:
+        raise ConfigError(str(error)) from None

@@ -381,6 +381,8 @@ class IngestProcessor:
             return DeadLetter(entry_id, INVALID_EVENT, str(exc), original)
         except msgspec.DecodeError as exc:
             return DeadLetter(entry_id, INVALID_JSON, str(exc), original)
+        except UnicodeDecodeError as exc:  # a JSON string holding bytes that are not UTF-8
+            return DeadLetter(entry_id, INVALID_JSON, f"not UTF-8: {exc}", original)
         return _Decoded(entry_id, original, event)
 
     def process(self, entries: Sequence[StreamEntry]) -> BatchResult:

@@ -329,7 +329,7 @@ def _invalid_item(rng: random.Random, n: int, tag: str, occurred: datetime) -> I
         return Item(
             {b"data": _encode({**base, "seat_id": OTHER_SEAT})},
             "invalid",
-            reason="seat_not_in_subscription",
+            reason="unknown_seat",  # a seat of another subscription is no seat of this one
         )
     return Item({b"payload": f"{tag}-no-data-{n}".encode()}, "invalid", reason="missing_data")
 

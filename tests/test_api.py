@@ -351,10 +351,21 @@ def test_opening_a_subscription_answers_its_overview_anchored_at_the_ledger_cloc
     assert api.get("/v1/subscriptions/team-3/overview").json() == view
 
 
-def test_a_subscription_id_beyond_latin_1_is_percent_encoded_in_the_location(api: Api) -> None:
-    opened = api.post("/v1/subscriptions", {"subscription_id": "équipe/𝔸"})
+@pytest.mark.parametrize("subscription_id", ["équipe", "a/b", "a b", "a?b", "x" * 129, ""])
+def test_an_id_that_could_not_be_written_in_a_path_is_refused(
+    api: Api, subscription_id: str
+) -> None:
+    """Ids appear in paths: 1 to 128 of A-Z a-z 0-9 . _ - : @, so each can be written as it is."""
+    refused = _problem(
+        api.post("/v1/subscriptions", {"subscription_id": subscription_id}), 400, "invalid-body"
+    )
+    assert "subscription_id" in refused["detail"]
+
+
+def test_the_location_of_a_new_subscription_is_its_overview(api: Api) -> None:
+    opened = api.post("/v1/subscriptions", {"subscription_id": "team.b:2@x_y-z"})
     assert opened.status_code == 201, opened.text
-    assert opened.headers["location"] == "/v1/subscriptions/%C3%A9quipe%2F%F0%9D%94%B8/overview"
+    assert opened.headers["location"] == "/v1/subscriptions/team.b:2@x_y-z/overview"
 
 
 def test_the_bootstrap_admin_token_cannot_be_revoked_over_the_api(api: Api) -> None:
@@ -415,12 +426,18 @@ def test_adding_the_same_seat_again_is_200_and_appends_nothing(api: Api) -> None
     assert len([e for e in api.logged("seat.added") if e["seat_id"] == "dave"]) == 1
 
 
-def test_a_seat_id_in_use_with_another_tier_or_elsewhere_is_409(api: Api) -> None:
+def test_a_seat_id_in_use_with_another_tier_is_409(api: Api) -> None:
     other_tier = {"seat_id": "alice", "tier": "premium"}
     body = _problem(api.post("/v1/subscriptions/team-1/seats", other_tier), 409, "seat-exists")
     assert "PATCH" in body["detail"]
+
+
+def test_a_seat_id_another_subscription_has_is_a_new_seat_here(api: Api) -> None:
+    """Seat ids name a seat within their subscription: carol of team-2 is no seat of team-1."""
     elsewhere = {"seat_id": "carol", "tier": "standard"}
-    _problem(api.post("/v1/subscriptions/team-1/seats", elsewhere), 409, "seat-exists")
+    created = api.post("/v1/subscriptions/team-1/seats", elsewhere)
+    assert created.status_code == 201, created.text
+    assert created.json()["subscription_id"] == "team-1"
 
 
 def test_a_seat_in_an_unknown_subscription_is_404(api: Api) -> None:
@@ -618,6 +635,29 @@ def test_the_clock_never_moves_back(api: Api) -> None:
     assert "now" in body["detail"] and body["parameter"] == "now"
     assert api.get("/v1/clock").json()["now"] == "2026-02-04T10:00:00Z"
     assert api.clock.now_us() == us_from_datetime(NOW)
+
+
+@pytest.mark.parametrize(
+    "now", ["9999-12-31T23:59:59Z", "2200-01-01T00:00:00Z", "1970-01-01T00:00:00Z"]
+)
+def test_a_clock_move_outside_the_bounds_is_a_400_and_changes_nothing(api: Api, now: str) -> None:
+    head = api.get("/v1/audit/digest").json()
+    body = _problem(api.post("/v1/clock", {"now": now}), 400, "invalid-body")
+    assert "now" in body["detail"] and "2199-12-31" in body["detail"]
+    assert api.clock.now_us() == us_from_datetime(NOW)
+    assert api.get("/v1/audit/digest").json() == head
+    assert api.get("/v1/subscriptions/team-1/overview").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "anchor", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00", "1999-12-31T23:59:59Z", 0]
+)
+def test_an_anchor_outside_the_bounds_is_a_400_and_appends_nothing(api: Api, anchor: Any) -> None:
+    head = api.get("/v1/audit/digest").json()
+    body = {"subscription_id": "far", "anchor": anchor}
+    refused = _problem(api.post("/v1/subscriptions", body), 400, "invalid-body")
+    assert "anchor" in refused["detail"]
+    assert api.get("/v1/audit/digest").json() == head
 
 
 # -- metrics --------------------------------------------------------------------------------

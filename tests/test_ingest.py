@@ -283,9 +283,28 @@ BAD_ENTRIES: list[tuple[str, dict[bytes, bytes], str, str | None]] = [
     (
         "seat of another subscription",
         data(usage("e-bad", seat_id=OTHER_SEAT)),
-        "seat_not_in_subscription",
-        OTHER_SEAT,
+        "unknown_seat",
+        None,
     ),
+    (
+        "not utf-8 inside a string",
+        {b"data": msgspec.json.encode(usage("e-bad", gateway="GW")).replace(b"GW", b"\xc3\x28")},
+        "invalid_json",
+        "UTF-8",
+    ),
+    (
+        "occurred_at overflowing in UTC",
+        data(usage("e-bad", occurred_at="0001-01-01T00:00:00+14:00")),
+        "invalid_event",
+        "occurred_at",
+    ),
+    (
+        "occurred_at out of bounds",
+        data(usage("e-bad", occurred_at="2250-01-01T00:00:00Z")),
+        "invalid_event",
+        "occurred_at",
+    ),
+    ("id with a slash", data(usage("e-bad", seat_id="a/b")), "invalid_event", "seat_id"),
     ("removed seat", data(usage("e-bad", seat_id=REMOVED_SEAT)), "seat_removed", REMOVED_SEAT),
 ]
 

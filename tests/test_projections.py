@@ -19,7 +19,7 @@ from psycopg import sql
 
 from ledger.catalog import PACK_CREDITS_UCR, SEAT_QUOTA_UCR
 from ledger.decider import decide
-from ledger.errors import Rejected
+from ledger.errors import LogInconsistent, Rejected
 from ledger.idempotency import payload_digest
 from ledger.log import (
     EVENT_ENCODER,
@@ -377,25 +377,25 @@ def test_a_seat_is_suspended_and_resumed_as_the_log_says():
 def test_a_charge_whose_parts_do_not_add_up_to_it_is_refused():
     balances = fold(*opened(), seat("s1"))
     bad = msgspec.structs.replace(charged("s1", ("seat", "s1", 5)), credits_ucr=6 * CREDIT)
-    with pytest.raises(AssertionError, match="add up"):
+    with pytest.raises(LogInconsistent, match="add up"):
         apply(balances, bad)
 
 
 def test_a_pack_is_never_drawn_below_zero():
     balances = fold(*opened(), seat("s1"), pack("p1"))
-    with pytest.raises(AssertionError, match="pack overdrawn"):
+    with pytest.raises(LogInconsistent, match="pack overdrawn"):
         apply(balances, charged("s1", ("pack", "p1", PACK // CREDIT + 1)))
 
 
 def test_a_seat_quota_is_never_overdrawn():
     balances = fold(*opened(), seat("s1"))
-    with pytest.raises(AssertionError, match="seat quota overdrawn"):
+    with pytest.raises(LogInconsistent, match="seat quota overdrawn"):
         apply(balances, charged("s1", ("seat", "s1", STANDARD // CREDIT + 1)))
 
 
 def test_an_expiry_must_expire_exactly_what_was_left():
     balances = fold(*opened(), pack("p1"))
-    with pytest.raises(AssertionError, match="expired = what was left"):
+    with pytest.raises(LogInconsistent, match="expired = what was left"):
         apply(balances, PackExpired(SUB, "p1", ANCHOR + timedelta(days=28), PACK - 1))
 
 
@@ -768,7 +768,7 @@ def test_a_batch_that_fails_leaves_tables_and_memory_at_the_last_checkpoint(open
     )
     read_store = open_read_store("rm", events)
     runner = ProjectionRunner(events, read_store)
-    with pytest.raises(AssertionError):
+    with pytest.raises(LogInconsistent):
         runner.catch_up(batch_size=good)
     assert runner.position == read_store.checkpoint() == good
     assert dump(runner.balances) == dump(read_store.load_balances())

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
 from ledger.catalog import PACK_CREDITS_UCR, SEAT_QUOTA_UCR
 from ledger.cycles import add_months, cycle_bounds, cycle_index
+from ledger.decider import evolve
 from ledger.errors import (
     DuplicateConflict,
     InvalidCommand,
     SeatExists,
     SeatIsRemoved,
-    SeatNotInSubscription,
     SubscriptionExists,
     UnknownModel,
     UnknownSeat,
@@ -138,12 +138,10 @@ def test_a_seat_added_mid_cycle_gets_its_full_tier_quota_for_the_current_cycle()
     assert events == [SeatAdded(SUB, "s1", "advanced", SEAT_QUOTA_UCR["advanced"], 0)]
 
 
-def test_seat_ids_are_unique_across_the_ledger():
-    state = given(*opened(), seat_added("s1"), *opened(sub="team-2"))
+def test_a_seat_id_is_added_once_within_its_subscription():
+    state = given(*opened(), seat_added("s1"))
     with pytest.raises(SeatExists):
         when(state, AddSeat(SUB, "s1", "standard"), at("2026-02-01"))
-    with pytest.raises(SeatExists):
-        when(state, AddSeat("team-2", "s1", "standard"), at("2026-02-01"))
 
 
 def test_an_upgrade_is_immediate_and_remaining_is_the_new_quota_less_what_was_used():
@@ -335,7 +333,7 @@ def test_the_same_event_id_with_a_different_payload_is_a_conflict():
     [
         (usage("e1", "s1", sub="nobody"), UnknownSubscription, "unknown_subscription"),
         (usage("e1", "ghost"), UnknownSeat, "unknown_seat"),
-        (usage("e1", "s9"), SeatNotInSubscription, "seat_not_in_subscription"),
+        (usage("e1", "s9"), UnknownSeat, "unknown_seat"),
         (usage("e1", "s1", model="gpt-99"), UnknownModel, "unknown_model"),
     ],
 )
@@ -346,6 +344,67 @@ def test_usage_that_cannot_be_charged_is_rejected_with_a_typed_reason(event, err
     with pytest.raises(error) as refused:
         when(state, charge(event), at("2026-02-02"))
     assert refused.value.reason == reason
+
+
+def test_an_anchor_given_with_an_offset_is_recorded_and_counted_in_utc():
+    tokyo = timezone(timedelta(hours=9))
+    anchor = datetime(2026, 1, 31, 0, 0, tzinfo=tokyo)  # 2026-01-30T15:00Z
+    events = when(given(), OpenSubscription(SUB, anchor), at("2026-02-02"))
+    utc = anchor.astimezone(UTC)
+    assert events == [SubscriptionOpened(SUB, utc), CycleStarted(SUB, 0, *cycle_bounds(utc, 0))]
+    assert str(events[0].anchor.tzinfo) == "UTC"
+
+
+# --- seat ids are scoped to their subscription ------------------------------------------------
+
+
+def test_two_subscriptions_may_each_have_a_seat_of_the_same_id():
+    state = given(*opened(), seat_added("alice"), *opened(sub="team-9"))
+    assert when(state, AddSeat("team-9", "alice", "premium"), at("2026-02-02")) == [
+        SeatAdded("team-9", "alice", "premium", SEAT_QUOTA_UCR["premium"], 0)
+    ]
+
+
+def test_a_seat_of_another_subscription_is_refused_exactly_like_a_seat_that_exists_nowhere():
+    """Nothing about one subscription's seats can be learned through another's."""
+    state = given(*opened(), seat_added("alice"), *opened(sub="team-9"))
+    answers = []
+    for seat in ("alice", "nobody"):
+        for command in (
+            charge(usage("e1", seat, sub="team-9")),
+            ChangeTier("team-9", seat, "premium"),
+            RemoveSeat("team-9", seat),
+        ):
+            with pytest.raises(UnknownSeat) as refused:
+                when(state, command, at("2026-02-02"))
+            answers.append(refused.value.detail.replace(seat, "<seat>"))
+    assert answers[:3] == answers[3:]
+
+
+def test_the_same_seat_id_in_two_subscriptions_is_charged_as_two_seats():
+    state = given(*opened(), *opened(sub="team-9"))
+    commands = [AddSeat(sub, seat, "standard") for sub in (SUB, "team-9") for seat in "ab"]
+    for command in commands:
+        for fact in when(state, command, at("2026-02-01")):
+            evolve(state, fact)
+    for sub, seat, tokens in (("team-1", "a", 1), ("team-1", "b", 2), ("team-9", "a", 3)):
+        for event in when(
+            state,
+            charge(usage(f"{sub}-{seat}", seat, sub=sub, input_tokens=tokens * 100_000)),
+            at("2026-02-02"),
+        ):
+            evolve(state, event)
+    used = {
+        (sub_id, seat_id): seat.used_ucr
+        for sub_id, sub in state.subscriptions.items()
+        for seat_id, seat in sub.seats.items()
+    }
+    assert used == {
+        ("team-1", "a"): 20 * CREDIT,
+        ("team-1", "b"): 40 * CREDIT,
+        ("team-9", "a"): 60 * CREDIT,
+        ("team-9", "b"): 0,
+    }
 
 
 def test_a_model_is_unknown_before_any_rate_card_version_is_in_force():
