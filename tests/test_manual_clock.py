@@ -4,10 +4,12 @@ appends the cycle starts and pack expiries that fell due (SPEC §2 "Time")."""
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
@@ -15,6 +17,7 @@ import pytest
 import redis
 
 from ledger.clock import SharedManualClock
+from ledger.log import us_from_datetime
 from services.redis_server import free_loopback_port
 
 LEDGER = (sys.executable, "-m", "services.cli")
@@ -22,15 +25,58 @@ WAIT_S = 20.0
 START = "2026-01-31T09:00:00Z"
 
 
+T0_US = 1_800_000_000_000_000  # 2027-01-15
+
+
 def test_a_shared_manual_clock_moves_forward_only_and_is_seen_by_another_instance(tmp_path):
     path = tmp_path / "manual-clock"
-    writer, reader = SharedManualClock(path, 1_000), SharedManualClock(path, 1_000)
-    assert reader.now_us() == 1_000
+    writer, reader = SharedManualClock(path, T0_US), SharedManualClock(path, T0_US)
+    assert reader.now_us() == T0_US
     writer.advance(500)
-    assert reader.now_us() == 1_500
+    assert reader.now_us() == T0_US + 500
     with pytest.raises(ValueError):
-        writer.set(1_200)
-    assert reader.now_us() == 1_500
+        writer.set(T0_US + 200)
+    assert reader.now_us() == T0_US + 500
+
+
+def test_two_moves_within_one_file_timestamp_tick_are_both_seen(tmp_path):
+    path = tmp_path / "manual-clock"
+    writer, reader = SharedManualClock(path, T0_US), SharedManualClock(path, T0_US)
+    writer.set(T0_US + 1)
+    assert reader.now_us() == T0_US + 1
+    stamp = path.stat().st_mtime_ns
+    writer.set(T0_US + 2)
+    os.utime(path, ns=(stamp, stamp))  # as a coarse file timestamp would leave it
+    assert reader.now_us() == T0_US + 2
+
+
+def _advance_many(path: Path, times: int) -> None:
+    clock = SharedManualClock(path, T0_US)
+    for _ in range(times):
+        clock.advance(1)
+
+
+def test_two_processes_advancing_at_once_lose_no_move(tmp_path):
+    path = tmp_path / "manual-clock"
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_advance_many, args=(path, 300)) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert [worker.exitcode for worker in workers] == [0, 0]
+    assert SharedManualClock(path, T0_US).now_us() == T0_US + 600
+
+
+def test_a_move_outside_the_bounds_is_refused_and_leaves_the_clock_as_it_was(tmp_path):
+    path = tmp_path / "manual-clock"
+    clock = SharedManualClock(path, T0_US)
+    clock.set(T0_US + 5)
+    before = path.read_bytes()
+    with pytest.raises(ValueError):
+        clock.set(us_from_datetime(datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)))
+    assert path.read_bytes() == before
+    assert clock.now_us() == T0_US + 5
 
 
 @pytest.fixture
@@ -110,3 +156,35 @@ def test_the_clock_command_refuses_the_system_clock_with_one_line(env):
     done = subprocess.run([*LEDGER, "clock", "show"], env=env, capture_output=True, text=True)
     assert done.returncode == 2
     assert done.stderr.strip().startswith("ledger: ") and "\n" not in done.stderr.strip()
+
+
+def test_ledger_clock_refuses_a_time_past_the_bounds_in_one_line_and_keeps_the_file(tmp_path):
+    values = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
+    values.update(LEDGER_DATA_DIR=str(tmp_path), LEDGER_CLOCK="manual", LEDGER_CLOCK_START=START)
+    moved = subprocess.run(
+        [*LEDGER, "clock", "set", "2026-02-01T00:00:00Z"], env=values, capture_output=True
+    )
+    assert moved.returncode == 0, moved.stderr
+    before = (tmp_path / "manual-clock").read_bytes()
+
+    refused = subprocess.run(
+        [*LEDGER, "clock", "set", "9999-12-31T23:59:59Z"],
+        env=values,
+        capture_output=True,
+        text=True,
+    )
+
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("ledger: ") and len(refused.stderr.splitlines()) == 1
+    assert (tmp_path / "manual-clock").read_bytes() == before
+
+
+def test_ledger_clock_show_on_a_damaged_clock_file_says_so_in_one_line(tmp_path):
+    values = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
+    values.update(LEDGER_DATA_DIR=str(tmp_path), LEDGER_CLOCK="manual", LEDGER_CLOCK_START=START)
+    (tmp_path / "manual-clock").write_text("not a time\n")
+
+    shown = subprocess.run([*LEDGER, "clock", "show"], env=values, capture_output=True, text=True)
+
+    assert shown.returncode == 3
+    assert "holds no time" in shown.stderr and len(shown.stderr.splitlines()) == 1
