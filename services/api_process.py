@@ -28,7 +28,7 @@ import uvloop
 
 from ledger.log import EventStore
 from projections.live import LiveBalances
-from services.api import create_app
+from services.api.app import create_app
 from services.bootstrap import (
     make_clock,
     open_event_store,

@@ -46,7 +46,7 @@ WAIT_S = 15.0
 CHARGE_WAIT_S = 30.0
 """Longest the ledger may take to charge what was published (its log shows the charge)."""
 CHARGE_POLL_S = 0.01
-MAX_LOG_PAGE_RECORDS = 1_000  # services/api.py MAX_LOG_PAGE_RECORDS
+MAX_LOG_PAGE_RECORDS = 1_000  # services/api/audit.py MAX_LOG_PAGE_RECORDS
 MAX_SCREENSHOT_HEIGHT_PX = 3_000
 """A long usage table is cut off here: the picture shows the top of the page."""
 

@@ -25,7 +25,8 @@ from projections.runner import ProjectionRunner
 from projections.stores.sqlite import SqliteReadModelStore
 from schemas.commands import AddSeat, BuyPack, Command, OpenSubscription
 from schemas.usage import UsageEvent
-from services.api import PROBLEM_BASE, PROBLEMS, REJECTION_PROBLEMS, app_from_parts, create_app
+from services.api.app import app_from_parts, create_app
+from services.api.problems import PROBLEM_BASE, PROBLEMS, REJECTION_PROBLEMS
 from services.auth.tokens import (
     TOKEN_PREFIX,
     TOKENS_FILE,
@@ -903,6 +904,15 @@ def test_roles_that_may_not_are_403(api: Api) -> None:
             _problem(_call(api, method, path, token, body), 403, "forbidden")
     assert api.get("/v1/audit/digest").json() == head  # nothing was written
     assert api.get("/v1/clock").json()["now"].startswith("2026-02-04T10:00:00")
+
+
+def test_a_token_that_may_not_write_learns_nothing_of_the_bodys_shape(api: Api) -> None:
+    _, viewer = api.token("viewer", ["team-2"])
+    for method, path, body in WRITES + ADMIN_ONLY:
+        if body is None:
+            continue
+        expected = (404, "not-found") if "/team-1" in path else (403, "forbidden")
+        _problem(_call(api, method, path, viewer, {"nope": True}), *expected)
 
 
 def test_another_subscriptions_token_gets_404_like_an_unknown_one(api: Api) -> None:

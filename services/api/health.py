@@ -1,0 +1,52 @@
+"""What needs no token: liveness, readiness (the log answers) and the Prometheus metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from litestar import Controller, get
+from litestar.status_codes import HTTP_503_SERVICE_UNAVAILABLE
+
+from ledger.log import EventStore
+from services.api.dependencies import Injected
+from services.api.problems import Problem, problem_responses
+from services.api.reads import Reads, UsageReader
+from services.api.views import HealthView, ReadyView
+from services.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from services.metrics import WRITER_METRIC_NAMES, LedgerMetrics
+
+WriterMetrics = Callable[[], Awaitable[str]] | None
+
+
+class HealthController(Controller):
+    path = "/"
+
+    @get("/healthz", summary="Liveness")
+    async def healthz(self) -> HealthView:
+        return HealthView("ok")
+
+    @get(
+        "/readyz",
+        summary="Readiness: the log and the read models answer",
+        responses=problem_responses((HTTP_503_SERVICE_UNAVAILABLE,)),
+    )
+    async def readyz(self, events: Injected[EventStore], reads: Injected[Reads]) -> ReadyView:
+        try:
+            head = events.head().position
+        except Exception as error:
+            raise Problem("not-ready", f"the log does not answer: {error}") from None
+        return ReadyView("ready", reads.live.position, head)
+
+    @get("/metrics", summary="Prometheus text exposition", media_type=METRICS_CONTENT_TYPE)
+    async def get_metrics(
+        self,
+        events: Injected[EventStore],
+        usage: Injected[UsageReader],
+        metrics: Injected[LedgerMetrics],
+        writer_metrics: Injected[WriterMetrics],
+    ) -> str:
+        metrics.projection_lag.set(max(0, events.head().position - usage.checkpoint()))
+        if writer_metrics is None:
+            return metrics.render()
+        own = metrics.registry.names() - WRITER_METRIC_NAMES
+        return metrics.render(own) + await writer_metrics()

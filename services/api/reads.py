@@ -1,0 +1,117 @@
+"""Where the API's reads answer from: the live balances, the balances replayed as of a point of
+the log (`as_of`), and the read model tables of usage rows the projector writes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Final
+
+import msgspec
+
+from ledger.clock import Clock
+from ledger.log import EPOCH, EventStore, StoredRecord, datetime_from_us
+from projections.balances import Balances
+from projections.live import BalanceSource
+from projections.read_store import ReadModelReader
+from projections.replay import POSITION_PREFIX, InvalidAsOf, balances_as_of, resolve_as_of
+from projections.usage import UsageQuery
+from schemas.read_models import UsagePage
+from schemas.usage import UtcInstant
+from services.api.problems import Problem, no_subscription
+
+USAGE_FRESHNESS_WAIT_S: Final = 2.0
+"""Longest a usage page waits for the projector to fold what the live balances already show."""
+USAGE_FRESHNESS_POLL_S: Final = 0.005
+
+
+def parse_instant(text: str | None, parameter: str) -> datetime | None:
+    """The instant a query parameter names, or a 400 problem that names the parameter."""
+    if text is None:
+        return None
+    try:
+        return msgspec.convert(text, UtcInstant)
+    except msgspec.ValidationError:
+        raise Problem(
+            "invalid-parameter",
+            f"{parameter}: {text!r} is not an RFC 3339 instant with an offset",
+            parameter=parameter,
+        ) from None
+
+
+def record_at(events: EventStore, position: int) -> StoredRecord | None:
+    """The record at `position` of the log (None at position 0, before the first)."""
+    records = list(events.read(after=position - 1, until=position)) if position else []
+    return records[0] if records else None
+
+
+class Reads:
+    """The balances a read answers from, and the ledger clock's now."""
+
+    def __init__(self, events: EventStore, live: BalanceSource, clock: Clock) -> None:
+        self.events = events
+        self.live = live
+        self.clock = clock
+
+    def now(self) -> datetime:
+        return datetime_from_us(self.clock.now_us())
+
+    def position_of(self, as_of: str) -> int:
+        """The log position `as_of` stands for, or a 400 problem."""
+        try:
+            return resolve_as_of(self.events, as_of)
+        except InvalidAsOf as error:
+            raise Problem("invalid-parameter", f"as_of: {error}", parameter="as_of") from None
+
+    @contextmanager
+    def at(self, as_of: str | None) -> Iterator[tuple[Balances, datetime]]:
+        """The balances and the instant a read answers as of; the live balances are held
+        still (no fold on the writer thread) until the `with` block ends."""
+        if as_of is None:
+            with self.live.reading() as balances:
+                yield balances, self.now()
+            return
+        position = self.position_of(as_of)
+        instant = None if as_of.startswith(POSITION_PREFIX) else parse_instant(as_of, "as_of")
+        if instant is None:
+            record = record_at(self.events, position)
+            instant = EPOCH if record is None else record.recorded_at
+        yield balances_as_of(self.events, position), instant
+
+    @contextmanager
+    def subscription(self, sub: str, as_of: str | None) -> Iterator[tuple[Balances, datetime]]:
+        """`at(as_of)`, or a 404 problem when the subscription is not in those balances."""
+        with self.at(as_of) as (balances, now):
+            if sub not in balances.subscriptions:
+                raise no_subscription(sub)
+            yield balances, now
+
+
+class UsageReader:
+    """The API's own read-only reader of the read model tables (the projector writes them)."""
+
+    def __init__(self, reader: ReadModelReader) -> None:
+        self._reader = reader
+
+    def page(self, query: UsageQuery) -> UsagePage:
+        return self._reader.page(query)
+
+    def checkpoint(self) -> int:
+        """The log position the read model tables hold (0 before the first batch)."""
+        return self._reader.checkpoint()
+
+    async def caught_up(self, position: int) -> bool:
+        """Wait (at most `USAGE_FRESHNESS_WAIT_S`) until the tables hold `position`, so a usage
+        page shows a charge the balances already show; False when they still lag."""
+        deadline = time.monotonic() + USAGE_FRESHNESS_WAIT_S
+        while self.checkpoint() < position:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(USAGE_FRESHNESS_POLL_S)
+        return True
+
+    def close(self) -> None:
+        self._reader.close()
