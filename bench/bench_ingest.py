@@ -47,14 +47,9 @@ from schemas.commands import AddSeat, BuyPack, OpenSubscription
 from schemas.events import Allocation
 from schemas.usage import UsageEvent, usage_of
 from services.config import Settings
-from services.ingest import (
-    MAX_RECORDS,
-    IngestConfig,
-    IngestProcessor,
-    IngestService,
-    RedisDeadLetterSink,
-    build_broker,
-)
+from services.ingest.consumer import MAX_RECORDS, IngestConfig, IngestService, build_broker
+from services.ingest.dead_letters import RedisDeadLetterSink
+from services.ingest.processor import IngestProcessor
 from services.projector import Projector
 from services.redis_server import EmbeddedRedis
 from services.serve import Worker

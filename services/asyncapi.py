@@ -18,7 +18,9 @@ from faststream.specification import AsyncAPI
 
 from schemas.usage import UsageEvent
 from services.config import DEFAULT_STREAM
-from services.ingest import DeadLetter, IngestConfig, IngestProcessor, create_app
+from services.ingest.consumer import IngestConfig, create_app
+from services.ingest.dead_letters import DeadLetter
+from services.ingest.processor import IngestProcessor
 
 DOCUMENT_PATH = Path(__file__).resolve().parent.parent / "docs" / "asyncapi.json"
 EXAMPLE_REDIS_URL = "redis://127.0.0.1:6379/0"

@@ -29,7 +29,8 @@ import structlog
 from ledger.errors import StoreError
 from ledger.leases import RENEWALS_PER_TTL, Fence, Lease, LeaseStore, fair_share
 from services.config import Settings
-from services.ingest import IngestService, RedisDeadLetterSink, open_partition_consumer
+from services.ingest.consumer import IngestService, open_partition_consumer
+from services.ingest.dead_letters import RedisDeadLetterSink
 from services.metrics import LedgerMetrics
 
 LOCAL_MARGIN_DIVISOR: Final = 10

@@ -44,7 +44,7 @@ from services.api_process import ApiProcess
 from services.auth.tokens import ensure_admin_token
 from services.bootstrap import Parts, bootstrap, open_lease_store, open_token_store
 from services.config import ConfigError, Settings, default_consumer_name
-from services.ingest import IngestService, open_partition_consumer
+from services.ingest.consumer import IngestService, open_partition_consumer
 from services.logs import configure_logging
 from services.metrics import METRICS
 from services.partition_leases import PartitionKeeper

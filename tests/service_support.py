@@ -22,7 +22,7 @@ import redis
 import redis.cluster
 
 from services.client import redis_client
-from services.ingest import dead_letter_index
+from services.ingest.dead_letters import dead_letter_index
 from services.redis_server import free_loopback_port
 
 HTTP_TIMEOUT_S = 10.0

@@ -45,7 +45,7 @@ from ledger.partitions import partition_of, partition_stream
 from ledger.stores.postgres import PostgresEventStore
 from schemas.usage import UsageEvent
 from services.client import UsagePublisher, encode_usage
-from services.ingest import dead_letter_index, dead_letter_stream
+from services.ingest.dead_letters import dead_letter_index, dead_letter_stream
 from services.redis_server import (
     EmbeddedRedis,
     EmbeddedRedisCluster,

@@ -40,20 +40,16 @@ from schemas.limits import MAX_TOKENS_PER_COMPONENT
 from schemas.usage import UsageEvent
 from services.client import UsagePublisher, encode_usage
 from services.config import ConfigError, Settings
-from services.ingest import (
-    CONSUMER_GROUP,
+from services.ingest.consumer import (
     MAX_DELIVERIES,
-    BatchResult,
-    DeadLetter,
     IngestConfig,
-    IngestProcessor,
     IngestService,
-    RedisDeadLetterSink,
-    StreamEntry,
     build_broker,
     create_app,
-    dead_letter_index,
 )
+from services.ingest.dead_letters import DeadLetter, RedisDeadLetterSink, dead_letter_index
+from services.ingest.processor import BatchResult, IngestProcessor, StreamEntry
+from services.ingest.stream import CONSUMER_GROUP
 from services.metrics import LedgerMetrics
 from services.redis_server import (
     EmbeddedRedisCluster,

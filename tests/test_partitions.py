@@ -22,13 +22,13 @@ from schemas.commands import AddSeat, OpenSubscription
 from schemas.usage import UsageEvent
 from services.client import UsagePublisher, encode_usage
 from services.config import ConfigError, Settings
-from services.ingest import (
+from services.ingest.dead_letters import (
     WRONG_PARTITION,
     DeadLetter,
-    IngestProcessor,
     dead_letter_index,
     dead_letter_stream,
 )
+from services.ingest.processor import IngestProcessor
 
 T0 = datetime(2026, 5, 1, tzinfo=UTC)
 

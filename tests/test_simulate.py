@@ -19,7 +19,8 @@ from ledger.rate_card import load_rate_card
 from schemas.usage import UsageEvent
 from services.bootstrap import bootstrap
 from services.config import Settings
-from services.ingest import DeadLetter, IngestProcessor
+from services.ingest.dead_letters import DeadLetter
+from services.ingest.processor import IngestProcessor
 from services.simulate import (
     UNDECODABLE_KINDS,
     TokenBucket,
