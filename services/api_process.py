@@ -115,7 +115,6 @@ async def _serve(settings: Settings, connection: Connection, ready: Event) -> No
         tokens=tokens,
         clock=make_clock(settings),
         writer=writer,
-        writer_metrics=writer.writer_metrics,
     )
     server = uvicorn.Server(
         uvicorn.Config(

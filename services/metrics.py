@@ -1,326 +1,190 @@
-"""Prometheus metrics with no dependency: counters, gauges and a fixed-bucket latency histogram,
-rendered in the text exposition format 0.0.4 that `GET /metrics` serves.
+"""The ledger's Prometheus metrics on prometheus_client: the instruments (`LedgerMetrics`), the
+text `GET /metrics` serves, and the multiprocess mode of `ledger serve`.
 
-Counts stay integers (events, micro-credits), so the text shows `1000000`, never `1e+06`;
-durations are kept in integer nanoseconds and rendered as exact decimal seconds. Every metric is
-safe to update from any thread. The process-wide instruments are `METRICS` (also module
-attributes); ingest and the API are handed a `LedgerMetrics`, so tests can give them their own.
+`ledger serve` runs the writer (ingest), the HTTP API and the projector in processes of their
+own. Each writes its metrics to files in one directory of the data dir
+(`share_between_processes`, prometheus_client's multiprocess mode), and the API process's
+`GET /metrics` reads them all (`MultiProcessCollector`), so it shows what ingest counted.
+Without that directory (tests, a lone process) a `LedgerMetrics` keeps its values in memory.
+
+Values are float64, as Prometheus stores them: counts and micro-credits are exact up to 2^53.
 """
 
 from __future__ import annotations
 
-import bisect
-import math
+import contextlib
+import os
+import shutil
 import threading
-from collections.abc import Collection, Mapping, Sequence
-from typing import Final
+from pathlib import Path
+from typing import Final, Generic, TypeVar
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+    values,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+"""What `generate_latest` writes: the Prometheus text format 0.0.4."""
+MULTIPROCESS_DIR_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
+"""Where prometheus_client's multiprocess mode keeps every process's metric files."""
+METRICS_DIR: Final = "metrics"
+"""The data dir's folder of metric files: one folder per `ledger serve` (by its pid)."""
+SERVE_DIR_PREFIX: Final = "serve-"
 MAX_SERIES_PER_METRIC: Final = 1_000
 """Label combinations one metric keeps; later ones are counted under `OVERFLOW_LABEL`."""
 OVERFLOW_LABEL: Final = "_overflow"
 NS_PER_S: Final = 1_000_000_000
-LATENCY_BUCKETS_NS: Final[tuple[int, ...]] = (
-    250_000,
-    500_000,
-    1_000_000,
-    2_500_000,
-    5_000_000,
-    10_000_000,
-    25_000_000,
-    50_000_000,
-    100_000_000,
-    250_000_000,
-    500_000_000,
-    1_000_000_000,
-    2_500_000_000,
-    10_000_000_000,
+LATENCY_BUCKETS_S: Final[tuple[float, ...]] = (
+    0.000_25,
+    0.000_5,
+    0.001,
+    0.002_5,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    10.0,
 )
 """Upper bounds of the request latency buckets: 0.25 ms to 10 s (the 5 ms goal sits on one)."""
 
-Number = int | float
-LabelValues = tuple[str, ...]
+# No `_created` series: the exposition holds the ledger's metrics only.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+M = TypeVar("M", Counter, Gauge, Histogram)
 
 
-def format_number(value: Number) -> str:
-    """An integer as digits; a float as its shortest exact repr; infinities and NaN as Prometheus
-    spells them."""
-    if isinstance(value, int):
-        return str(value)
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if value.is_integer() and abs(value) < 2**53:
-        return str(int(value))
-    return repr(value)
+class Bounded(Generic[M]):
+    """A labelled instrument that keeps at most `max_series` label sets: later ones are counted
+    under `OVERFLOW_LABEL` (a client sending made-up HTTP methods must not grow the exposition
+    without end)."""
 
-
-def format_seconds(ns: int) -> str:
-    """Integer nanoseconds as exact decimal seconds: 2_500_000 -> "0.0025"."""
-    sign = "-" if ns < 0 else ""
-    whole, fraction = divmod(abs(ns), NS_PER_S)
-    digits = f"{fraction:09d}".rstrip("0")
-    return f"{sign}{whole}.{digits}" if digits else f"{sign}{whole}"
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _label_text(names: Sequence[str], values: Sequence[str]) -> str:
-    if not names:
-        return ""
-    pairs = ",".join(
-        f'{name}="{_escape(value)}"' for name, value in zip(names, values, strict=True)
-    )
-    return "{" + pairs + "}"
-
-
-class _Metric:
-    kind = "untyped"
-
-    def __init__(self, name: str, help_text: str, label_names: Sequence[str] = ()) -> None:
-        self.name = name
-        self.help = help_text
-        self.label_names = tuple(label_names)
-        self._label_set = frozenset(self.label_names)
+    def __init__(self, metric: M, max_series: int = MAX_SERIES_PER_METRIC) -> None:
+        self.metric: M = metric
+        self.max_series = max_series
+        self._seen: set[tuple[tuple[str, str], ...]] = set()
         self._lock = threading.Lock()
 
-    def _key(self, labels: dict[str, str]) -> LabelValues:
-        if labels.keys() != self._label_set:
-            raise ValueError(f"{self.name} takes the labels {self.label_names}, got {labels}")
-        return tuple(str(labels[name]) for name in self.label_names)
-
-    def _bounded(self, key: LabelValues, series: Mapping[LabelValues, object]) -> LabelValues:
-        """`key`, or the overflow series once this metric holds its bound of label sets."""
-        if key in series or len(series) < MAX_SERIES_PER_METRIC:
-            return key
-        return tuple(OVERFLOW_LABEL for _ in key)
-
-    def header(self) -> list[str]:
-        return [
-            f"# HELP {self.name} {self.help.replace(chr(92), chr(92) * 2).replace(chr(10), ' ')}",
-            f"# TYPE {self.name} {self.kind}",
-        ]
-
-    def render(self) -> list[str]:
-        raise NotImplementedError
-
-
-class _Valued(_Metric):
-    def __init__(self, name: str, help_text: str, label_names: Sequence[str] = ()) -> None:
-        super().__init__(name, help_text, label_names)
-        self._values: dict[LabelValues, Number] = {} if label_names else {(): 0}
-
-    def _add(self, amount: Number, labels: dict[str, str]) -> None:
-        key = self._key(labels)
+    def labels(self, **labels: str) -> M:
+        """The series of these labels (exactly the metric's label names), or the overflow
+        series once `max_series` others are kept."""
+        key = tuple(sorted(labels.items()))
         with self._lock:
-            key = self._bounded(key, self._values)
-            self._values[key] = self._values.get(key, 0) + amount
-
-    def value(self, **labels: str) -> Number:
-        with self._lock:
-            return self._values.get(self._key(labels), 0)
-
-    def render(self) -> list[str]:
-        with self._lock:
-            items = sorted(self._values.items())
-        return [
-            f"{self.name}{_label_text(self.label_names, key)} {format_number(value)}"
-            for key, value in items
-        ]
-
-
-class Counter(_Valued):
-    """Only goes up. Name it `..._total`."""
-
-    kind = "counter"
-
-    def inc(self, amount: Number = 1, **labels: str) -> None:
-        if amount < 0:
-            raise ValueError(f"{self.name} is a counter: it cannot go down by {amount}")
-        self._add(amount, labels)
-
-
-class Gauge(_Valued):
-    """A value that is set (a lag, a depth)."""
-
-    kind = "gauge"
-
-    def set(self, value: Number, **labels: str) -> None:
-        key = self._key(labels)
-        with self._lock:
-            key = self._bounded(key, self._values)
-            self._values[key] = value
-
-
-class _Series:
-    __slots__ = ("buckets", "count", "sum_ns")
-
-    def __init__(self, bucket_count: int) -> None:
-        self.buckets = [0] * bucket_count  # not cumulative: one observation lands in one bucket
-        self.count = 0
-        self.sum_ns = 0
-
-
-class Histogram(_Metric):
-    """Durations in fixed buckets (`LATENCY_BUCKETS_NS` by default), exposed in seconds."""
-
-    kind = "histogram"
-
-    def __init__(
-        self,
-        name: str,
-        help_text: str,
-        label_names: Sequence[str] = (),
-        buckets_ns: Sequence[int] = LATENCY_BUCKETS_NS,
-    ) -> None:
-        super().__init__(name, help_text, label_names)
-        assert list(buckets_ns) == sorted(set(buckets_ns)) and buckets_ns[0] > 0
-        assert "le" not in self.label_names
-        self.buckets_ns = tuple(buckets_ns)
-        self._bounds = [format_seconds(b) for b in self.buckets_ns] + ["+Inf"]
-        self._series: dict[LabelValues, _Series] = {}
-
-    def observe_ns(self, duration_ns: int, **labels: str) -> None:
-        key = self._key(labels)
-        duration_ns = max(0, duration_ns)
-        slot = bisect.bisect_left(self.buckets_ns, duration_ns)  # the first bound >= it
-        with self._lock:
-            key = self._bounded(key, self._series)
-            series = self._series.get(key)
-            if series is None:
-                series = self._series[key] = _Series(len(self.buckets_ns) + 1)
-            series.buckets[slot] += 1
-            series.count += 1
-            series.sum_ns += duration_ns
-
-    def count(self, **labels: str) -> int:
-        with self._lock:
-            series = self._series.get(self._key(labels))
-            return 0 if series is None else series.count
-
-    def render(self) -> list[str]:
-        with self._lock:
-            items = sorted(
-                (key, list(s.buckets), s.count, s.sum_ns) for key, s in self._series.items()
+            overflow = key not in self._seen and len(self._seen) >= self.max_series
+            series = self.metric.labels(
+                **(dict.fromkeys(labels, OVERFLOW_LABEL) if overflow else labels)
             )
-        names = (*self.label_names, "le")
-        lines: list[str] = []
-        for key, buckets, count, sum_ns in items:
-            cumulative = 0
-            for bound, in_bucket in zip(self._bounds, buckets, strict=True):
-                cumulative += in_bucket
-                labels = _label_text(names, (*key, bound))
-                lines.append(f"{self.name}_bucket{labels} {cumulative}")
-            assert cumulative == count
-            plain = _label_text(self.label_names, key)
-            lines.append(f"{self.name}_sum{plain} {format_seconds(sum_ns)}")
-            lines.append(f"{self.name}_count{plain} {count}")
-        return lines
-
-
-class Registry:
-    """Metrics by name, rendered together."""
-
-    def __init__(self) -> None:
-        self._metrics: dict[str, _Metric] = {}
-        self._lock = threading.Lock()
-
-    def register(self, metric: _Metric) -> None:
-        with self._lock:
-            if metric.name in self._metrics:
-                raise ValueError(f"a metric named {metric.name!r} is registered already")
-            self._metrics[metric.name] = metric
-
-    def names(self) -> frozenset[str]:
-        with self._lock:
-            return frozenset(self._metrics)
-
-    def counter(self, name: str, help_text: str, label_names: Sequence[str] = ()) -> Counter:
-        metric = Counter(name, help_text, label_names)
-        self.register(metric)
-        return metric
-
-    def gauge(self, name: str, help_text: str, label_names: Sequence[str] = ()) -> Gauge:
-        metric = Gauge(name, help_text, label_names)
-        self.register(metric)
-        return metric
-
-    def histogram(self, name: str, help_text: str, label_names: Sequence[str] = ()) -> Histogram:
-        metric = Histogram(name, help_text, label_names)
-        self.register(metric)
-        return metric
-
-    def render(self, names: Collection[str] | None = None) -> str:
-        """The exposition text: every metric's (or those `names`') HELP, TYPE and samples."""
-        with self._lock:
-            metrics = sorted(
-                (m for m in self._metrics.values() if names is None or m.name in names),
-                key=lambda m: m.name,
-            )
-        lines: list[str] = []
-        for metric in metrics:
-            lines += metric.header() + metric.render()
-        return "\n".join(lines) + "\n"
+            if not overflow:
+                self._seen.add(key)
+        return series
 
 
 class LedgerMetrics:
     """The ledger's instruments on one registry (a fresh one per test; `METRICS` in a process)."""
 
-    def __init__(self, registry: Registry | None = None) -> None:
-        self.registry = registry or Registry()
-        r = self.registry
-        self.events_ingested = r.counter(
-            "ledger_events_ingested_total", "Usage stream entries the ingest processed"
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.use(registry if registry is not None else CollectorRegistry())
+
+    def use(self, registry: CollectorRegistry) -> None:
+        """Make every instrument afresh, at zero, on `registry`, storing values the way
+        prometheus_client does now (in memory, or in this process's multiprocess file)."""
+        self.registry = registry
+        self.shared_dir = os.environ.get(MULTIPROCESS_DIR_ENV)
+        r = registry
+        self.events_ingested = Counter(
+            "ledger_events_ingested", "Usage stream entries the ingest processed", registry=r
         )
-        self.dead_lettered = r.counter(
-            "ledger_events_dead_lettered_total",
-            "Usage stream entries sent to the dead-letter stream, by reason",
-            ("reason",),
+        self.dead_lettered = Bounded(
+            Counter(
+                "ledger_events_dead_lettered",
+                "Usage stream entries sent to the dead-letter stream, by reason",
+                ("reason",),
+                registry=r,
+            )
         )
-        self.charges = r.counter("ledger_charges_total", "Usage charges appended to the log")
-        self.credits_deducted_ucr = r.counter(
-            "ledger_credits_deducted_ucr_total",
+        self.charges = Counter("ledger_charges", "Usage charges appended to the log", registry=r)
+        self.credits_deducted_ucr = Counter(
+            "ledger_credits_deducted_ucr",
             "Micro-credits charged (seat, pack and uncovered parts together)",
+            registry=r,
         )
-        self.consumer_lag = r.gauge(
+        self.consumer_lag = Gauge(
             "ledger_consumer_lag_events",
             "Usage stream entries not yet processed by the consumer group",
+            registry=r,
+            multiprocess_mode="mostrecent",
         )
-        self.projection_lag = r.gauge(
-            "ledger_projection_lag_events", "Log records not yet folded into the read models"
+        self.projection_lag = Gauge(
+            "ledger_projection_lag_events",
+            "Log records not yet folded into the read models",
+            registry=r,
+            multiprocess_mode="mostrecent",
         )
-        self.request_latency = r.histogram(
-            "ledger_http_request_duration_seconds",
-            "HTTP request latency by method, route template and status",
-            ("method", "route", "status"),
+        self.request_latency = Bounded(
+            Histogram(
+                "ledger_http_request_duration_seconds",
+                "HTTP request latency by method, route template and status",
+                ("method", "route", "status"),
+                registry=r,
+                buckets=LATENCY_BUCKETS_S,
+            )
         )
 
-    def render(self, names: Collection[str] | None = None) -> str:
-        return self.registry.render(names)
+    def render(self) -> bytes:
+        """The text exposition: every process's metrics in multiprocess mode, else this
+        registry's."""
+        if self.shared_dir is None:
+            return generate_latest(self.registry)
+        every_process = CollectorRegistry()
+        MultiProcessCollector(every_process, path=self.shared_dir)  # type: ignore[no-untyped-call]
+        return generate_latest(every_process)
 
 
 METRICS: Final = LedgerMetrics()
 """The process's instruments; `GET /metrics` renders these unless the app is given others."""
-WRITER_METRIC_NAMES: Final = frozenset(
-    metric.name
-    for metric in (
-        METRICS.events_ingested,
-        METRICS.dead_lettered,
-        METRICS.charges,
-        METRICS.credits_deducted_ucr,
-        METRICS.consumer_lag,
-    )
-)
-"""The metrics the writer (ingest) sets. `ledger serve` runs the HTTP API in a process of its
-own, which renders the rest and asks the writer for these."""
-REGISTRY: Final = METRICS.registry
-events_ingested: Final = METRICS.events_ingested
-dead_lettered: Final = METRICS.dead_lettered
-charges: Final = METRICS.charges
-credits_deducted_ucr: Final = METRICS.credits_deducted_ucr
-consumer_lag: Final = METRICS.consumer_lag
-projection_lag: Final = METRICS.projection_lag
-request_latency: Final = METRICS.request_latency
+
+
+def share_between_processes(data_dir: Path) -> Path:
+    """Put this process's metrics, and those of the processes it starts from now on, in
+    multiprocess mode: files in a folder of `data_dir` of this serve's own (made afresh, and
+    those of serves that are gone removed). `METRICS` is made again, at zero, to write there.
+    Returns the folder."""
+    metrics_dir = data_dir / METRICS_DIR
+    _remove_folders_of_gone_serves(metrics_dir)
+    directory = metrics_dir / f"{SERVE_DIR_PREFIX}{os.getpid()}"
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    os.environ[MULTIPROCESS_DIR_ENV] = str(directory)  # spawned children inherit it
+    # prometheus_client chose where values live when it was imported: choose again.
+    values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+    METRICS.use(CollectorRegistry())
+    return directory
+
+
+def _remove_folders_of_gone_serves(metrics_dir: Path) -> None:
+    for folder in metrics_dir.glob(f"{SERVE_DIR_PREFIX}*"):
+        pid = folder.name.removeprefix(SERVE_DIR_PREFIX)
+        if not pid.isdigit() or not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this serve's folder is made afresh
+    with contextlib.suppress(PermissionError):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+    return True

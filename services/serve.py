@@ -46,7 +46,7 @@ from services.bootstrap import Parts, bootstrap, open_lease_store, open_token_st
 from services.config import ConfigError, Settings, default_consumer_name
 from services.ingest.consumer import IngestService, open_partition_consumer
 from services.logs import configure_logging
-from services.metrics import METRICS
+from services.metrics import METRICS, share_between_processes
 from services.partition_leases import PartitionKeeper
 from services.projector import Projector
 from services.redis_server import EmbeddedRedis
@@ -138,7 +138,7 @@ class ApiSupervisor:
         context = multiprocessing.get_context("spawn")
         ours, theirs = context.Pipe()
         self._ready = context.Event()
-        WriteChannelServer(ours, self.worker.ledger, self.worker.executor, METRICS).start()
+        WriteChannelServer(ours, self.worker.ledger, self.worker.executor).start()
         self._process = ApiProcess(self.settings, theirs, self._ready)
         self._process.start()
         theirs.close()  # the child has its own end now
@@ -313,4 +313,5 @@ async def _tick_forever(
 
 def serve(settings: Settings) -> None:
     configure_logging()
+    share_between_processes(settings.data_dir)
     asyncio.run(run(settings))

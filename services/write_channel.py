@@ -1,6 +1,5 @@
 """The HTTP API process's way to the single writer: admin commands go over a pipe to the
-serving process, whose writer thread decides and appends them (so the log keeps one writer),
-and the writer's own metrics (ingest, consumer lag) come back for `GET /metrics`.
+serving process, whose writer thread decides and appends them (so the log keeps one writer).
 
 One request at a time per pipe; each is a `(kind, payload)` tuple answered by `("ok", value)`
 or `("error", message)`. Commands and outcomes are msgspec Structs, which pickle.
@@ -19,10 +18,8 @@ import structlog
 
 from ledger.application import Ledger, Outcome
 from schemas.commands import Command
-from services.metrics import WRITER_METRIC_NAMES, LedgerMetrics
 
 EXECUTE: Final = "execute"
-METRICS_TEXT: Final = "metrics"
 
 log = structlog.get_logger("ledger.write_channel")
 
@@ -40,12 +37,10 @@ class WriteChannelServer:
         connection: Connection,
         ledger: Ledger,
         executor: Executor,
-        metrics: LedgerMetrics,
     ) -> None:
         self._connection = connection
         self._ledger = ledger
         self._executor = executor
-        self._metrics = metrics
         self._thread = threading.Thread(target=self._serve, name="write-channel", daemon=True)
 
     def start(self) -> None:
@@ -70,8 +65,6 @@ class WriteChannelServer:
     def _answer(self, kind: str, payload: Any) -> Any:
         if kind == EXECUTE:
             return self._executor.submit(self._ledger.execute, payload).result()
-        if kind == METRICS_TEXT:
-            return self._metrics.render(WRITER_METRIC_NAMES)
         raise WriteChannelError(f"unknown request {kind!r}")
 
 
@@ -101,10 +94,6 @@ class RemoteWriter:
         outcomes: list[Outcome] = await self._request(EXECUTE, list(commands))
         await self._caught_up()
         return outcomes
-
-    async def writer_metrics(self) -> str:
-        text: str = await self._request(METRICS_TEXT, None)
-        return text
 
     def close(self) -> None:
         self._io.shutdown(wait=False)

@@ -674,10 +674,10 @@ _TYPE = re.compile(rf"^# TYPE ({_NAME}) (counter|gauge|histogram)$")
 _PAIR = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
 
-def parse_exposition(text: str) -> dict[str, list[tuple[str, dict[str, str], str]]]:
+def parse_exposition(text: str) -> dict[str, list[tuple[str, dict[str, str], float]]]:
     """Prometheus text format 0.0.4, strictly: family -> [(sample name, labels, value)]."""
     assert text.endswith("\n")
-    families: dict[str, list[tuple[str, dict[str, str], str]]] = {}
+    families: dict[str, list[tuple[str, dict[str, str], float]]] = {}
     kinds: dict[str, str] = {}
     family = None
     for line in text.splitlines():
@@ -694,7 +694,7 @@ def parse_exposition(text: str) -> dict[str, list[tuple[str, dict[str, str], str
             name, labels, value = match.groups()
             suffixes = ("_bucket", "_sum", "_count") if kinds[family] == "histogram" else ("",)
             assert name in {family + suffix for suffix in suffixes}, line
-            families[family].append((name, dict(_PAIR.findall(labels or "")), value))
+            families[family].append((name, dict(_PAIR.findall(labels or "")), float(value)))
     return families
 
 
@@ -705,23 +705,23 @@ def test_metrics_are_prometheus_text_without_a_token(api: Api) -> None:
     api.metrics.events_ingested.inc(3)
     api.metrics.charges.inc(2)
     api.metrics.credits_deducted_ucr.inc(71_000_000_000)
-    api.metrics.dead_lettered.inc(reason="invalid_json")
-    api.metrics.dead_lettered.inc(2, reason='odd "reason"\n')
+    api.metrics.dead_lettered.labels(reason="invalid_json").inc()
+    api.metrics.dead_lettered.labels(reason='odd "reason"\n').inc(2)
     api.metrics.consumer_lag.set(7)
     response = api.get("/metrics", token=None)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
     families = parse_exposition(response.text)
-    assert families["ledger_events_ingested_total"] == [("ledger_events_ingested_total", {}, "3")]
-    assert families["ledger_charges_total"][0][2] == "2"
-    assert families["ledger_credits_deducted_ucr_total"][0][2] == "71000000000"
-    assert families["ledger_consumer_lag_events"][0][2] == "7"
-    assert families["ledger_projection_lag_events"][0][2] == "0"
+    assert families["ledger_events_ingested_total"] == [("ledger_events_ingested_total", {}, 3)]
+    assert families["ledger_charges_total"][0][2] == 2
+    assert families["ledger_credits_deducted_ucr_total"][0][2] == 71_000_000_000
+    assert families["ledger_consumer_lag_events"][0][2] == 7
+    assert families["ledger_projection_lag_events"][0][2] == 0
     reasons = {
         labels["reason"]: value
         for _, labels, value in families["ledger_events_dead_lettered_total"]
     }
-    assert reasons == {"invalid_json": "1", 'odd \\"reason\\"\\n': "2"}
+    assert reasons == {"invalid_json": 1, 'odd \\"reason\\"\\n': 2}
     overview = [
         (name, labels, value)
         for name, labels, value in families["ledger_http_request_duration_seconds"]
@@ -730,12 +730,12 @@ def test_metrics_are_prometheus_text_without_a_token(api: Api) -> None:
     ok = [s for s in overview if s[1]["status"] == "200"]
     missing = [s for s in overview if s[1]["status"] == "404"]
     assert {s[1]["method"] for s in overview} == {"GET"}
-    buckets = [int(v) for name, _, v in ok if name.endswith("_bucket")]
+    buckets = [v for name, _, v in ok if name.endswith("_bucket")]
     assert buckets == sorted(buckets) and buckets[-1] == 2
     assert [s[1]["le"] for s in ok if s[0].endswith("_bucket")][-1] == "+Inf"
-    assert [v for name, _, v in ok if name.endswith("_count")] == ["2"]
-    assert [v for name, _, v in missing if name.endswith("_count")] == ["1"]
-    [total] = [float(v) for name, _, v in ok if name.endswith("_sum")]
+    assert [v for name, _, v in ok if name.endswith("_count")] == [2]
+    assert [v for name, _, v in missing if name.endswith("_count")] == [1]
+    [total] = [v for name, _, v in ok if name.endswith("_sum")]
     assert 0 < total < 10
 
 

@@ -974,10 +974,11 @@ def test_metrics_count_entries_charges_credits_and_dead_letters_by_reason(
     entries = [data(usage("m-1")), {b"data": b"{not json"}, data(usage("m-1"))]
     ids = xadd_all(redis_sync, stream_name, entries)
     env.run(processor.process, read_back(redis_sync, stream_name, ids))
-    assert metrics.events_ingested.value() == 3
-    assert metrics.charges.value() == 1  # the second m-1 is a duplicate: charged once
-    assert metrics.credits_deducted_ucr.value() == 3_180_000  # the seed example: 3.18
-    assert metrics.dead_lettered.value(reason="invalid_json") == 1
+    sample = metrics.registry.get_sample_value
+    assert sample("ledger_events_ingested_total") == 3
+    assert sample("ledger_charges_total") == 1  # the second m-1 is a duplicate: charged once
+    assert sample("ledger_credits_deducted_ucr_total") == 3_180_000  # the seed example: 3.18
+    assert sample("ledger_events_dead_lettered_total", {"reason": "invalid_json"}) == 1
 
 
 def test_the_usage_retention_comes_from_the_environment() -> None:

@@ -15,7 +15,6 @@ middleware and the OpenAPI document.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from litestar import Litestar, Router
@@ -69,7 +68,6 @@ def create_app(
     clock: Clock,
     writer: Writer,
     metrics: LedgerMetrics = METRICS,
-    writer_metrics: Callable[[], Awaitable[str]] | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
     debug: bool = False,
 ) -> Litestar:
@@ -78,9 +76,7 @@ def create_app(
     `runner` must be the balances that `writer` catches up after each write (in `ledger
     serve`, the API process's live balances); `clock` the ledger's clock (a manual one may be
     moved by `POST /v1/clock`); `metrics` what `GET /metrics` renders and request latency goes
-    to. With `writer_metrics` (the writer in another process), `GET /metrics` shows this
-    process's own metrics and, for the writer's (`WRITER_METRIC_NAMES`), what that returns.
-    `read_models` answers usage pages; the app closes it on shutdown.
+    to. `read_models` answers usage pages; the app closes it on shutdown.
     """
     usage = UsageReader(read_models)
     parts: dict[str, Any] = {
@@ -91,7 +87,6 @@ def create_app(
         "tokens": tokens,
         "clock": clock,
         "metrics": metrics,
-        "writer_metrics": writer_metrics,
     }
     v1 = Router(
         path="/v1",

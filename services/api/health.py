@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 from litestar import Controller, get
 from litestar.status_codes import HTTP_503_SERVICE_UNAVAILABLE
 
@@ -13,9 +11,7 @@ from services.api.problems import Problem, problem_responses
 from services.api.reads import Reads, UsageReader
 from services.api.views import HealthView, ReadyView
 from services.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from services.metrics import WRITER_METRIC_NAMES, LedgerMetrics
-
-WriterMetrics = Callable[[], Awaitable[str]] | None
+from services.metrics import LedgerMetrics
 
 
 class HealthController(Controller):
@@ -43,10 +39,8 @@ class HealthController(Controller):
         events: Injected[EventStore],
         usage: Injected[UsageReader],
         metrics: Injected[LedgerMetrics],
-        writer_metrics: Injected[WriterMetrics],
-    ) -> str:
+    ) -> bytes:
+        """This process's metrics and, in `ledger serve`, those of the writer and the
+        projector processes (prometheus_client's multiprocess mode)."""
         metrics.projection_lag.set(max(0, events.head().position - usage.checkpoint()))
-        if writer_metrics is None:
-            return metrics.render()
-        own = metrics.registry.names() - WRITER_METRIC_NAMES
-        return metrics.render(own) + await writer_metrics()
+        return metrics.render()

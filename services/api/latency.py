@@ -10,7 +10,7 @@ from typing import Final
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.metrics import LedgerMetrics
+from services.metrics import NS_PER_S, LedgerMetrics
 
 UNMATCHED_ROUTE: Final = "unmatched"
 """The route label of a request no route matched."""
@@ -37,12 +37,11 @@ def latency_middleware(metrics: LedgerMetrics) -> Callable[[ASGIApp], ASGIApp]:
             try:
                 await app(scope, receive, send_and_note)
             finally:
-                metrics.request_latency.observe_ns(
-                    time.perf_counter_ns() - started_ns,
+                metrics.request_latency.labels(
                     method=scope["method"],
                     route=scope.get("path_template") or UNMATCHED_ROUTE,
                     status=str(status),
-                )
+                ).observe(max(0, time.perf_counter_ns() - started_ns) / NS_PER_S)
 
         return timed
 

@@ -301,7 +301,7 @@ class IngestProcessor:
         metrics.charges.inc(applied)
         metrics.credits_deducted_ucr.inc(credits_ucr)
         for reason, count in Counter(letter.reason for letter in letters).items():
-            metrics.dead_lettered.inc(count, reason=reason)
+            metrics.dead_lettered.labels(reason=reason).inc(count)
 
     def _catch_up(self, bound: Any) -> bool:
         """Fold the new records into the read models.
