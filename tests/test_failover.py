@@ -48,7 +48,6 @@ from services.client import UsagePublisher, encode_usage
 from services.ingest.dead_letters import dead_letter_index, dead_letter_stream
 from services.redis_server import (
     EmbeddedRedis,
-    EmbeddedRedisCluster,
     RedisBinaryNotFoundError,
     find_redis_binary,
 )
@@ -72,6 +71,7 @@ from tests.crash_support import (
     run_ledger,
     write_rate_card,
 )
+from tests.support.redis_cluster import EmbeddedRedisCluster
 
 PARTITIONS = 4
 WORKERS = 3

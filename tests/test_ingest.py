@@ -52,11 +52,11 @@ from services.ingest.processor import BatchResult, IngestProcessor, StreamEntry
 from services.ingest.stream import CONSUMER_GROUP
 from services.metrics import LedgerMetrics
 from services.redis_server import (
-    EmbeddedRedisCluster,
     RedisBinaryNotFoundError,
     find_redis_binary,
 )
 from tests.conftest import no_service
+from tests.support.redis_cluster import EmbeddedRedisCluster
 
 T = TypeVar("T")
 

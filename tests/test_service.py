@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 
 from services.redis_server import (
-    EmbeddedRedisCluster,
     RedisBinaryNotFoundError,
     find_redis_binary,
 )
@@ -32,6 +31,7 @@ from tests.service_support import (
     eventually,
     start_service,
 )
+from tests.support.redis_cluster import EmbeddedRedisCluster
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,10 @@ authentication, listens on a free loopback port (its unix socket in that folder 
 deleted when stopped. `initdb` and `postgres` refuse to run as root, so as root both run as an
 unprivileged user (`postgres` when it exists, else `nobody`) through `runuser` or `setpriv`,
 and the folder is handed to that user.
+
+pytest-postgresql's process fixture does not fit here: it runs `pg_ctl` as the current user in
+pytest's temporary folder, which only its owner may enter, so as root (CI runs as root) the
+server refuses to start and an unprivileged user could not reach its data.
 """
 
 from __future__ import annotations
