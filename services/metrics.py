@@ -30,8 +30,9 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
-CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
-"""What `generate_latest` writes: the Prometheus text format 0.0.4."""
+MEDIA_TYPE: Final = "text/plain; version=0.0.4"
+"""What `generate_latest` writes: the Prometheus text format 0.0.4, in UTF-8 (Litestar adds
+`charset=utf-8` to a text media type)."""
 MULTIPROCESS_DIR_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 """Where prometheus_client's multiprocess mode keeps every process's metric files."""
 METRICS_DIR: Final = "metrics"

@@ -710,7 +710,7 @@ def test_metrics_are_prometheus_text_without_a_token(api: Api) -> None:
     api.metrics.consumer_lag.set(7)
     response = api.get("/metrics", token=None)
     assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert response.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
     families = parse_exposition(response.text)
     assert families["ledger_events_ingested_total"] == [("ledger_events_ingested_total", {}, 3)]
     assert families["ledger_charges_total"][0][2] == 2

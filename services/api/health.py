@@ -10,8 +10,7 @@ from services.api.dependencies import Injected
 from services.api.problems import Problem, problem_responses
 from services.api.reads import Reads, UsageReader
 from services.api.views import HealthView, ReadyView
-from services.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from services.metrics import LedgerMetrics
+from services.metrics import MEDIA_TYPE, LedgerMetrics
 
 
 class HealthController(Controller):
@@ -33,7 +32,7 @@ class HealthController(Controller):
             raise Problem("not-ready", f"the log does not answer: {error}") from None
         return ReadyView("ready", reads.live.position, head)
 
-    @get("/metrics", summary="Prometheus text exposition", media_type=METRICS_CONTENT_TYPE)
+    @get("/metrics", summary="Prometheus text exposition", media_type=MEDIA_TYPE)
     async def get_metrics(
         self,
         events: Injected[EventStore],
