@@ -96,7 +96,7 @@ class Follower:
 
 def run_api_process(settings: Settings, connection: Connection, ready: Event) -> None:
     """The API process's main: serve until SIGTERM (or the parent's death)."""
-    configure_logging()
+    configure_logging(settings.log_format)
     die_with_parent(signal.SIGKILL)
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     uvloop.run(_serve(settings, connection, ready))

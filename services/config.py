@@ -1,4 +1,4 @@
-"""Configuration from the environment (SPEC §3 "Configuration"); flags of `ledger` may override."""
+"""Configuration from the environment (the LEDGER_* variables); flags of `ledger` may override."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from ledger.partitions import MAX_PARTITIONS, PartitionError, partition_stream
 from schemas.instants import InstantOutOfRange, bounded_utc
 
 ClockKind = Literal["system", "manual"]
+LogFormat = Literal["json", "console"]
+"""How log lines are rendered: JSON lines, or structlog's console renderer for people."""
 Role = Literal["all", "ingest", "api"]
 """What `ledger serve` runs: everything in one process (the default), the ingest workers'
 part (ingest under partition leases, lifecycle ticker), or the API's (HTTP, projector)."""
@@ -60,6 +62,9 @@ class Settings:
     usage_retention_s: int | None = USAGE_RETENTION_S
     """LEDGER_USAGE_RETENTION_S: acknowledged entries older than this are deleted from the usage
     stream (None, `forever`: never)."""
+    log_format: LogFormat | None = None
+    """LEDGER_LOG_FORMAT: `json` or `console`; None (unset) renders for a person when stderr is
+    a terminal and as JSON lines otherwise."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -80,6 +85,9 @@ class Settings:
         role = env.get("LEDGER_ROLE", "all")
         if role not in get_args(Role):
             raise ConfigError(f"LEDGER_ROLE must be one of {', '.join(get_args(Role))}: {role!r}")
+        log_format = env.get("LEDGER_LOG_FORMAT") or None
+        if log_format is not None and log_format not in get_args(LogFormat):
+            raise ConfigError(f"LEDGER_LOG_FORMAT must be json or console, not {log_format!r}")
         return cls(
             data_dir=Path(env.get("LEDGER_DATA_DIR", DEFAULT_DATA_DIR)),
             database_url=env.get("LEDGER_DATABASE_URL") or None,
@@ -104,6 +112,7 @@ class Settings:
             else _int_in(
                 env, "LEDGER_USAGE_RETENTION_S", USAGE_RETENTION_S, 0, MAX_USAGE_RETENTION_S
             ),
+            log_format=log_format,  # type: ignore[arg-type]
         )
 
     def with_overrides(self, **changes: object) -> Settings:

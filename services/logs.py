@@ -1,5 +1,6 @@
 """Logging for every process of the ledger: structlog, JSON lines in production, readable
-console output at a terminal; the libraries' standard-library logs rendered the same way."""
+console output at a terminal (LEDGER_LOG_FORMAT chooses either); the libraries'
+standard-library logs rendered the same way."""
 
 from __future__ import annotations
 
@@ -9,15 +10,22 @@ from typing import Final
 
 import structlog
 
+from services.config import LogFormat
+
 BROKER_LOGGER: Final = "ledger.faststream"
 """The standard-library logger FastStream writes to; rendered like every other line."""
 
 
-def configure_logging(json_lines: bool | None = None) -> None:
-    """JSON lines when not on a terminal (production), readable console output otherwise."""
-    json_lines = not sys.stderr.isatty() if json_lines is None else json_lines
+def configure_logging(log_format: LogFormat | None = None) -> None:
+    """`log_format` (LEDGER_LOG_FORMAT), else JSON lines when stderr is not a terminal
+    (production) and readable console output when it is."""
+    if log_format is None:
+        log_format = "console" if sys.stderr.isatty() else "json"
+    json_lines = log_format == "json"
     renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer() if json_lines else structlog.dev.ConsoleRenderer()
+        structlog.processors.JSONRenderer()
+        if json_lines
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
     # FastStream and other libraries log through the standard library: render them the same way.
     stdlib = logging.StreamHandler(sys.stderr)

@@ -52,7 +52,7 @@ def run_projector(settings: Settings, parent_pid: int) -> None:
     def wanted() -> bool:
         return not stopping and os.getppid() == parent_pid
 
-    configure_logging()
+    configure_logging(settings.log_format)
     os.nice(PROJECTOR_NICENESS)
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the serving process decides when to stop

@@ -312,6 +312,6 @@ async def _tick_forever(
 
 
 def serve(settings: Settings) -> None:
-    configure_logging()
+    configure_logging(settings.log_format)
     share_between_processes(settings.data_dir)
     asyncio.run(run(settings))
