@@ -31,6 +31,7 @@ from schemas.usage import UsageEvent
 from services.bootstrap import Parts, bootstrap, make_clock
 from services.cli_errors import one_line_errors
 from services.config import ConfigError, Role, Settings, parse_instant
+from services.publish import publish
 from services.simulate import simulate
 
 BACKFILL_BATCH_COMMANDS = 1_000
@@ -456,6 +457,7 @@ def parse_backfill_line(raw: bytes, line_no: int) -> tuple[datetime | None, Comm
         raise msgspec.DecodeError(f"line {line_no}: {error}") from error
 
 
+main.add_command(publish)
 main.add_command(simulate)
 
 if __name__ == "__main__":

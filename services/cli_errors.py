@@ -8,6 +8,7 @@ from functools import wraps
 from typing import Any, TypeVar
 
 import click
+import httpx
 import msgspec
 import redis
 
@@ -15,6 +16,7 @@ from ledger.errors import LedgerError
 from projections.replay import InvalidAsOf
 from projections.usage import InvalidUsageQuery
 from services.config import ConfigError
+from services.redis_server import EmbeddedRedisError
 
 EXIT_CODES: dict[type[Exception], int] = {
     ConfigError: 2,
@@ -23,9 +25,16 @@ EXIT_CODES: dict[type[Exception], int] = {
     msgspec.DecodeError: 2,
     LedgerError: 3,
     OSError: 4,
-    redis.exceptions.ConnectionError: 4,
+    EmbeddedRedisError: 4,
+    redis.exceptions.RedisError: 4,
+    httpx.HTTPError: 4,
 }
 """Expected failures and their exit codes; a failed audit exits 1."""
+PREFIXES: dict[type[Exception], str] = {
+    redis.exceptions.RedisError: "Redis: ",
+    httpx.HTTPError: "HTTP: ",
+}
+"""What a library's message is about, when the message itself does not say."""
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -40,7 +49,8 @@ def one_line_errors(command: F) -> F:
         except tuple(EXIT_CODES) as error:
             code = next(c for kind, c in EXIT_CODES.items() if isinstance(error, kind))
             message = " ".join(str(error).split()) or type(error).__name__
-            click.echo(f"ledger: {message}", err=True)
+            prefix = next((p for kind, p in PREFIXES.items() if isinstance(error, kind)), "")
+            click.echo(f"ledger: {prefix}{message}", err=True)
             sys.exit(code)
 
     return run  # type: ignore[return-value]

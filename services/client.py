@@ -1,4 +1,4 @@
-"""A small typed publisher of usage events for Python gateways (SPEC §3 "Usage stream").
+"""A small typed publisher of usage events for Python gateways (the v1 usage stream contract).
 
 It writes exactly what any gateway writes: `XADD <stream> * data <json>`, with the event
 encoded by msgspec. Synchronous (redis-py) and free of FastStream, so a gateway depends on
@@ -27,6 +27,9 @@ PUBLISH_CHUNK_EVENTS: Final = 1_000
 
 _ENCODER: Final = msgspec.json.Encoder()
 
+AnyRedis = redis.Redis | redis.cluster.RedisCluster
+"""A client of one Redis, or of a Redis Cluster."""
+
 
 def encode_usage(event: UsageEvent) -> bytes:
     """The JSON bytes a gateway puts in the `data` field."""
@@ -42,7 +45,7 @@ class UsagePublisher:
         stream: str = DEFAULT_STREAM,
         *,
         partitions: int = 1,
-        client: redis.Redis | redis.cluster.RedisCluster | None = None,
+        client: AnyRedis | None = None,
         cluster: bool = False,
     ) -> None:
         """With `cluster`, `redis_url` names one node of a Redis Cluster (the rest are found
@@ -65,11 +68,19 @@ class UsagePublisher:
 
     def publish_many(self, events: Iterable[UsageEvent]) -> list[str]:
         """Pipelined XADDs, in order, `PUBLISH_CHUNK_EVENTS` per round trip."""
+        return self._pipelined((self.stream_of(event), encode_usage(event)) for event in events)
+
+    def publish_raw_many(self, payloads: Iterable[bytes]) -> list[str]:
+        """Pipelined XADDs of `data` fields that need not be events (what a broken gateway
+        sends: the ledger dead-letters them), on the first partition's stream."""
+        return self._pipelined((self._streams[0], payload) for payload in payloads)
+
+    def _pipelined(self, entries: Iterable[tuple[str, bytes]]) -> list[str]:
         ids: list[str] = []
         pipe = self._client.pipeline(transaction=False)
         pending = 0
-        for event in events:
-            pipe.xadd(self.stream_of(event), {DATA_FIELD: encode_usage(event)})
+        for stream, payload in entries:
+            pipe.xadd(stream, {DATA_FIELD: payload})
             pending += 1
             if pending == PUBLISH_CHUNK_EVENTS:
                 ids.extend(as_text(entry_id) for entry_id in pipe.execute())
@@ -94,9 +105,7 @@ class UsagePublisher:
         self.close()
 
 
-def redis_client(
-    redis_url: str, *, cluster: bool = False
-) -> redis.Redis | redis.cluster.RedisCluster:
+def redis_client(redis_url: str, *, cluster: bool = False) -> AnyRedis:
     """A client of the Redis at `redis_url`; with `cluster`, of the Redis Cluster that node is
     part of (the other nodes are found from it)."""
     if cluster:

@@ -14,6 +14,10 @@ data dir. SIGTERM and SIGINT stop it gracefully: the API stops taking requests, 
 hand is finished and acknowledged, then the broker, the children, the stores and the private
 Redis are closed in that order. A child that dies is started again by the ticker.
 
+Role `all` holds the data dir (`services.running`: a second serve there stops with one line)
+and, once it serves, writes `serve.json` there (its HTTP URL, Redis URL and stream), which
+`ledger publish` and `ledger simulate` use when LEDGER_REDIS_URL is unset.
+
 Roles (`--role`, LEDGER_ROLE): `all` (the default) is all of the above, and consumes every
 partition of the usage stream without leases: it must be the only ingest of its log. `ingest`
 is one of several ingest workers: no API, no projector; it consumes the partitions it holds a
@@ -33,6 +37,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from typing import Final
 
@@ -50,6 +56,13 @@ from services.metrics import METRICS, share_between_processes
 from services.partition_leases import PartitionKeeper
 from services.projector import Projector
 from services.redis_server import EmbeddedRedis
+from services.running import (
+    RunningService,
+    hold_data_dir,
+    http_url,
+    publish_service,
+    withdraw_service,
+)
 from services.write_channel import WriteChannelServer
 
 HEARTBEAT_FILE: Final = "serve.heartbeat"
@@ -170,93 +183,163 @@ class ApiSupervisor:
             self._channel = None
 
 
+@dataclass
+class Ingest:
+    """What consumes the usage stream: every partition's consumer (role `all`), or the
+    partition keeper and its task (role `ingest`), or nothing (role `api`)."""
+
+    consumers: list[IngestService] = field(default_factory=list)
+    keeper: PartitionKeeper | None = None
+    keeper_task: asyncio.Task[None] | None = None
+
+    async def stop(self) -> None:
+        for service in self.consumers:
+            await service.stop()
+        if self.keeper_task is not None and self.keeper is not None:
+            await self.keeper_task
+            await self.keeper.close()
+
+
 async def run(settings: Settings) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    role = settings.role
+    stop = _stop_on_signals()
     with ExitStack() as resources:
-        redis_url = settings.redis_url
-        if redis_url is None and settings.redis_cluster:
-            raise ConfigError("LEDGER_REDIS_CLUSTER needs LEDGER_REDIS_URL (one of its nodes)")
-        if redis_url is None and role != "api":
-            embedded = resources.enter_context(EmbeddedRedis(settings.data_dir / "redis"))
-            redis_url = embedded.url
-            log.info("redis.embedded", url=redis_url, data_dir=str(embedded.data_dir))
+        if settings.role == "all":  # the one process of its data dir
+            resources.enter_context(hold_data_dir(settings.data_dir))
+        redis_url = _redis_url(settings, resources)
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-writer")
         resources.callback(executor.shutdown, wait=True)
         worker = Worker(settings, executor)
-        await loop.run_in_executor(executor, worker.open)
+        await asyncio.get_running_loop().run_in_executor(executor, worker.open)
         resources.callback(lambda: executor.submit(worker.close).result())
-        assert worker.ledger is not None
         projector: Projector | None = None
         api: ApiSupervisor | None = None
-        if role != "ingest":
-            projector = Projector(settings)
-            projector.start()
-            resources.callback(projector.stop)
-            _install_admin_token(settings)
-            api = ApiSupervisor(settings, worker)
-            resources.callback(api.stop)
-            await api.start()
-        consumers: list[IngestService] = []
-        keeper: PartitionKeeper | None = None
-        keeper_task: asyncio.Task[None] | None = None
-        if role == "all":
-            assert redis_url is not None
-            for partition in range(settings.partitions):
-                service, sink = open_partition_consumer(
-                    settings,
-                    redis_url,
-                    worker.ledger,
-                    executor,
-                    partition,
-                    consumer=default_consumer_name(),
-                    metrics=METRICS,
-                )
-                resources.callback(sink.close)
-                await service.start()
-                consumers.append(service)
-        elif role == "ingest":
-            assert redis_url is not None
-            keeper = PartitionKeeper(
-                leases=open_lease_store(settings),
-                settings=settings,
-                owner=default_consumer_name(),
-                redis_url=redis_url,
-                ledger=worker.ledger,
-                executor=executor,
-                metrics=METRICS,
-            )
-            await keeper.step()  # a first share before announcing the start
-            keeper_task = asyncio.create_task(keeper.run(stop), name="partition-leases")
-        log.info(
-            "ledger.started",
-            role=role,
-            stream=settings.usage_stream,
-            partitions=settings.partitions,
-            http=f"http://{settings.host}:{settings.port}" if api is not None else None,
-            database=settings.log_location(),
-            position=worker.ledger.position,
-            clock=settings.clock,
-            held=sorted(keeper.held) if keeper is not None else None,
-        )
+        if settings.role != "ingest":
+            projector, api = await _start_api(settings, worker, resources)
+        ingest = await _start_ingest(settings, redis_url, worker, resources, stop)
+        _announce(settings, worker, api, ingest, redis_url, resources)
         ticker = asyncio.create_task(
-            _tick_forever(worker, executor, projector, api, consumers, keeper, stop)
+            _tick_forever(worker, executor, projector, api, ingest.consumers, ingest.keeper, stop)
         )
         await stop.wait()
         log.info("ledger.stopping")
         await ticker
         if api is not None:
             api.stop()  # no new admin writes; requests in flight are answered first
-        for service in consumers:
-            await service.stop()
-        if keeper_task is not None and keeper is not None:
-            await keeper_task
-            await keeper.close()
+        await ingest.stop()
     log.info("ledger.stopped")
+
+
+def _stop_on_signals() -> asyncio.Event:
+    """An event SIGTERM and SIGINT set: the graceful stop."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+def _redis_url(settings: Settings, resources: ExitStack) -> str | None:
+    """LEDGER_REDIS_URL, else a private Redis started in the data dir (not for role `api`,
+    which reads no stream)."""
+    if settings.redis_url is None and settings.redis_cluster:
+        raise ConfigError("LEDGER_REDIS_CLUSTER needs LEDGER_REDIS_URL (one of its nodes)")
+    if settings.redis_url is not None or settings.role == "api":
+        return settings.redis_url
+    embedded = resources.enter_context(EmbeddedRedis(settings.data_dir / "redis"))
+    log.info("redis.embedded", url=embedded.url, data_dir=str(embedded.data_dir))
+    return embedded.url
+
+
+async def _start_api(
+    settings: Settings, worker: Worker, resources: ExitStack
+) -> tuple[Projector, ApiSupervisor]:
+    projector = Projector(settings)
+    projector.start()
+    resources.callback(projector.stop)
+    _install_admin_token(settings)
+    api = ApiSupervisor(settings, worker)
+    resources.callback(api.stop)
+    await api.start()
+    return projector, api
+
+
+async def _start_ingest(
+    settings: Settings,
+    redis_url: str | None,
+    worker: Worker,
+    resources: ExitStack,
+    stop: asyncio.Event,
+) -> Ingest:
+    if settings.role == "api":
+        return Ingest()
+    assert redis_url is not None and worker.ledger is not None
+    if settings.role == "ingest":
+        keeper = PartitionKeeper(
+            leases=open_lease_store(settings),
+            settings=settings,
+            owner=default_consumer_name(),
+            redis_url=redis_url,
+            ledger=worker.ledger,
+            executor=worker.executor,
+            metrics=METRICS,
+        )
+        await keeper.step()  # a first share before announcing the start
+        task = asyncio.create_task(keeper.run(stop), name="partition-leases")
+        return Ingest(keeper=keeper, keeper_task=task)
+    consumers: list[IngestService] = []
+    for partition in range(settings.partitions):
+        service, sink = open_partition_consumer(
+            settings,
+            redis_url,
+            worker.ledger,
+            worker.executor,
+            partition,
+            consumer=default_consumer_name(),
+            metrics=METRICS,
+        )
+        resources.callback(sink.close)
+        await service.start()
+        consumers.append(service)
+    return Ingest(consumers=consumers)
+
+
+def _announce(
+    settings: Settings,
+    worker: Worker,
+    api: ApiSupervisor | None,
+    ingest: Ingest,
+    redis_url: str | None,
+    resources: ExitStack,
+) -> None:
+    """Log the start and, for role `all`, tell the other commands where this serve answers
+    (`services.running`; withdrawn on the way out)."""
+    assert worker.ledger is not None
+    http = http_url(settings.host, settings.port) if api is not None else None
+    log.info(
+        "ledger.started",
+        role=settings.role,
+        stream=settings.usage_stream,
+        partitions=settings.partitions,
+        http=http,
+        database=settings.log_location(),
+        position=worker.ledger.position,
+        clock=settings.clock,
+        held=sorted(ingest.keeper.held) if ingest.keeper is not None else None,
+    )
+    if settings.role != "all":
+        return
+    service = RunningService(
+        pid=os.getpid(),
+        http_url=http,
+        redis_url=redis_url,
+        usage_stream=settings.usage_stream,
+        partitions=settings.partitions,
+        redis_cluster=settings.redis_cluster,
+        started_at=datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+    )
+    publish_service(settings.data_dir, service)
+    resources.callback(withdraw_service, settings.data_dir)
 
 
 def _install_admin_token(settings: Settings) -> None:

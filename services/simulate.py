@@ -1,4 +1,4 @@
-"""`ledger simulate`: publish a realistic synthetic workload onto the usage stream (SPEC §3).
+"""`ledger simulate`: publish a realistic synthetic workload onto the usage stream.
 
 The workload: `--subscriptions` teams of `--seats-per-subscription` seats each (tiers mixed,
 a few seats far busier than the rest), every model of the rate card in force (text mostly,
@@ -12,13 +12,17 @@ Pacing: `--rate` entries per second (every entry counts: valid, duplicate and ba
 token bucket filled from `time.monotonic`, so sleep overshoot is credited back and the
 average rate stays exact over time; `--rate 0` publishes as fast as Redis takes it.
 
-Setup (`--setup`, the default) writes the subscriptions, seats and one pack per subscription
-into the ledger's log first, through `Ledger.execute` as `ledger backfill` does, so the events
-can be charged. It is safe beside a running `ledger serve`: the store serializes writers and
-the serving ledger folds what it finds beyond its position. On a second run what already
-exists is left as it is.
+Setup (`--setup`, the default) opens the subscriptions, adds their seats and buys one pack per
+subscription through the HTTP API of the running `ledger serve` (its URL from the data dir's
+`serve.json`, else LEDGER_HOST and LEDGER_PORT, or `--api-url`; the admin token from
+LEDGER_ADMIN_TOKEN or the data dir's `admin-token` file), so they land in the log that serve
+reads. On a second run what already exists is left as it is. Seat ids are `seat-N` within each
+subscription (`--seat-ids plain`, the default), or `<subscription>-seat-N` (`prefixed`).
 
-`run_simulation(...)` does the same without click and returns the summary.
+Events go where `ledger publish` sends them: LEDGER_REDIS_URL (or `--redis-url`) and the
+configured stream, else the Redis and stream of the serve running on the data dir.
+
+`run_simulation(...)` publishes without click (and without setup) and returns the summary.
 """
 
 from __future__ import annotations
@@ -36,22 +40,23 @@ from datetime import UTC, datetime
 from typing import Any, Final, Literal, get_args
 
 import click
+import httpx
 import msgspec
-import redis
-import redis.cluster
 
 from ledger.errors import LedgerError
 from ledger.rate_card import RateCard, RateCardVersion, load_rate_card
-from schemas.commands import AddSeat, BuyPack, Command, OpenSubscription, Tier
+from schemas.commands import Tier
 from schemas.limits import (
     MAX_IMAGES_PER_REQUEST,
     MAX_TOKENS_PER_COMPONENT,
     MAX_TOOL_CALLS_PER_REQUEST,
 )
 from schemas.usage import UsageEvent
+from services.auth.tokens import ADMIN_TOKEN_FILE
 from services.cli_errors import one_line_errors
-from services.client import DATA_FIELD, UsagePublisher, encode_usage, redis_client
+from services.client import AnyRedis, UsagePublisher, encode_usage, redis_client
 from services.config import ConfigError, Settings
+from services.running import ServiceNotRunning, UsageTarget, http_url, usage_target
 
 # -- defaults and shapes --------------------------------------------------------------------------
 
@@ -62,13 +67,14 @@ DEFAULT_DUPLICATE_RATIO: Final = 0.01
 DEFAULT_BAD_RATIO: Final = 0.005
 DEFAULT_ID_PREFIX: Final = "sim"
 
+HTTP_TIMEOUT_S: Final = 30.0
+"""Longest wait for one setup write (answered once the serve's balances show it)."""
 MAX_CHUNK_ENTRIES: Final = 1_000
 """Most entries generated and published per round of pacing."""
 CHUNKS_PER_SECOND: Final = 50
 """At a given rate, chunks are sized so about this many go out per second (smooth pacing)."""
 RECENT_EVENTS: Final = 1_024
 """Duplicates re-publish one of this many most recent valid events."""
-SETUP_BATCH_COMMANDS: Final = 1_000
 
 TIER_WEIGHTS: Final[tuple[tuple[Tier, float], ...]] = (
     ("standard", 0.6),
@@ -101,8 +107,10 @@ TOOL_CALLS_MEAN_EXTRA: Final = 1.7
 """Tool calls, when a request makes any: 1 + an exponential with this mean."""
 MAX_TRUNCATED_JSON_BYTES: Final = 40
 """An `invalid_json` bad entry is a valid event cut to at most this many bytes."""
-EXISTING: Final = frozenset({"subscription_exists", "seat_exists"})
-"""Setup refusals that mean "already there from an earlier run": fine."""
+EXISTING: Final = frozenset({"seat-exists"})
+"""Setup refusals (problem types) that mean "already there from an earlier run": fine."""
+MAX_DETAIL_CHARS: Final = 300
+"""Most characters of a refusal's detail quoted in the one-line error."""
 
 BadKind = Literal[
     "invalid_json",
@@ -125,6 +133,12 @@ _ENCODER: Final = msgspec.json.Encoder()
 # -- the plan: who exists -------------------------------------------------------------------------
 
 
+SeatIds = Literal["plain", "prefixed"]
+"""`plain`: `seat-N` in every subscription (a seat id names a seat within its subscription);
+`prefixed`: `<subscription>-seat-N`, unique across the ledger."""
+SEAT_ID_STYLES: Final[tuple[SeatIds, ...]] = get_args(SeatIds)
+
+
 @dataclass(frozen=True)
 class SeatPlan:
     subscription_id: str
@@ -140,22 +154,34 @@ class Plan:
     seats: tuple[SeatPlan, ...]
     packs: tuple[tuple[str, str], ...]
 
-    def commands(self) -> list[Command]:
-        opened: list[Command] = [OpenSubscription(sub) for sub in self.subscriptions]
-        seats: list[Command] = [AddSeat(s.subscription_id, s.seat_id, s.tier) for s in self.seats]
-        packs: list[Command] = [BuyPack(sub, pack) for sub, pack in self.packs]
-        return opened + seats + packs
+    def requests(self) -> Iterator[tuple[str, dict[str, str]]]:
+        """The admin API's writes that set the plan up, in order: (path, JSON body)."""
+        for sub in self.subscriptions:
+            yield "/v1/subscriptions", {"subscription_id": sub}
+        for seat in self.seats:
+            body = {"seat_id": seat.seat_id, "tier": seat.tier}
+            yield f"/v1/subscriptions/{seat.subscription_id}/seats", body
+        for sub, pack in self.packs:
+            yield f"/v1/subscriptions/{sub}/packs", {"pack_id": pack}
 
 
 def make_plan(
-    subscriptions: int, seats_per_subscription: int, seed: int, prefix: str = DEFAULT_ID_PREFIX
+    subscriptions: int,
+    seats_per_subscription: int,
+    seed: int,
+    prefix: str = DEFAULT_ID_PREFIX,
+    seat_ids: SeatIds = "plain",
 ) -> Plan:
     rng = random.Random(f"plan-{seed}")
     tiers = [tier for tier, _ in TIER_WEIGHTS]
     weights = [weight for _, weight in TIER_WEIGHTS]
     subs = tuple(f"{prefix}-sub-{i}" for i in range(subscriptions))
     seats = tuple(
-        SeatPlan(sub, f"{sub}-seat-{j}", rng.choices(tiers, weights)[0])
+        SeatPlan(
+            sub,
+            f"seat-{j}" if seat_ids == "plain" else f"{sub}-seat-{j}",
+            rng.choices(tiers, weights)[0],
+        )
         for sub in subs
         for j in range(seats_per_subscription)
     )
@@ -179,32 +205,42 @@ class SetupReport:
         )
 
 
-def setup_ledger(settings: Settings, plan: Plan) -> SetupReport:
-    """Write the plan's subscriptions, seats and packs into the ledger; existing ones are fine."""
-    from services.bootstrap import bootstrap  # the store is opened only when asked for
+class SetupRefused(LedgerError):
+    """The running ledger refused one of the setup's writes."""
 
-    parts = bootstrap(settings)
+
+def setup_through_api(api: httpx.Client, plan: Plan) -> SetupReport:
+    """Make the plan's subscriptions, seats and packs with the admin API of the running serve
+    (`api`: its base URL and admin token); what exists already is left as it is."""
+    created = existing = 0
+    for path, body in plan.requests():
+        reply = api.post(path, json=body)
+        if reply.status_code == httpx.codes.CREATED:
+            created += 1
+        elif reply.status_code == httpx.codes.OK or _problem(reply) in EXISTING:
+            existing += 1  # there from an earlier run (a seat keeps the tier it has)
+        else:
+            detail = _problem_detail(reply)
+            raise SetupRefused(f"setup: POST {path} answered {reply.status_code}: {detail}")
+    head = api.get("/readyz").json()["head"]
+    return SetupReport(created, existing, head)
+
+
+def _problem(reply: httpx.Response) -> str | None:
+    """The slug of an RFC 9457 problem reply (`seat-exists`), or None."""
     try:
-        ledger = parts.ledger()
-        commands = plan.commands()
-        created = existing = 0
-        for start in range(0, len(commands), SETUP_BATCH_COMMANDS):
-            batch = commands[start : start + SETUP_BATCH_COMMANDS]
-            for command, outcome in zip(batch, ledger.execute(batch), strict=True):
-                if outcome.status == "rejected":
-                    if outcome.reason not in EXISTING:
-                        raise LedgerError(
-                            f"setup: {type(command).__name__} refused: "
-                            f"{outcome.reason}: {outcome.detail}"
-                        )
-                    existing += 1
-                elif outcome.records:
-                    created += 1
-                else:
-                    existing += 1  # e.g. a pack bought on an earlier run: nothing new
-        return SetupReport(created, existing, ledger.position)
-    finally:
-        parts.close()
+        kind = reply.json().get("type", "")
+    except ValueError:
+        return None
+    return kind.rsplit("/", 1)[-1] if isinstance(kind, str) else None
+
+
+def _problem_detail(reply: httpx.Response) -> str:
+    try:
+        body = reply.json()
+    except ValueError:
+        return reply.text[:MAX_DETAIL_CHARS]
+    return str(body.get("detail") or body.get("title") or body)[:MAX_DETAIL_CHARS]
 
 
 # -- pacing ---------------------------------------------------------------------------------------
@@ -383,7 +419,7 @@ class Workload:
             "seat_id": seat.seat_id,
             "occurred_at": now,
             "request_id": f"req-{event_id}",
-            "api_key_id": f"key-{seat.seat_id}",
+            "api_key_id": f"key-{seat.subscription_id}-{seat.seat_id}",
             "gateway": "ledger-simulate",
         }
         if self.image_models and (not self.text_models or rng.random() < IMAGE_SHARE):
@@ -440,7 +476,7 @@ def random_seed() -> int:
 # -- publishing -----------------------------------------------------------------------------------
 
 
-def _publish_chunk(publisher: UsagePublisher, client: redis.Redis, chunk: list[Entry]) -> None:
+def _publish_chunk(publisher: UsagePublisher, chunk: list[Entry]) -> None:
     """Publish in order: runs of events through the publisher, runs of bad bytes raw."""
     start = 0
     while start < len(chunk):
@@ -450,11 +486,7 @@ def _publish_chunk(publisher: UsagePublisher, client: redis.Redis, chunk: list[E
             end += 1
         run = chunk[start:end]
         if is_bad:
-            pipe = client.pipeline(transaction=False)
-            for entry in run:
-                assert isinstance(entry, Bad)
-                pipe.xadd(publisher.stream, {DATA_FIELD: entry.data})
-            pipe.execute()
+            publisher.publish_raw_many(e.data for e in run if isinstance(e, Bad))
         else:
             publisher.publish_many(e.event for e in run if not isinstance(e, Bad))
         start = end
@@ -482,19 +514,18 @@ def run_simulation(
     duplicate_ratio: float = DEFAULT_DUPLICATE_RATIO,
     bad_ratio: float = DEFAULT_BAD_RATIO,
     seed: int | None = None,
-    setup: Settings | None = None,
     rate_card: RateCard | None = None,
     id_prefix: str = DEFAULT_ID_PREFIX,
+    seat_ids: SeatIds = "plain",
+    partitions: int = 1,
     on_progress: Callable[[int], None] | None = None,
-    on_setup: Callable[[str], None] | None = None,
-    client: redis.Redis | None = None,
+    client: AnyRedis | None = None,
 ) -> dict[str, Any]:
-    """Publish the workload and return its summary.
+    """Publish the workload of `make_plan(...)`'s seats and return its summary (no setup: the
+    command sets up through the running serve's API first).
 
-    `setup`: the settings of the ledger to create the subscriptions and seats in first (None:
-    no setup). `rate_card`: where the models come from (default: `setup`'s card, else the
-    shipped one). `on_progress(n)` is called after every published chunk of n entries;
-    `on_setup(line)` with the one-line setup summary.
+    `rate_card`: where the models come from (default: the shipped one). `on_progress(n)` is
+    called after every published chunk of n entries.
     """
     if events < 0 or subscriptions < 1 or seats_per_subscription < 1:
         raise ConfigError("simulate needs events >= 0, subscriptions >= 1 and seats >= 1")
@@ -504,42 +535,27 @@ def run_simulation(
         raise ConfigError("simulate: --rate must be >= 0 (0: as fast as possible)")
     seed = random_seed() if seed is None else seed
     run_id = uuid.uuid4().hex[:8]
-    plan = make_plan(subscriptions, seats_per_subscription, seed, id_prefix)
-    if rate_card is None:
-        rate_card = load_rate_card(setup.rate_card if setup is not None else None)
-    text_models, image_models = models_in_force(rate_card, datetime.now(UTC))
-
-    setup_report: SetupReport | None = None
-    if setup is not None:
-        setup_report = setup_ledger(setup, plan)
-        if on_setup is not None:
-            on_setup(setup_report.line(plan))
-
+    plan = make_plan(subscriptions, seats_per_subscription, seed, id_prefix, seat_ids)
+    text_models, image_models = models_in_force(rate_card or load_rate_card(), datetime.now(UTC))
     duplicates = round(events * duplicate_ratio) if events else 0
     bad = round(events * bad_ratio) if events else 0
     workload = Workload(
         plan, text_models, image_models, events, duplicates, bad, seed=seed, run_id=run_id
     )
     size = chunk_size(rate)
-    own_client = client is None
-    conn = redis.Redis.from_url(redis_url) if client is None else client
     bad_kinds: Counter[str] = Counter()
     published = 0
     started = time.monotonic()
     bucket = TokenBucket(rate, 2 * size) if rate > 0 else None
-    try:
-        with UsagePublisher(redis_url, stream, client=conn) as publisher:
-            for chunk in _chunks(workload.entries(), size):
-                if bucket is not None:
-                    bucket.acquire(len(chunk))
-                _publish_chunk(publisher, conn, chunk)
-                published += len(chunk)
-                bad_kinds.update(e.kind for e in chunk if isinstance(e, Bad))
-                if on_progress is not None:
-                    on_progress(len(chunk))
-    finally:
-        if own_client:
-            conn.close()
+    with UsagePublisher(redis_url, stream, partitions=partitions, client=client) as publisher:
+        for chunk in _chunks(workload.entries(), size):
+            if bucket is not None:
+                bucket.acquire(len(chunk))
+            _publish_chunk(publisher, chunk)
+            published += len(chunk)
+            bad_kinds.update(e.kind for e in chunk if isinstance(e, Bad))
+            if on_progress is not None:
+                on_progress(len(chunk))
     seconds = time.monotonic() - started
     return {
         "stream": stream,
@@ -552,7 +568,7 @@ def run_simulation(
         "bad_by_kind": dict(sorted(bad_kinds.items())),
         "subscriptions": len(plan.subscriptions),
         "seats": len(plan.seats),
-        "setup": None if setup_report is None else setup_report.as_dict(),
+        "setup": None,
         "seconds": round(seconds, 6),
         "events_per_s": round(published / seconds, 1) if seconds > 0 else None,
     }
@@ -562,8 +578,9 @@ def run_simulation(
 
 
 @click.command()
-@click.option("--redis-url", help="Overrides LEDGER_REDIS_URL (one of them is required).")
-@click.option("--stream", help="Overrides LEDGER_USAGE_STREAM.")
+@click.option("--redis-url", help="Overrides LEDGER_REDIS_URL (default: the running serve's).")
+@click.option("--stream", help="Overrides the usage stream (default: the running serve's).")
+@click.option("--api-url", help="The running serve's HTTP API, for --setup (default: found).")
 @click.option(
     "--events",
     type=click.IntRange(min=0),
@@ -610,69 +627,94 @@ def run_simulation(
     "--setup/--no-setup",
     default=True,
     show_default=True,
-    help="Create the subscriptions, seats and packs in the ledger first.",
+    help="Open the subscriptions, seats and packs first, through the running serve's API.",
 )
 @click.option(
     "--id-prefix",
     default=DEFAULT_ID_PREFIX,
     show_default=True,
-    help="Prefix of subscription ids (<prefix>-sub-N), seat ids and pack ids.",
+    help="Prefix of subscription ids (<prefix>-sub-N) and pack ids.",
+)
+@click.option(
+    "--seat-ids",
+    type=click.Choice(SEAT_ID_STYLES),
+    default="plain",
+    show_default=True,
+    help="plain: seat-N in each subscription; prefixed: <subscription>-seat-N.",
 )
 @click.pass_obj
 @one_line_errors
 def simulate(
-    settings: Settings,
-    redis_url: str | None,
-    stream: str | None,
-    events: int,
-    rate: float,
-    subscriptions: int,
-    seats_per_subscription: int,
-    duplicate_ratio: float,
-    bad_ratio: float,
-    seed: int | None,
-    setup: bool,
-    id_prefix: str,
+    settings: Settings, /, redis_url: str | None, stream: str | None, **options: Any
 ) -> None:
     """Publish a realistic synthetic workload onto the usage stream.
 
     Many subscriptions and seats, a mix of the rate card's models, skewed token counts, and a
     sprinkle of duplicates and bad entries. Progress goes to stderr; a JSON summary to stdout.
     """
-    settings = settings.with_overrides(redis_url=redis_url, usage_stream=stream)
-    if settings.redis_url is None:
-        raise ConfigError("simulate needs a Redis: pass --redis-url or set LEDGER_REDIS_URL")
-    seed = random_seed() if seed is None else seed
-    rate_card = load_rate_card(settings.rate_card)
-    client: Any = redis_client(settings.redis_url, cluster=settings.redis_cluster)
+    api_url = options.pop("api_url")
+    setup = options.pop("setup")
+    options["seed"] = random_seed() if options["seed"] is None else options["seed"]
+    target = usage_target(settings, redis_url, stream)
+    client: AnyRedis = redis_client(target.redis_url, cluster=target.cluster)
     try:
         client.ping()  # before the ledger is touched: an unreachable Redis changes nothing
         report: SetupReport | None = None
         if setup:  # before the progress bar, so its one line stands on its own
-            plan = make_plan(subscriptions, seats_per_subscription, seed, id_prefix)
-            report = setup_ledger(settings, plan)
-            click.echo(report.line(plan), err=True)
-        total = events + round(events * duplicate_ratio) + round(events * bad_ratio)
-        with click.progressbar(length=total, label="publishing", file=sys.stderr) as bar:
-            summary = run_simulation(
-                settings.redis_url,
-                settings.usage_stream,
-                events=events,
-                rate=rate,
-                subscriptions=subscriptions,
-                seats_per_subscription=seats_per_subscription,
-                duplicate_ratio=duplicate_ratio,
-                bad_ratio=bad_ratio,
-                seed=seed,
-                rate_card=rate_card,
-                id_prefix=id_prefix,
-                on_progress=bar.update,
-                client=client,
+            plan = make_plan(
+                options["subscriptions"],
+                options["seats_per_subscription"],
+                options["seed"],
+                options["id_prefix"],
+                options["seat_ids"],
             )
-    except redis.RedisError as error:  # an OSError to the CLI's table: exit 4
-        raise ConnectionError(f"Redis: {error}") from error
+            report = _set_up(settings, api_url or target.http_url, plan)
+            click.echo(report.line(plan), err=True)
+        summary = _publish_with_progress(settings, target, client, options)
     finally:
         client.close()
     if report is not None:
         summary["setup"] = report.as_dict()
     click.echo(_ENCODER.encode(summary))
+
+
+def _set_up(settings: Settings, api_url: str | None, plan: Plan) -> SetupReport:
+    url = api_url or http_url(settings.host, settings.port)
+    token = settings.admin_token or _admin_token_file(settings)
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=url, headers=headers, timeout=HTTP_TIMEOUT_S) as api:
+        try:
+            return setup_through_api(api, plan)
+        except httpx.TransportError as error:
+            raise ServiceNotRunning(
+                f"no `ledger serve` answers at {url} ({error}); start one, or pass --no-setup"
+            ) from None
+
+
+def _admin_token_file(settings: Settings) -> str:
+    try:
+        return (settings.data_dir / ADMIN_TOKEN_FILE).read_text().strip()
+    except FileNotFoundError:
+        raise ConfigError(
+            "simulate's setup needs the admin token: set LEDGER_ADMIN_TOKEN, or run it where "
+            f"{settings.data_dir / ADMIN_TOKEN_FILE} is (or pass --no-setup)"
+        ) from None
+
+
+def _publish_with_progress(
+    settings: Settings, target: UsageTarget, client: AnyRedis, options: dict[str, Any]
+) -> dict[str, Any]:
+    events = options["events"]
+    total = (
+        events + round(events * options["duplicate_ratio"]) + round(events * options["bad_ratio"])
+    )
+    with click.progressbar(length=total, label="publishing", file=sys.stderr) as bar:
+        return run_simulation(
+            target.redis_url,
+            target.stream,
+            rate_card=load_rate_card(settings.rate_card),
+            partitions=target.partitions,
+            on_progress=bar.update,
+            client=client,
+            **options,
+        )

@@ -39,6 +39,7 @@ import structlog
 from psycopg import sql
 
 from services.redis_server import EmbeddedRedis, EmbeddedRedisError, find_redis_binary
+from tests.service_support import DefaultService, spawn_default_service, stop_default_service
 from tests.support.postgres_server import LocalPostgres, LocalPostgresError, find_postgres_binaries
 
 log = structlog.get_logger()
@@ -198,6 +199,22 @@ def embedded_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def default_serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DefaultService]:
+    """One `ledger serve` as a newcomer runs it: every default (data dir ./var of its workdir,
+    a private Redis, the system clock) but a free port. Shared by the tests of the commands
+    that find a running serve and of the README's walkthrough; it must exit 0 on SIGTERM."""
+    missing = _missing_redis_binary()
+    if missing is not None:
+        no_service(f"no Redis binary for `ledger serve`'s private Redis: {missing}")
+    service = spawn_default_service(tmp_path_factory.mktemp("newcomer"))
+    try:
+        yield service
+    finally:
+        code = stop_default_service(service)
+        assert code == 0, service.log_tail()
 
 
 # -- PostgreSQL -------------------------------------------------------------------------------

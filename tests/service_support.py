@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ from typing import Any
 import redis
 import redis.cluster
 
+from services.children import die_with_parent
 from services.client import redis_client
 from services.ingest.dead_letters import dead_letter_index
 from services.redis_server import free_loopback_port
@@ -227,3 +229,90 @@ def start_service(
         client.delete(stream, f"{stream}.dead", dead_letter_index(stream))
         client.close()
         assert code == 0, service.log_tail()
+
+
+@dataclass
+class DefaultService:
+    """A `ledger serve` started as a newcomer starts it: in `workdir`, with every default but
+    the port, so its data dir is `workdir/var`, its Redis a private one, its clock the system's.
+    """
+
+    process: subprocess.Popen[bytes]
+    workdir: Path
+    port: int
+    log_path: Path
+
+    @property
+    def data_dir(self) -> Path:
+        return self.workdir / "var"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def admin(self) -> HttpClient:
+        return HttpClient(self.base_url, (self.data_dir / "admin-token").read_text().strip())
+
+    def ledger(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        """`ledger ARGS` run in the workdir, as a user would in another terminal."""
+        return run_ledger_in(self.workdir, *args, stdin=stdin)
+
+    def log_tail(self, chars: int = LOG_TAIL_CHARS) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+
+def newcomer_env(**changes: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
+    env.update(PYTHONUNBUFFERED="1", **changes)
+    return env
+
+
+def run_ledger_in(
+    workdir: Path, *args: str, stdin: str | None = None, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*LEDGER, *args],
+        cwd=workdir,
+        env=dict(env) if env is not None else newcomer_env(),
+        input=stdin,
+        stdin=None if stdin is not None else subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=WAIT_S * 2,
+    )
+
+
+def spawn_default_service(workdir: Path) -> DefaultService:
+    """Start `ledger serve` in `workdir` with the defaults (a free port) and wait until it has
+    written where it answers (`var/serve.json`)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_loopback_port()
+    log_path = workdir / "serve.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [*LEDGER, "serve"],
+            cwd=workdir,
+            env=newcomer_env(LEDGER_PORT=str(port)),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            preexec_fn=_killed_with_parent,
+        )
+    service = DefaultService(process, workdir, port, log_path)
+    deadline = time.monotonic() + WAIT_S * 2
+    while not (service.data_dir / "serve.json").exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(f"ledger serve did not start:\n{service.log_tail()}")
+        time.sleep(0.05)
+    return service
+
+
+def stop_default_service(service: DefaultService) -> int:
+    """SIGTERM, then its exit status."""
+    service.process.terminate()
+    return service.process.wait(timeout=WAIT_S)
+
+
+def _killed_with_parent() -> None:
+    die_with_parent(signal.SIGKILL)

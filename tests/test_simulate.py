@@ -16,6 +16,7 @@ import redis
 from click.testing import CliRunner
 
 from ledger.rate_card import load_rate_card
+from schemas.commands import AddSeat, BuyPack, Command, OpenSubscription
 from schemas.usage import UsageEvent
 from services.bootstrap import bootstrap
 from services.config import Settings
@@ -23,11 +24,11 @@ from services.ingest.dead_letters import DeadLetter
 from services.ingest.processor import IngestProcessor
 from services.simulate import (
     UNDECODABLE_KINDS,
+    Plan,
     TokenBucket,
     chunk_size,
     make_plan,
     run_simulation,
-    setup_ledger,
     simulate,
 )
 
@@ -94,29 +95,36 @@ def test_chunk_size_follows_the_rate() -> None:
     assert chunk_size(10_000_000) == 1_000
 
 
-# -- setup ----------------------------------------------------------------------------------------
+# -- the plan ------------------------------------------------------------------------------------
 
 
-def test_setup_creates_subscriptions_seats_and_packs_once(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path)
-    plan = make_plan(3, 4, seed=5)
-    first = setup_ledger(settings, plan)
-    assert (first.created, first.existing) == (3 + 12 + 3, 0)
-    again = setup_ledger(settings, plan)
-    assert (again.created, again.existing) == (0, 18)
-    assert again.position == first.position
-    assert "3 subscriptions, 12 seats, 3 packs" in first.line(plan)
+def test_plain_seat_ids_are_seat_n_within_each_subscription() -> None:
+    plan = make_plan(2, 3, seed=5, prefix="p")
+    assert [(s.subscription_id, s.seat_id) for s in plan.seats] == [
+        (sub, f"seat-{n}") for sub in ("p-sub-0", "p-sub-1") for n in range(3)
+    ]
+    assert plan.packs == (("p-sub-0", "p-sub-0-pack-1"), ("p-sub-1", "p-sub-1-pack-1"))
 
-    parts = bootstrap(settings)
-    try:
-        state = parts.ledger().state
-        assert set(state.subscriptions) == {"sim-sub-0", "sim-sub-1", "sim-sub-2"}
-        for seat in plan.seats:
-            sub = state.subscriptions[seat.subscription_id]
-            assert sub.seats[seat.seat_id].tier == seat.tier
-            assert sub.pack_ids == {f"{seat.subscription_id}-pack-1"}
-    finally:
-        parts.close()
+
+def test_prefixed_seat_ids_carry_their_subscription_id() -> None:
+    plan = make_plan(2, 2, seed=5, prefix="p", seat_ids="prefixed")
+    assert [s.seat_id for s in plan.seats] == [
+        "p-sub-0-seat-0",
+        "p-sub-0-seat-1",
+        "p-sub-1-seat-0",
+        "p-sub-1-seat-1",
+    ]
+
+
+def test_the_plan_is_set_up_by_the_admin_api_writes_in_order() -> None:
+    plan = make_plan(1, 2, seed=5, prefix="p")
+    tiers = [seat.tier for seat in plan.seats]
+    assert list(plan.requests()) == [
+        ("/v1/subscriptions", {"subscription_id": "p-sub-0"}),
+        ("/v1/subscriptions/p-sub-0/seats", {"seat_id": "seat-0", "tier": tiers[0]}),
+        ("/v1/subscriptions/p-sub-0/seats", {"seat_id": "seat-1", "tier": tiers[1]}),
+        ("/v1/subscriptions/p-sub-0/packs", {"pack_id": "p-sub-0-pack-1"}),
+    ]
 
 
 # -- publishing (real Redis) --------------------------------------------------------------------
@@ -142,7 +150,7 @@ def test_publishes_events_duplicates_and_bad_entries(
     entries = stream_entries(redis_sync, stream_name)
     assert len(entries) == 525
     plan = make_plan(3, 4, seed=11)
-    seat_owner = {s.seat_id: s.subscription_id for s in plan.seats}
+    seats = {(s.subscription_id, s.seat_id) for s in plan.seats}
     ids: Counter[str] = Counter()
     first_seen: dict[str, bytes] = {}
     undecodable = decodable_bad = 0
@@ -152,7 +160,7 @@ def test_publishes_events_duplicates_and_bad_entries(
         if event is None:
             undecodable += 1
             continue
-        if event.model not in MODELS or seat_owner.get(event.seat_id) != event.subscription_id:
+        if event.model not in MODELS or (event.subscription_id, event.seat_id) not in seats:
             decodable_bad += 1  # unknown model or seat: valid JSON, refused by the ledger
             continue
         ids[event.event_id] += 1
@@ -196,22 +204,29 @@ def test_rate_limits_publishing(redis_url: str, stream_name: str, redis_sync: re
     assert redis_sync.xlen(stream_name) == 200
 
 
-def test_ingest_charges_every_valid_event_after_setup(
+def set_up_in(settings: Settings, plan: Plan) -> None:
+    """What the command's setup does through the API, straight into a ledger with no serve."""
+    commands: list[Command] = [OpenSubscription(sub) for sub in plan.subscriptions]
+    commands += [AddSeat(s.subscription_id, s.seat_id, s.tier) for s in plan.seats]
+    commands += [BuyPack(sub, pack) for sub, pack in plan.packs]
+    parts = bootstrap(settings)
+    try:
+        outcomes = parts.ledger().execute(commands)
+    finally:
+        parts.close()
+    assert all(outcome.status == "applied" for outcome in outcomes)
+
+
+def test_ingest_charges_every_valid_event_of_a_set_up_plan(
     redis_url: str, stream_name: str, redis_sync: redis.Redis, tmp_path: Path
 ) -> None:
     settings = Settings(data_dir=tmp_path)
+    options: dict[str, Any] = {"subscriptions": 2, "seats_per_subscription": 3, "seed": 21}
+    options["seat_ids"] = "prefixed"
+    set_up_in(settings, make_plan(**options, prefix="sim"))
     summary = run_simulation(
-        redis_url,
-        stream_name,
-        events=300,
-        subscriptions=2,
-        seats_per_subscription=3,
-        duplicate_ratio=0.05,
-        bad_ratio=0.05,
-        seed=21,
-        setup=settings,
+        redis_url, stream_name, events=300, duplicate_ratio=0.05, bad_ratio=0.05, **options
     )
-    assert summary["setup"]["created"] == 2 + 6 + 2
     parts = bootstrap(settings)
     try:
         sink = ListSink()
@@ -242,39 +257,25 @@ def cli_with(settings: Settings) -> click.Group:
     return root
 
 
-def test_command_sets_up_publishes_and_prints_a_json_summary(
+def test_command_without_setup_publishes_and_prints_a_json_summary(
     redis_url: str, stream_name: str, redis_sync: redis.Redis, tmp_path: Path
 ) -> None:
     root = cli_with(Settings(data_dir=tmp_path, redis_url=redis_url))
-    args = ["simulate", "--stream", stream_name, "--events", "100", "--seed", "4"]
+    args = ["simulate", "--stream", stream_name, "--events", "100", "--seed", "4", "--no-setup"]
     result = CliRunner().invoke(root, [*args, "--subscriptions", "2", "--bad-ratio", "0.02"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["published"] == 100 + 1 + 2
-    assert summary["setup"]["created"] > 0
-    assert "setup: 2 subscriptions, 16 seats, 2 packs" in result.stderr
+    assert summary["setup"] is None
+    assert "setup:" not in result.stderr
     assert redis_sync.xlen(stream_name) == 103
-
-    again = CliRunner().invoke(root, [*args, "--no-setup", "--rate", "0"])
-    assert again.exit_code == 0, again.output
-    assert json.loads(again.stdout)["setup"] is None
-    assert "setup:" not in again.stderr
-
-
-def test_command_without_a_redis_url_fails_in_one_line(tmp_path: Path) -> None:
-    result = CliRunner().invoke(cli_with(Settings(data_dir=tmp_path)), ["simulate"])
-    assert result.exit_code == 2
-    assert result.stderr.strip().count("\n") == 0
-    assert "--redis-url" in result.stderr and "LEDGER_REDIS_URL" in result.stderr
     assert not (tmp_path / "ledger.sqlite3").exists()
 
 
-def test_command_with_an_unreachable_redis_exits_4_before_touching_the_ledger(
-    tmp_path: Path,
-) -> None:
+def test_command_with_an_unreachable_redis_exits_4_before_any_setup(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, redis_url="redis://127.0.0.1:1/0")
     result = CliRunner().invoke(cli_with(settings), ["simulate", "--events", "5"])
     assert result.exit_code == 4
     assert result.stderr.startswith("ledger: Redis: ")
     assert result.stderr.strip().count("\n") == 0
-    assert not (tmp_path / "ledger.sqlite3").exists()
+    assert "setup:" not in result.stderr
