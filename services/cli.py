@@ -29,8 +29,8 @@ from schemas.commands import AdminCommand, ChargeUsage, Command
 from schemas.read_models import UsageRow
 from schemas.usage import UsageEvent
 from services.bootstrap import Parts, bootstrap, make_clock
-from services.cli_errors import one_line_errors
-from services.config import ConfigError, Role, Settings, parse_instant
+from services.cli_errors import OneLineGroup, one_line_errors
+from services.config import ConfigError, Role, Settings, check_redis_url, parse_instant
 from services.publish import publish
 from services.simulate import simulate
 
@@ -38,6 +38,7 @@ BACKFILL_BATCH_COMMANDS = 1_000
 PROGRESS_MIN_RECORDS = 50_000
 """Logs longer than this get a progress bar on replay and audit."""
 EXPORT_PAGE_ROWS = 1_000
+MAX_PORT = 65_535
 
 _ADMIN_DECODER = msgspec.json.Decoder(AdminCommand)
 
@@ -51,7 +52,7 @@ def opened(settings: Settings) -> Iterator[Parts]:
         parts.close()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Overrides LEDGER_DATA_DIR.")
 @click.option("--database-url", help="Overrides LEDGER_DATABASE_URL (sqlite:///PATH).")
 @click.pass_context
@@ -66,7 +67,7 @@ def main(ctx: click.Context, data_dir: Path | None, database_url: str | None) ->
 
 @main.command()
 @click.option("--host", help="Overrides LEDGER_HOST.")
-@click.option("--port", type=int, help="Overrides LEDGER_PORT.")
+@click.option("--port", type=click.IntRange(1, MAX_PORT), help="Overrides LEDGER_PORT.")
 @click.option("--redis-url", help="Overrides LEDGER_REDIS_URL (unset: a private Redis).")
 @click.option("--stream", help="Overrides LEDGER_USAGE_STREAM.")
 @click.option(
@@ -89,6 +90,7 @@ def serve(
     part of them."""
     from services.serve import serve as run_service
 
+    check_redis_url(redis_url, "--redis-url")
     run_service(
         settings.with_overrides(
             host=host, port=port, redis_url=redis_url, usage_stream=stream, role=role

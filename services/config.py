@@ -32,6 +32,7 @@ KEEP_FOREVER = "forever"
 DATABASE_FILE = "ledger.sqlite3"
 DEFAULT_DATABASE_SCHEMA = "public"
 POSTGRES_URL_PREFIXES = ("postgresql://", "postgres://")
+REDIS_URL_PREFIXES = ("redis://", "rediss://", "unix://")
 
 
 class ConfigError(ValueError):
@@ -92,7 +93,7 @@ class Settings:
             data_dir=Path(env.get("LEDGER_DATA_DIR", DEFAULT_DATA_DIR)),
             database_url=env.get("LEDGER_DATABASE_URL") or None,
             database_schema=env.get("LEDGER_DATABASE_SCHEMA") or DEFAULT_DATABASE_SCHEMA,
-            redis_url=env.get("LEDGER_REDIS_URL") or None,
+            redis_url=check_redis_url(env.get("LEDGER_REDIS_URL") or None, "LEDGER_REDIS_URL"),
             redis_cluster=_flag(env, "LEDGER_REDIS_CLUSTER"),
             host=env.get("LEDGER_HOST", "127.0.0.1"),
             port=int(port_text),
@@ -188,6 +189,13 @@ def _flag(env: Mapping[str, str], name: str) -> bool:
     if text in ("1", "true", "yes"):
         return True
     raise ConfigError(f"{name} must be 1/true/yes or 0/false/no, not {text!r}")
+
+
+def check_redis_url(url: str | None, what: str) -> str | None:
+    """`url` when it names a Redis (redis://, rediss:// or unix://), else a `ConfigError`."""
+    if url is not None and not url.startswith(REDIS_URL_PREFIXES):
+        raise ConfigError(f"{what} must be a redis://, rediss:// or unix:// URL, not {url!r}")
+    return url
 
 
 def parse_instant(text: str, what: str) -> datetime:

@@ -22,7 +22,7 @@ from typing import IO, Final
 
 import msgspec
 
-from services.config import Settings
+from services.config import Settings, check_redis_url
 
 LOCK_FILE: Final = "serve.lock"
 SERVICE_FILE: Final = "serve.json"
@@ -178,7 +178,7 @@ def usage_target(
     """`redis_url` (a flag), else LEDGER_REDIS_URL with the configured stream; with neither, the
     Redis and stream of the serve running on the data dir (`ServiceNotRunning` without one)."""
     service = running_service(settings.data_dir)
-    explicit = redis_url or settings.redis_url
+    explicit = check_redis_url(redis_url, "--redis-url") or settings.redis_url
     if explicit is None:
         if service is None or service.redis_url is None:
             raise not_running(
