@@ -49,9 +49,9 @@ def one_line(stderr: str) -> str:
 
 
 def new_team(admin: HttpClient, tier: str) -> tuple[str, str]:
-    """A new subscription with one seat of `tier`: their ids."""
+    """A new subscription with one seat `alice` of `tier`: their ids."""
     team = f"team-{uuid.uuid4().hex[:8]}"
-    seat = f"{team}-alice"
+    seat = "alice"
     assert admin.request("POST", "/v1/subscriptions", {"subscription_id": team}).status == 201
     body = {"seat_id": seat, "tier": tier}
     assert admin.request("POST", f"/v1/subscriptions/{team}/seats", body).status == 201
@@ -214,9 +214,6 @@ def all_charged(admin: HttpClient, prefix: str, summary: dict[str, Any]) -> list
 SIMULATION = ("--events", "120", "--subscriptions", "2", "--seats-per-subscription", "3")
 
 
-@pytest.mark.xfail(
-    strict=True, reason="until seat ids are scoped to their subscription in the decider"
-)
 def test_simulate_sets_up_through_the_running_serve_with_seat_n_in_every_subscription(
     default_serve: DefaultService, admin: HttpClient
 ) -> None:
@@ -242,7 +239,7 @@ def test_simulate_with_prefixed_seat_ids_names_each_seat_after_its_subscription(
 
 def test_simulate_a_second_time_finds_what_it_set_up(default_serve: DefaultService) -> None:
     prefix = f"sim{uuid.uuid4().hex[:6]}"
-    args = ("simulate", "--id-prefix", prefix, "--seed", "3", "--seat-ids", "prefixed")
+    args = ("simulate", "--id-prefix", prefix, "--seed", "3")
     first = default_serve.ledger(*args, "--events", "0", "--subscriptions", "2")
     again = default_serve.ledger(*args, "--events", "0", "--subscriptions", "2")
     assert first.returncode == again.returncode == 0, first.stderr + again.stderr

@@ -222,7 +222,6 @@ def test_ingest_charges_every_valid_event_of_a_set_up_plan(
 ) -> None:
     settings = Settings(data_dir=tmp_path)
     options: dict[str, Any] = {"subscriptions": 2, "seats_per_subscription": 3, "seed": 21}
-    options["seat_ids"] = "prefixed"
     set_up_in(settings, make_plan(**options, prefix="sim"))
     summary = run_simulation(
         redis_url, stream_name, events=300, duplicate_ratio=0.05, bad_ratio=0.05, **options
