@@ -6,12 +6,12 @@ raw-primitives pipeline run in the same process on the same Redis.
 Each pipeline drains its own copy of one backlog of usage events (plain XADD `data` entries
 with time-ordered ids), in batches of 1,000:
 - raw: redis-py XREADGROUP + msgspec decode + one SQLite transaction per batch + one XACK;
-- floor: the raw pipeline plus only what SPEC §2 obliges the ledger to store for each charge,
+- floor: the raw pipeline plus only what the rules oblige the ledger to store for each charge,
   with the ledger's own functions: the payload digest, the priced `usage.charged` record
   encoded as the log stores it, its hash chained to the one before, the log row and the
   idempotency key row. No decision (no state, no quota, one seat allocation), no duplicate
   look-up, no dead letters, no read models, no framework: a bound on any design that keeps
-  the SPEC's log in SQLite from one writer;
+  the log in SQLite from one writer;
 - ledger: the pieces of `ledger serve` (FastStream consumer; decode, idempotency, decide,
   hash-chained append, dead letters; the projector process writing the read
   model tables) until every entry is acknowledged and the read model tables have caught up
@@ -154,7 +154,7 @@ def raw_pipeline(client: redis.Redis, stream: str, folder: Path, count: int) -> 
 
 
 def floor_pipeline(client: redis.Redis, stream: str, folder: Path, count: int) -> float:
-    """The raw pipeline plus the per-charge work SPEC §2 obliges (see the module doc)."""
+    """The raw pipeline plus the per-charge work the rules oblige (see the module doc)."""
     rate_card = load_rate_card()
     db = bench_database(
         folder / "floor.sqlite3",

@@ -11,7 +11,7 @@ Only the store calls are timed, not building the events.
 PostgreSQL is `--url` when given (each run in a schema of its own, dropped afterwards), else a
 private server started from the local binaries with PostgreSQL's default durability (the WAL
 fsynced at every commit). SQLite runs in WAL mode with synchronous=NORMAL, as the ledger does:
-durable against a crash of the process, not of the machine; see the README.
+durable against a crash of the process, not of the machine; see docs/design.md, "The log".
 """
 
 from __future__ import annotations

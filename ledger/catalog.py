@@ -1,4 +1,5 @@
-"""The plan catalog (SPEC §2): seat tiers with their quota per cycle, and the shared quota pack."""
+"""The plan catalog (docs/rules.md): seat tiers with their quota per cycle, and the shared
+quota pack."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""Deduction order (SPEC §2): the seat's own quota first, then the subscription's packs valid at
-that instant, soonest-expiring first (ties: earlier purchase, then pack id); what nothing
-covers is uncovered.
+"""Deduction order (docs/rules.md): the seat's own quota first, then the subscription's packs
+valid at that instant, soonest-expiring first (ties: earlier purchase, then pack id); what
+nothing covers is uncovered.
 """
 
 from __future__ import annotations

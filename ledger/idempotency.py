@@ -1,4 +1,4 @@
-"""Idempotency (SPEC §2): `event_id` is the gateway's key, scoped to its subscription.
+"""Idempotency (docs/rules.md): `event_id` is the gateway's key, scoped to its subscription.
 
 A usage event's payload digest is SHA-256 over its canonical encoding (decoded, then encoded
 again), so the same event sent with other whitespace or key order is the same payload. The

@@ -3,7 +3,7 @@ Redis keys of each partition.
 
 The partition of a subscription is the first 8 bytes of SHA-256 of its id (UTF-8), read as a
 big-endian unsigned integer, modulo the partition count: stable across processes, machines
-and languages. With one partition the stream keeps its plain name (`ledger.usage`, SPEC §3);
+and languages. With one partition the stream keeps its plain name (`ledger.usage`);
 with N > 1, partition k's stream is `{<stream>.<k>}`, whose braces make it a Redis Cluster hash
 tag: its dead-letter stream `{<stream>.<k>}.dead` and index `{<stream>.<k>}.dead.index` carry
 the same tag, so the three keys of a partition live in one cluster slot.

@@ -1,4 +1,4 @@
-"""Admin commands (SPEC §3 HTTP writes) and the usage charge, as the decider receives them."""
+"""Admin commands (the HTTP API's writes) and the usage charge, as the decider receives them."""
 
 from typing import Literal
 

@@ -1,4 +1,4 @@
-"""The v1 usage event a gateway publishes onto the usage stream (SPEC §3), with its bounds."""
+"""The v1 usage event a gateway publishes onto the usage stream, with its bounds."""
 
 from datetime import datetime
 from typing import Annotated

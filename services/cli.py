@@ -1,4 +1,4 @@
-"""The `ledger` command line: serve, replay, audit, export and backfill (SPEC §3 "CLI").
+"""The `ledger` command line: serve, publish, simulate, replay, audit, export, backfill, clock.
 
 Errors leave with a one-line message and a non-zero exit code (services.cli_errors).
 """
@@ -395,11 +395,11 @@ def _csv_row(row: UsageRow) -> list[object]:
 def backfill(settings: Settings, source: IO[bytes], batch: int) -> None:
     """Append commands from a JSONL file (- for stdin) through the decider.
 
-    Each line is a usage event (SPEC §3), or an admin command with a "type" of
-    subscription.open, seat.add, seat.change_tier, seat.remove or pack.buy. A line may carry
-    "at" (RFC 3339): the ledger clock is then a manual clock moved to it (never backwards), so
-    history can be written with the times it happened. Refused lines are reported on stderr
-    as JSON; the summary goes to stdout.
+    Each line is a usage event (the v1 event a gateway publishes), or an admin command with a
+    "type" of subscription.open, seat.add, seat.change_tier, seat.remove or pack.buy. A line
+    may carry "at" (RFC 3339): the ledger clock is then a manual clock moved to it (never
+    backwards), so history can be written with the times it happened. Refused lines are
+    reported on stderr as JSON; the summary goes to stdout.
     """
     if not 1 <= batch <= BACKFILL_BATCH_COMMANDS * 10:
         raise click.BadParameter(f"must be 1..{BACKFILL_BATCH_COMMANDS * 10}", param_hint="--batch")

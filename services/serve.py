@@ -69,7 +69,7 @@ HEARTBEAT_FILE: Final = "serve.heartbeat"
 """Touched by every tick on the writer thread: a health check reads its age (compose.yaml)."""
 
 TICK_INTERVAL_S: Final = 1.0
-"""How often cycle starts and pack expiries that fell due are appended (SPEC: within ~1 s)."""
+"""How often cycle starts and pack expiries that fell due are appended (the rule: within ~1 s)."""
 API_START_POLL_S: Final = 0.01
 WRITER_NICENESS: Final = 5
 """Added to the writer thread's nice value (see `Worker.open`)."""

@@ -180,7 +180,7 @@ class ConsoleServer:
 
 
 def usage(event_id: str, sub: str, seat: str, at: datetime, **counts: Any) -> dict[str, Any]:
-    """A usage event as a gateway publishes it (SPEC §3 "Usage stream")."""
+    """A usage event as a gateway publishes it onto the usage stream."""
     return {
         "event_id": event_id,
         "subscription_id": sub,

@@ -825,7 +825,7 @@ def verify_outcome(
 
 def entry_key_of_dead(fields: Mapping[bytes, bytes]) -> bytes:
     """The key of the source entry a dead letter carries: its `data` bytes, or for an entry
-    without a payload field the JSON object of its fields (SPEC: `missing_data`)."""
+    without a payload field the JSON object of its fields (`missing_data`)."""
     data = fields[b"data"]
     if _text(fields[b"reason"]) != "missing_data":
         return data

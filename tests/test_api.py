@@ -1,6 +1,6 @@
 """The HTTP API over real SQLite files: balances, usage, as_of, the log, tokens and access, the
-admin writes through the single writer, the manual clock and /metrics (SPEC §3 "HTTP API" and
-"Access"), and RFC 9457 problems for every error."""
+admin writes through the single writer, the manual clock and /metrics (the v1 HTTP API and its
+access rules), and RFC 9457 problems for every error."""
 
 from __future__ import annotations
 

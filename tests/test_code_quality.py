@@ -1,4 +1,5 @@
-"""The code stays as STYLE.md asks: ruff clean, formatted, and mypy clean (strict on the core)."""
+"""The code stays as the team's guide asks: ruff clean, formatted, and mypy clean (strict on the
+core)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """LEDGER_CLOCK=manual: `ledger clock` moves the clock of a running `ledger serve`, which then
-appends the cycle starts and pack expiries that fell due (SPEC §2 "Time")."""
+appends the cycle starts and pack expiries that fell due (docs/rules.md, "Time")."""
 
 from __future__ import annotations
 

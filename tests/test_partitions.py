@@ -33,7 +33,7 @@ from services.ingest.processor import IngestProcessor
 T0 = datetime(2026, 5, 1, tzinfo=UTC)
 
 README_EXAMPLES_N4 = {"team-1": 0, "team-2": 2, "team-4": 3, "globex": 3, "acme": 0}
-"""The table of README's "Scale-out" section: gateways in other languages test against it."""
+"""The table of docs/operations.md's "Partitions": gateways in other languages test against it."""
 
 
 def usage(event_id: str, subscription_id: str, seat_id: str = "seat-1") -> UsageEvent:

@@ -1,4 +1,4 @@
-"""Properties over random workloads of thousands of events (SPEC §2 invariants).
+"""Properties over random workloads of thousands of events (the invariants of docs/rules.md).
 
 Hypothesis draws the workload's shape and seed; each example runs a few thousand commands
 through the real write path (decider, SQLite log) with a manual clock.

@@ -1,4 +1,5 @@
-"""SPEC §2, one rule per test: given these log events, when this command, then these events."""
+"""The billing rules (docs/rules.md), one rule per test: given these log events, when this
+command, then these events."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The HTTP API of a running `ledger serve`, fed through its Redis usage stream: what a
-gateway, an admin and an auditor see over the wire (SPEC §3), with the manual clock.
+gateway, an admin and an auditor see over the wire, with the manual clock.
 
 Every test here talks to a real process over HTTP and a real Redis; each uses its own
 subscriptions, so they share one serve. The clock test moves the clock, so it has its own.

@@ -1,7 +1,7 @@
-"""The token store contract (SPEC §3 "Access"), run against the SQLite file and the PostgreSQL
-table alike: only hashes stored, scopes that follow the role, the bootstrap admin token, and a
-revocation that holds at once for every store open on the same table; then two `ledger serve
---role api` replicas on one PostgreSQL schema, as behind a load balancer."""
+"""The token store contract (access: docs/rules.md), run against the SQLite file and the
+PostgreSQL table alike: only hashes stored, scopes that follow the role, the bootstrap admin
+token, and a revocation that holds at once for every store open on the same table; then two
+`ledger serve --role api` replicas on one PostgreSQL schema, as behind a load balancer."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""API tokens (SPEC §3 "Access"): roles, subscription scopes, and only SHA-256 hashes stored.
+"""API tokens: roles, subscription scopes, and only SHA-256 hashes stored (docs/rules.md, "Access").
 
 A token is `lt_` followed by 43 URL-safe characters (256 random bits); the table keeps its
 hash, never the token. `TokenStore` is the contract; `SqliteTokenStore` keeps the table in a

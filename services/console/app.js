@@ -1,5 +1,5 @@
 // The console: sign-in, the subscription and billing pages, admin actions and time travel,
-// all read and written through the /v1 API with the signed-in token (SPEC §3).
+// all read and written through the /v1 API with the signed-in token.
 
 import { PALETTE, renderStackedBars } from "./chart.js";
 import { fromUcr, groupCredits, isZero, sumCredits, toUcr } from "./money.js";
