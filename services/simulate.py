@@ -527,12 +527,7 @@ def run_simulation(
     `rate_card`: where the models come from (default: the shipped one). `on_progress(n)` is
     called after every published chunk of n entries.
     """
-    if events < 0 or subscriptions < 1 or seats_per_subscription < 1:
-        raise ConfigError("simulate needs events >= 0, subscriptions >= 1 and seats >= 1")
-    if not (0 <= duplicate_ratio <= 1 and 0 <= bad_ratio <= 1):
-        raise ConfigError("simulate: --duplicate-ratio and --bad-ratio must be within 0..1")
-    if rate < 0 or not math.isfinite(rate):
-        raise ConfigError("simulate: --rate must be >= 0 (0: as fast as possible)")
+    _check(events, rate, subscriptions, seats_per_subscription, duplicate_ratio, bad_ratio)
     seed = random_seed() if seed is None else seed
     run_id = uuid.uuid4().hex[:8]
     plan = make_plan(subscriptions, seats_per_subscription, seed, id_prefix, seat_ids)
@@ -572,6 +567,22 @@ def run_simulation(
         "seconds": round(seconds, 6),
         "events_per_s": round(published / seconds, 1) if seconds > 0 else None,
     }
+
+
+def _check(
+    events: int,
+    rate: float,
+    subscriptions: int,
+    seats_per_subscription: int,
+    duplicate_ratio: float,
+    bad_ratio: float,
+) -> None:
+    if events < 0 or subscriptions < 1 or seats_per_subscription < 1:
+        raise ConfigError("simulate needs events >= 0, subscriptions >= 1 and seats >= 1")
+    if not (0 <= duplicate_ratio <= 1 and 0 <= bad_ratio <= 1):
+        raise ConfigError("simulate: --duplicate-ratio and --bad-ratio must be within 0..1")
+    if rate < 0 or not math.isfinite(rate):
+        raise ConfigError("simulate: --rate must be >= 0 (0: as fast as possible)")
 
 
 # -- the command ----------------------------------------------------------------------------------

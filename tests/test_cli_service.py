@@ -159,6 +159,21 @@ def test_publish_reports_a_dead_letter_with_its_reason_and_exit_3(
     assert "was dead-lettered: unknown_seat: " in one_line(published.stderr)
 
 
+def test_publish_without_waiting_prints_where_the_event_went(
+    default_serve: DefaultService, admin: HttpClient
+) -> None:
+    team, seat_id = new_team(admin, "standard")
+    flags = ("--subscription", team, "--seat", seat_id, "--event-id", "no-wait", *SEED_FLAGS)
+    published = default_serve.ledger("publish", "--no-wait", *flags)
+    assert published.returncode == 0, published.stderr
+    assert published.stdout.startswith("published: event no-wait on ledger.usage, entry ")
+    eventually(
+        lambda: admin.get(f"/v1/subscriptions/{team}/seats/{seat_id}").body["used"],
+        lambda used: used == "3.18",
+        "the charge",
+    )
+
+
 def test_publish_refuses_an_invalid_event_before_sending_it(
     default_serve: DefaultService, stream: redis.Redis
 ) -> None:
