@@ -121,7 +121,7 @@ def test_a_group_named_without_its_command_shows_what_it_can_do(tmp_path: Path) 
 
 
 def test_help_is_no_failure(tmp_path: Path) -> None:
-    for args in (["--help"], ["publish", "--help"], ["simulate", "-h"]):
+    for args in (["--help"], ["publish", "-h"]):
         done = run_ledger_in(tmp_path, *args)
         assert (done.returncode, done.stderr) == (0, ""), args
         assert done.stdout.startswith("Usage: ")
