@@ -21,10 +21,10 @@ import msgspec
 
 from ledger.clock import Clock
 from ledger.decider import decide
-from ledger.errors import ConcurrentAppend, Rejected, Undecidable
+from ledger.errors import ConcurrentAppend, InsufficientCredits, Rejected, Undecidable
 from ledger.idempotency import UsageKey, payload_digest, usage_key
 from ledger.leases import Fence
-from ledger.log import EventStore, StoredRecord, recorded_instant
+from ledger.log import EventStore, StoredRecord, charge_on_record, recorded_instant
 from ledger.rate_card import RateCard
 from ledger.state import (
     LedgerState,
@@ -34,7 +34,7 @@ from ledger.state import (
     initial_state,
     revert_charge,
 )
-from schemas.commands import AdvanceClock, ChargeUsage, Command
+from schemas.commands import AdvanceClock, ChargeUsage, Command, ReverseCharge
 from schemas.events import LogEvent, UsageCharged
 from schemas.usage import UsageEvent
 
@@ -53,6 +53,8 @@ class Outcome(msgspec.Struct, frozen=True):
     charged_ucr: int = 0
     """What this command charged (its `usage.charged` event), so a caller counting credits
     need not decode the records again."""
+    available_ucr: int | None = None
+    """With `insufficient_credits`: what was available."""
 
 
 class Ledger:
@@ -103,6 +105,7 @@ class Ledger:
         at_us = max(self.clock.now_us(), self.recorded_at_us)
         at = recorded_instant(at_us)
         charged = self._prior_charges(commands)
+        commands = self._with_charges_on_record(commands)
         undo = _Undo(self.state)
         try:
             decided, batch = self._decide(commands, at, charged, undo)
@@ -164,6 +167,21 @@ class Ledger:
             return {}
         return {key: prior.payload_digest for key, prior in self.store.prior_charges(keys).items()}
 
+    def _with_charges_on_record(self, commands: Sequence[Command]) -> Sequence[Command]:
+        """Reversals carry the charge they reverse, as the log holds it (the decider reads no
+        store)."""
+        keys = [(c.subscription_id, c.event_id) for c in commands if isinstance(c, ReverseCharge)]
+        if not keys:
+            return commands
+        priors = self.store.prior_charges(keys)
+        found = {key: charge_on_record(self.store, prior.position) for key, prior in priors.items()}
+        return [
+            msgspec.structs.replace(c, on_record=found.get((c.subscription_id, c.event_id)))
+            if isinstance(c, ReverseCharge)
+            else c
+            for c in commands
+        ]
+
     def _refold(self) -> None:
         self.state, self.position, self.recorded_at_us = initial_state(), 0, 0
         self.catch_up()
@@ -174,7 +192,17 @@ class Ledger:
         offset = 0
         for status, events, charged_ucr, refusal in decided:
             if refusal is not None:
-                outcomes.append(Outcome("rejected", reason=refusal.reason, detail=refusal.detail))
+                available = (
+                    refusal.available_ucr if isinstance(refusal, InsufficientCredits) else None
+                )
+                outcomes.append(
+                    Outcome(
+                        "rejected",
+                        reason=refusal.reason,
+                        detail=refusal.detail,
+                        available_ucr=available,
+                    )
+                )
                 continue
             end = offset + len(events)
             outcomes.append(Outcome(status, tuple(records[offset:end]), charged_ucr=charged_ucr))

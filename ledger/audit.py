@@ -4,10 +4,13 @@ One pass over the log checks, record by record: positions run 1, 2, 3… without
 `prev_hash` is the previous record's hash and each hash is recomputed from the record's bytes;
 recorded times never go back; the bytes decode as a log event; every `usage.charged` re-prices
 to the same components and credits under the rate card version it names, with an allocation
-that is what the deduction order gives on the state folded so far; every other event carries
-the amounts the rules give on that state (a tier's quota, what was left when a seat was
-removed, a pack expired or a cycle ended, a cycle's bounds); and folding the event neither
-overdraws a seat or a pack, nor adds anything twice, nor moves a cycle backwards.
+that is what the deduction order gives on the state folded so far (after the hold it settles
+was released); every other event carries what the rules give on that state (a tier's quota,
+what was left when a seat was removed, a pack or grant expired or a cycle ended, a cycle's
+bounds, a hold's allocation and expiry, a reversal's parts); and folding the event neither
+overdraws a seat, pack or grant, nor holds more than is there, nor adds anything twice, nor
+moves a cycle backwards. At every cycle start and at the head, each subscription's credits
+must balance: granted = remaining + used + expired + voided (ledger/conservation.py).
 
 Every check is an explicit comparison that names the position: none is an `assert`, so the
 audit is the same under `python -O`.
@@ -20,6 +23,7 @@ from collections.abc import Callable, Iterable
 import msgspec
 
 from ledger.chain import link_problem
+from ledger.conservation import Books
 from ledger.deduction import allocate
 from ledger.errors import LogInconsistent
 from ledger.event_rules import event_problem
@@ -27,9 +31,13 @@ from ledger.log import GENESIS_HASH, StoredRecord, datetime_from_us
 from ledger.pricing import price
 from ledger.rate_card import RateCard
 from ledger.state import LedgerState, evolve, initial_state
-from schemas.events import UsageCharged
+from schemas.commands import ChargeOnRecord
+from schemas.events import ChargeReversed, CycleStarted, UsageCharged
 
 AUDIT_PROGRESS_EVERY_RECORDS = 10_000
+
+ChargeLookup = Callable[[str, str], ChargeOnRecord | None]
+"""(subscription_id, event_id) -> the charge as the log holds it, for re-deriving reversals."""
 
 
 class AuditFailure(msgspec.Struct, frozen=True):
@@ -51,49 +59,73 @@ def verify(
     records: Iterable[StoredRecord],
     rate_card: RateCard,
     on_progress: Callable[[int], None] | None = None,
+    charges: ChargeLookup | None = None,
 ) -> AuditReport:
-    state = initial_state()
+    """Check every record in order; stop at the first that is wrong.
+
+    `charges` finds a reversed charge in the store; without it the audit keeps every charge it
+    has seen in memory (fine for short logs)."""
+    auditor = _Auditor(rate_card, charges)
     checked, prev_hash, prev_time = 0, GENESIS_HASH, 0
     for record in records:
-        problem = _record_problem(state, record, checked + 1, prev_hash, prev_time, rate_card)
+        problem = auditor.problem(record, checked + 1, prev_hash, prev_time)
         if problem is not None:
             failure = AuditFailure(min(record.position, checked + 1), problem)
             return AuditReport(checked, prev_hash.hex(), failure)
         checked, prev_hash, prev_time = record.position, record.hash, record.recorded_at_us
         if on_progress is not None and checked % AUDIT_PROGRESS_EVERY_RECORDS == 0:
             on_progress(checked)
+    problem = auditor.books.problem(auditor.state)
+    if problem is not None:
+        return AuditReport(checked, prev_hash.hex(), AuditFailure(checked, problem))
     return AuditReport(checked, prev_hash.hex())
 
 
-def _record_problem(
-    state: LedgerState,
-    record: StoredRecord,
-    expected_position: int,
-    prev_hash: bytes,
-    prev_time_us: int,
-    rate_card: RateCard,
-) -> str | None:
-    """What is wrong with this record, if anything; folds it into `state` when it is sound."""
-    problem = link_problem(record, expected_position, prev_hash, prev_time_us)
-    if problem is not None:
-        return problem
-    try:
-        event = record.event()
-    except msgspec.DecodeError as error:
-        return f"not a log event: {error}"
-    if isinstance(event, UsageCharged):
-        problem = charge_problem(state, event, record, rate_card)
+class _Auditor:
+    """The state folded so far, and what re-deriving the next record needs."""
+
+    def __init__(self, rate_card: RateCard, charges: ChargeLookup | None) -> None:
+        self.state: LedgerState = initial_state()
+        self.books = Books()
+        self.rate_card = rate_card
+        self._lookup = charges
+        self._seen: dict[tuple[str, str], ChargeOnRecord] = {}
+
+    def problem(
+        self, record: StoredRecord, expected_position: int, prev_hash: bytes, prev_time_us: int
+    ) -> str | None:
+        """What is wrong with this record, if anything; folds it when it is sound."""
+        problem = link_problem(record, expected_position, prev_hash, prev_time_us)
         if problem is not None:
             return problem
-    else:
-        problem = event_problem(state, event, datetime_from_us(record.recorded_at_us))
+        try:
+            event = record.event()
+        except msgspec.DecodeError as error:
+            return f"not a log event: {error}"
+        at = datetime_from_us(record.recorded_at_us)
+        if isinstance(event, UsageCharged):
+            problem = charge_problem(self.state, event, record, self.rate_card)
+            if self._lookup is None and problem is None:
+                self._seen[(event.subscription_id, event.event_id)] = ChargeOnRecord(event, at)
+        elif isinstance(event, CycleStarted):
+            problem = self.books.problem(self.state, event.subscription_id)
+            problem = problem or event_problem(self.state, event, at)
+        else:
+            problem = event_problem(self.state, event, at, self._charge_of(event))
         if problem is not None:
             return problem
-    try:
-        evolve(state, event)
-    except LogInconsistent as error:
-        return f"event does not follow from the log before it: {error}"
-    return None
+        self.books.fold(self.state, event)
+        try:
+            evolve(self.state, event)
+        except LogInconsistent as error:
+            return f"event does not follow from the log before it: {error}"
+        return None
+
+    def _charge_of(self, event: object) -> ChargeOnRecord | None:
+        if not isinstance(event, ChargeReversed):
+            return None
+        key = (event.subscription_id, event.event_id)
+        return self._seen.get(key) if self._lookup is None else self._lookup(*key)
 
 
 def charge_problem(
@@ -117,6 +149,12 @@ def charge_problem(
     seat = sub.seats.get(charge.seat_id) if sub is not None else None
     if sub is None or seat is None:
         return "charge names a subscription or seat the log does not hold"
+    hold = sub.holds.get(charge.hold_id) if charge.hold_id is not None else None
+    settled = hold is not None and hold.status == "settled" and hold.settled_by == charge.event_id
+    active = hold is not None and hold.status == "active" and hold.seat_id == charge.seat_id
+    expected_status = None if charge.hold_id is None else ("settled" if settled else "not_active")
+    if charge.hold_status != expected_status or (expected_status == "not_active" and active):
+        return "the charge does not say truly whether it settled its hold"
     expected = allocate(sub, seat, charge.credits_ucr, datetime_from_us(record.recorded_at_us))
     if expected != charge.allocation:
         return "allocation differs from the deduction order"

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import msgspec
+
+from ledger import corrections, holds
 from ledger.catalog import PACK_CREDITS_UCR, PACK_VALIDITY_MONTHS, SEAT_QUOTA_UCR, TIER_RANK
 from ledger.cycles import add_months, cycle_bounds, cycle_index
 from ledger.deduction import allocate
@@ -28,18 +31,27 @@ from ledger.rate_card import ModelRates, RateCard, RateCardVersion
 from ledger.state import LedgerState, SeatState, SubscriptionState, evolve, initial_state
 from schemas.commands import (
     AddSeat,
+    AdjustSeat,
     AdvanceClock,
     BuyPack,
     ChangeTier,
     ChargeUsage,
     Command,
+    ExtendHold,
+    GrantCredits,
     OpenSubscription,
+    PlaceHold,
+    ReleaseHold,
     RemoveSeat,
+    ReverseCharge,
+    VoidGrant,
+    VoidPack,
 )
 from schemas.events import (
     Allocation,
     Components,
     CycleStarted,
+    HoldStatus,
     LogEvent,
     PackPurchased,
     SeatAdded,
@@ -68,16 +80,37 @@ def decide(
             return _advance(state, at)
     sub = _subscription(state, command.subscription_id)
     due, sub = due_events(sub, at)
+    return due + _decide_on(sub, command, at)
+
+
+def _decide_on(sub: SubscriptionState, command: Command, at: datetime) -> list[LogEvent]:
+    """A command on one subscription, once what fell due by `at` is folded into `sub`."""
     match command:
         case AddSeat():
-            return due + _add_seat(sub, command)
+            return _add_seat(sub, command)
         case ChangeTier():
-            return due + _change_tier(_seat(sub, command.seat_id), sub, command)
+            return _change_tier(_seat(sub, command.seat_id), sub, command)
         case RemoveSeat():
-            return due + _remove_seat(_seat(sub, command.seat_id), sub)
+            return _remove_seat(_seat(sub, command.seat_id), sub, command, at)
         case BuyPack():
-            return due + _buy_pack(sub, command, at)
-    raise AssertionError(f"unhandled command {command!r}")
+            return _buy_pack(sub, command, at)
+        case PlaceHold():
+            return holds.place(sub, _seat(sub, command.seat_id), command, at)
+        case ExtendHold():
+            return holds.extend(sub, command, at)
+        case ReleaseHold():
+            return holds.release(sub, command, at)
+        case AdjustSeat():
+            return corrections.adjust(sub, _seat(sub, command.seat_id), command, at)
+        case GrantCredits():
+            return corrections.grant(sub, command, at)
+        case ReverseCharge():
+            return corrections.reverse(sub, command)
+        case VoidPack():
+            return corrections.void_pack(sub, command, at)
+        case VoidGrant():
+            return corrections.void_grant(sub, command, at)
+    raise InvalidCommand(f"the ledger has no rule for {type(command).__name__}")
 
 
 def _subscription(state: LedgerState, subscription_id: str) -> SubscriptionState:
@@ -106,7 +139,7 @@ def _open(state: LedgerState, command: OpenSubscription, at: datetime) -> list[L
     cycle = cycle_index(anchor, at)
     start, end = cycle_bounds(anchor, cycle)
     return [
-        SubscriptionOpened(command.subscription_id, anchor),
+        SubscriptionOpened(command.subscription_id, anchor, command.actor, command.reason),
         CycleStarted(command.subscription_id, cycle, start, end),
     ]
 
@@ -125,7 +158,17 @@ def _add_seat(sub: SubscriptionState, command: AddSeat) -> list[LogEvent]:
             f"seat {command.seat_id!r} already exists in subscription {sub.subscription_id!r}"
         )
     quota = SEAT_QUOTA_UCR[command.tier]
-    return [SeatAdded(sub.subscription_id, command.seat_id, command.tier, quota, sub.cycle)]
+    return [
+        SeatAdded(
+            sub.subscription_id,
+            command.seat_id,
+            command.tier,
+            quota,
+            sub.cycle,
+            command.actor,
+            command.reason,
+        )
+    ]
 
 
 def _change_tier(seat: SeatState, sub: SubscriptionState, command: ChangeTier) -> list[LogEvent]:
@@ -135,37 +178,63 @@ def _change_tier(seat: SeatState, sub: SubscriptionState, command: ChangeTier) -
     if TIER_RANK[target] > TIER_RANK[current]:
         quota = SEAT_QUOTA_UCR[target]
         events: list[LogEvent] = [
-            SeatTierChanged(sub.subscription_id, seat.seat_id, current, target, "immediate", quota)
+            SeatTierChanged(
+                sub.subscription_id,
+                seat.seat_id,
+                current,
+                target,
+                "immediate",
+                quota,
+                command.actor,
+                command.reason,
+            )
         ]
-        if seat.status == "suspended" and quota > seat.used_ucr:
+        if seat.status == "suspended" and quota > seat.used_ucr + seat.held_ucr:
             events.append(SeatResumed(sub.subscription_id, seat.seat_id, "tier_upgraded"))
         return events
     if target == (seat.pending_tier or current):
         return []  # already the tier it has, or will have next cycle: nothing to record
     return [
         SeatTierChanged(
-            sub.subscription_id, seat.seat_id, current, target, "next_cycle", seat.quota_ucr
+            sub.subscription_id,
+            seat.seat_id,
+            current,
+            target,
+            "next_cycle",
+            seat.quota_ucr,
+            command.actor,
+            command.reason,
         )
     ]
 
 
-def _remove_seat(seat: SeatState, sub: SubscriptionState) -> list[LogEvent]:
+def _remove_seat(
+    seat: SeatState, sub: SubscriptionState, command: RemoveSeat, at: datetime
+) -> list[LogEvent]:
     if seat.status == "removed":
         return []
-    return [SeatRemoved(sub.subscription_id, seat.seat_id, seat.remaining_ucr)]
+    return [
+        *holds.release_all_of(sub, seat.seat_id, at),
+        SeatRemoved(
+            sub.subscription_id, seat.seat_id, seat.remaining_ucr, command.actor, command.reason
+        ),
+    ]
 
 
 def _buy_pack(sub: SubscriptionState, command: BuyPack, at: datetime) -> list[LogEvent]:
     if command.pack_id in sub.pack_ids:
         return []  # a retried purchase buys nothing more
     expires_at = add_months(at, PACK_VALIDITY_MONTHS)
-    events: list[LogEvent] = [
-        PackPurchased(sub.subscription_id, command.pack_id, PACK_CREDITS_UCR, at, expires_at)
-    ]
-    for seat in sorted(sub.seats.values(), key=lambda s: s.seat_id):
-        if seat.status == "suspended":
-            events.append(SeatResumed(sub.subscription_id, seat.seat_id, "pack_purchased"))
-    return events
+    bought = PackPurchased(
+        sub.subscription_id,
+        command.pack_id,
+        PACK_CREDITS_UCR,
+        at,
+        expires_at,
+        command.actor,
+        command.reason,
+    )
+    return [bought, *corrections.resume_suspended(sub, "pack_purchased")]
 
 
 def _charge(
@@ -191,11 +260,18 @@ def _charge(
     counts = usage_of(usage)
     components = price(counts, rates.coefficients)
     credits_ucr = components.total_ucr()
-    allocation = allocate(sub, seat, credits_ucr, at)
+    hold = holds.settling(sub, seat.seat_id, usage.hold_id)
+    allocation = allocate(sub, seat, credits_ucr, at, released=hold)
     charged = usage_charged(
         usage, command.payload_digest, version, rates, counts, components, credits_ucr, allocation
     )
-    events: list[LogEvent] = [*due, charged]
+    events: list[LogEvent] = list(due)
+    if usage.hold_id is not None:
+        if hold is not None:
+            events.append(holds.settled(sub, hold, usage.event_id, at))
+        status: HoldStatus = "not_active" if hold is None else "settled"
+        charged = msgspec.structs.replace(charged, hold_id=usage.hold_id, hold_status=status)
+    events.append(charged)
     if allocation and allocation[-1].source == "uncovered" and seat.status == "active":
         events.append(
             SeatSuspended(sub.subscription_id, seat.seat_id, "credits_exhausted", usage.event_id)

@@ -54,6 +54,40 @@ class InvalidCommand(Rejected):
     reason = "invalid_command"
 
 
+class SeatIsSuspended(Rejected):
+    reason = "seat_suspended"
+
+
+class InsufficientCredits(Rejected):
+    """A hold, or an adjustment that takes credits, asks for more than is there."""
+
+    reason = "insufficient_credits"
+
+    def __init__(self, detail: str, available_ucr: int) -> None:
+        super().__init__(detail)
+        self.available_ucr = available_ucr
+
+
+class UnknownHold(Rejected):
+    reason = "unknown_hold"
+
+
+class HoldNotActive(Rejected):
+    reason = "hold_not_active"
+
+
+class UnknownCharge(Rejected):
+    reason = "unknown_charge"
+
+
+class UnknownPack(Rejected):
+    reason = "unknown_pack"
+
+
+class UnknownGrant(Rejected):
+    reason = "unknown_grant"
+
+
 class Undecidable(Rejected):
     """A command whose decision failed for a reason the rules do not name (a value the bounds
     should have refused, or a bug): refused alone, so the commands beside it go on."""

@@ -23,6 +23,7 @@ from ledger.errors import (
 )
 from ledger.idempotency import UsageKey
 from ledger.leases import Fence
+from schemas.commands import ChargeOnRecord
 from schemas.events import LogEvent, UsageCharged
 from schemas.limits import MAX_INSTANT, MIN_INSTANT
 
@@ -208,3 +209,21 @@ def chained(head: Head, recorded_at_us: int, encoded: list[bytes]) -> list[Store
         records.append(StoredRecord(position, recorded_at_us, data, prev_hash, digest))
         prev_hash = digest
     return records
+
+
+def charge_on_record(store: EventStore, position: int) -> ChargeOnRecord | None:
+    """The charge recorded at `position`, with its recorded time; None when that record is not
+    a charge."""
+    records = list(store.read(after=position - 1, until=position))
+    if not records:
+        return None
+    event = records[0].event()
+    if not isinstance(event, UsageCharged):
+        return None
+    return ChargeOnRecord(event, records[0].recorded_at)
+
+
+def find_charge(store: EventStore, subscription_id: str, event_id: str) -> ChargeOnRecord | None:
+    """The charge of this usage key as the log holds it, found through the idempotency index."""
+    prior = store.prior_charges([(subscription_id, event_id)]).get((subscription_id, event_id))
+    return None if prior is None else charge_on_record(store, prior.position)

@@ -9,14 +9,33 @@ from typing import Literal
 
 import msgspec
 
-from schemas.commands import Tier
 from schemas.usage import Usage
 
+Tier = Literal["standard", "advanced", "premium"]
 Product = Literal["text", "image"]
-AllocationSource = Literal["seat", "pack", "uncovered"]
+AllocationSource = Literal["seat", "pack", "grant", "uncovered"]
 TierChangeEffect = Literal["immediate", "next_cycle"]
 SuspendReason = Literal["credits_exhausted"]
-ResumeReason = Literal["pack_purchased", "cycle_started", "tier_upgraded"]
+ResumeReason = Literal[
+    "pack_purchased",
+    "cycle_started",
+    "tier_upgraded",
+    "credits_granted",
+    "seat_adjusted",
+    "charge_reversed",
+]
+HoldReleaseReason = Literal["released", "seat_removed"]
+HoldStatus = Literal["settled", "not_active"]
+ReversalOutcome = Literal["returned", "expired", "cleared"]
+"""What became of one part of a reversal: back in its source, back in a source that has expired
+(and so expired at once), or an uncovered part cleared."""
+
+
+class Actor(msgspec.Struct, frozen=True, gc=False):
+    """Who asked for an admin write: the API token's id and its role."""
+
+    token_id: str
+    role: str
 
 
 class _LogEvent(msgspec.Struct, frozen=True, gc=False, omit_defaults=True, tag_field="type"):
@@ -28,6 +47,8 @@ class _LogEvent(msgspec.Struct, frozen=True, gc=False, omit_defaults=True, tag_f
 
 class SubscriptionOpened(_LogEvent, frozen=True, tag="subscription.opened"):
     anchor: datetime
+    actor: Actor | None = None
+    reason: str | None = None
 
 
 class CycleStarted(_LogEvent, frozen=True, tag="subscription.cycle_started"):
@@ -45,6 +66,8 @@ class SeatAdded(_LogEvent, frozen=True, tag="seat.added"):
     tier: Tier
     quota_ucr: int
     cycle: int
+    actor: Actor | None = None
+    reason: str | None = None
 
 
 class SeatTierChanged(_LogEvent, frozen=True, tag="seat.tier_changed"):
@@ -55,6 +78,8 @@ class SeatTierChanged(_LogEvent, frozen=True, tag="seat.tier_changed"):
     to_tier: Tier
     effect: TierChangeEffect
     quota_ucr: int
+    actor: Actor | None = None
+    reason: str | None = None
 
 
 class SeatRemoved(_LogEvent, frozen=True, tag="seat.removed"):
@@ -62,6 +87,8 @@ class SeatRemoved(_LogEvent, frozen=True, tag="seat.removed"):
 
     seat_id: str
     forfeited_ucr: int
+    actor: Actor | None = None
+    reason: str | None = None
 
 
 class SeatQuotaGranted(_LogEvent, frozen=True, tag="seat.quota_granted"):
@@ -79,6 +106,8 @@ class PackPurchased(_LogEvent, frozen=True, tag="pack.purchased"):
     credits_ucr: int
     purchased_at: datetime
     expires_at: datetime
+    actor: Actor | None = None
+    reason: str | None = None
 
 
 class PackExpired(_LogEvent, frozen=True, tag="pack.expired"):
@@ -147,6 +176,11 @@ class UsageCharged(_LogEvent, frozen=True, tag="usage.charged"):
     request_id: str | None = None
     api_key_id: str | None = None
     gateway: str | None = None
+    hold_id: str | None = None
+    """The hold the request was served under, as the gateway named it."""
+    hold_status: HoldStatus | None = None
+    """`settled`: the hold was active and its `hold.settled` precedes this charge in the same
+    append; `not_active`: it had ended (or never existed), and the charge was made as any other."""
 
     def uncovered_ucr(self) -> int:
         return sum(part.credits_ucr for part in self.allocation if part.source == "uncovered")
@@ -163,6 +197,145 @@ class SeatResumed(_LogEvent, frozen=True, tag="seat.resumed"):
     reason: ResumeReason
 
 
+# -- holds: credits reserved for a seat before serving ---------------------------------------
+
+
+class HoldPlaced(_LogEvent, frozen=True, tag="hold.placed"):
+    """`credits_ucr` reserved for one seat, taken per `allocation` (seat, then packs and grants
+    in deduction order): what nothing else may spend until the hold ends."""
+
+    seat_id: str
+    hold_id: str
+    credits_ucr: int
+    allocation: tuple[Allocation, ...]
+    ttl_s: int
+    placed_at: datetime
+    expires_at: datetime
+    actor: Actor | None = None
+
+
+class HoldExtended(_LogEvent, frozen=True, tag="hold.extended"):
+    seat_id: str
+    hold_id: str
+    ttl_s: int
+    extended_at: datetime
+    expires_at: datetime
+    actor: Actor | None = None
+
+
+class HoldReleased(_LogEvent, frozen=True, tag="hold.released"):
+    """The hold ended before use; what it still held is free again."""
+
+    seat_id: str
+    hold_id: str
+    released_ucr: int
+    released_at: datetime
+    reason: HoldReleaseReason = "released"
+    actor: Actor | None = None
+
+
+class HoldExpired(_LogEvent, frozen=True, tag="hold.expired"):
+    seat_id: str
+    hold_id: str
+    released_ucr: int
+    expires_at: datetime
+
+
+class HoldSettled(_LogEvent, frozen=True, tag="hold.settled"):
+    """The usage event `event_id` named this active hold: its credits are free again, for the
+    charge that follows in the same append."""
+
+    seat_id: str
+    hold_id: str
+    event_id: str
+    released_ucr: int
+    settled_at: datetime
+
+
+class HoldShrunk(_LogEvent, frozen=True, tag="hold.shrunk"):
+    """A source the hold took credits from went away (a pack or grant expired or voided, a
+    seat's new cycle granted less than it held): the hold is `by_ucr` smaller."""
+
+    seat_id: str
+    hold_id: str
+    source: AllocationSource
+    id: str
+    by_ucr: int
+    at: datetime
+
+
+# -- corrections: new events, never edits --------------------------------------------------
+
+
+class SeatAdjusted(_LogEvent, frozen=True, tag="seat.adjusted"):
+    """`credits_ucr` (signed) added to the seat's quota for the current cycle `cycle`."""
+
+    seat_id: str
+    adjustment_id: str
+    credits_ucr: int
+    cycle: int
+    actor: Actor | None = None
+    reason: str | None = None
+
+
+class CreditsGranted(_LogEvent, frozen=True, tag="grant.issued"):
+    """Shared credits given to the subscription, spent like packs in expiry order."""
+
+    grant_id: str
+    credits_ucr: int
+    granted_at: datetime
+    expires_at: datetime
+    actor: Actor | None = None
+    reason: str | None = None
+
+
+class GrantExpired(_LogEvent, frozen=True, tag="grant.expired"):
+    grant_id: str
+    expires_at: datetime
+    expired_ucr: int
+
+
+class ReversalPart(msgspec.Struct, frozen=True, gc=False):
+    """Credits of one allocation part of the reversed charge, and what became of them."""
+
+    source: AllocationSource
+    id: str
+    credits_ucr: int
+    outcome: ReversalOutcome
+
+
+class ChargeReversed(_LogEvent, frozen=True, tag="usage.reversed"):
+    """`credits_ucr` of charge `event_id` given back, last part taken first (`parts`)."""
+
+    seat_id: str
+    event_id: str
+    reversal_id: str
+    credits_ucr: int
+    parts: tuple[ReversalPart, ...]
+    model: str
+    """The charge's model, so usage details can show the reversal beside it."""
+    charge_cycle: int
+    """The billing cycle the charge was made in."""
+    actor: Actor | None = None
+    reason: str | None = None
+
+
+class PackVoided(_LogEvent, frozen=True, tag="pack.voided"):
+    """The pack is withdrawn (its payment was refunded, say): `voided_ucr` it had left are gone."""
+
+    pack_id: str
+    voided_ucr: int
+    actor: Actor | None = None
+    reason: str | None = None
+
+
+class GrantVoided(_LogEvent, frozen=True, tag="grant.voided"):
+    grant_id: str
+    voided_ucr: int
+    actor: Actor | None = None
+    reason: str | None = None
+
+
 LogEvent = (
     SubscriptionOpened
     | CycleStarted
@@ -175,4 +348,16 @@ LogEvent = (
     | UsageCharged
     | SeatSuspended
     | SeatResumed
+    | HoldPlaced
+    | HoldExtended
+    | HoldReleased
+    | HoldExpired
+    | HoldSettled
+    | HoldShrunk
+    | SeatAdjusted
+    | CreditsGranted
+    | GrantExpired
+    | ChargeReversed
+    | PackVoided
+    | GrantVoided
 )

@@ -23,4 +23,12 @@ MAX_TOKENS_PER_COMPONENT: Final = 50_000_000
 MAX_TOOL_CALLS_PER_REQUEST: Final = 10_000
 MAX_IMAGES_PER_REQUEST: Final = 1_000
 UCR_PER_CREDIT: Final = 1_000_000
+MAX_ADMIN_CREDITS_UCR: Final = 1_000_000_000 * 1_000_000
+"""Most credits one hold, adjustment, grant or reversal may name: a billion credits."""
+MAX_REASON_CHARS: Final = 500
+MIN_HOLD_TTL_S: Final = 1
+MAX_HOLD_TTL_S: Final = 3_600
+DEFAULT_HOLD_TTL_S: Final = 600
+HOLD_MEMORY_S: Final = 86_400
+"""How long an ended hold is remembered (its id answers retries and reads) after it ended."""
 """Micro-credits in one credit: every amount on the money path is an integer of these."""

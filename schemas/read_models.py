@@ -17,7 +17,9 @@ from schemas.events import Allocation, Coefficients, Components, Product
 from schemas.usage import Usage
 
 SeatStatus = Literal["active", "suspended", "removed"]
-PackStatus = Literal["active", "exhausted", "expired"]
+PackStatus = Literal["active", "exhausted", "expired", "voided"]
+SourceKind = Literal["pack", "grant"]
+HoldLifecycle = Literal["active", "settled", "released", "expired"]
 
 
 class SeatBalance(msgspec.Struct, frozen=True):

@@ -43,6 +43,8 @@ class UsageEvent(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=Tr
     request_id: Id | None = None
     api_key_id: Id | None = None
     gateway: Id | None = None
+    hold_id: PathId | None = None
+    """The hold this request was served under: its charge settles that hold."""
 
     def __post_init__(self) -> None:
         bounded_utc(self.occurred_at, "occurred_at")  # a ValueError: the event is invalid

@@ -20,12 +20,12 @@ import msgspec
 from ledger.audit import verify
 from ledger.clock import ManualClock, SharedManualClock
 from ledger.idempotency import payload_digest
-from ledger.log import datetime_from_us, us_from_datetime
+from ledger.log import datetime_from_us, find_charge, us_from_datetime
 from ledger.money import format_credits
 from projections.balances import Balances, overview
 from projections.replay import balances_as_of, resolve_as_of
 from projections.usage import UsageQuery
-from schemas.commands import AdminCommand, ChargeUsage, Command
+from schemas.commands import AdminCommand, ChargeOnRecord, ChargeUsage, Command
 from schemas.read_models import UsageRow
 from schemas.usage import UsageEvent
 from services.bootstrap import Parts, bootstrap, make_clock
@@ -234,6 +234,11 @@ def audit_verify(settings: Settings) -> None:
     with opened(settings) as parts:
         head = parts.store.head().position
         records = parts.store.read()
+        store = parts.store
+
+        def charges(subscription_id: str, event_id: str) -> ChargeOnRecord | None:
+            return find_charge(store, subscription_id, event_id)
+
         if head >= PROGRESS_MIN_RECORDS:
             with click.progressbar(length=head, label="verifying", file=sys.stderr) as bar:
                 last = [0]
@@ -242,9 +247,9 @@ def audit_verify(settings: Settings) -> None:
                     bar.update(position - last[0])
                     last[0] = position
 
-                report = verify(records, parts.rate_card, on_progress=advance)
+                report = verify(records, parts.rate_card, advance, charges)
         else:
-            report = verify(records, parts.rate_card)
+            report = verify(records, parts.rate_card, charges=charges)
     if report.failure is not None:
         click.echo(
             f"ledger: audit failed at position {report.failure.position}: {report.failure.reason}",

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from functools import reduce
 
+import msgspec
+
 from ledger.catalog import PACK_CREDITS_UCR, SEAT_QUOTA_UCR
 from ledger.cycles import add_months, cycle_bounds
 from ledger.decider import decide, evolve, initial_state
@@ -90,3 +92,16 @@ def costing(credits: int, event_id: str, seat: str, sub: str = SUB) -> UsageEven
 
 def types(events: Sequence[LogEvent]) -> list[str]:
     return [type(e).__struct_config__.tag for e in events]  # type: ignore[misc]
+
+
+def play(state: LedgerState, command: Command, instant: datetime) -> list[LogEvent]:
+    """Decide `command` at `instant` and fold its events into `state` (a story step)."""
+    events = when(state, command, instant)
+    for event in events:
+        evolve(state, event)
+    return events
+
+
+def costing_with_hold(credits: int, event_id: str, seat: str, hold_id: str) -> UsageEvent:
+    """A request priced at exactly `credits` whole credits, served under hold `hold_id`."""
+    return msgspec.structs.replace(costing(credits, event_id, seat), hold_id=hold_id)
