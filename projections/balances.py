@@ -8,8 +8,9 @@ the books balanced.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import msgspec
@@ -18,11 +19,24 @@ from ledger.errors import LedgerError, LogInconsistent
 from ledger.log import EVENT_DECODER, StoredRecord
 from schemas.commands import Tier
 from schemas.events import (
+    Allocation,
+    ChargeReversed,
+    CreditsGranted,
     CycleStarted,
+    GrantExpired,
+    GrantVoided,
+    HoldExpired,
+    HoldExtended,
+    HoldPlaced,
+    HoldReleased,
+    HoldSettled,
+    HoldShrunk,
     LogEvent,
     PackExpired,
     PackPurchased,
+    PackVoided,
     SeatAdded,
+    SeatAdjusted,
     SeatQuotaGranted,
     SeatRemoved,
     SeatResumed,
@@ -31,19 +45,25 @@ from schemas.events import (
     SubscriptionOpened,
     UsageCharged,
 )
+from schemas.limits import HOLD_MEMORY_S
 from schemas.read_models import (
+    HoldLifecycle,
     Overview,
     PackBalance,
     PackStatus,
     SeatBalance,
     SeatStatus,
+    SourceKind,
     SubscriptionBalance,
 )
 
 SeatKey = tuple[str, str]
 """(subscription_id, seat_id)."""
 PackKey = tuple[str, str]
-"""(subscription_id, pack_id)."""
+"""(subscription_id, pack_id), or (subscription_id, grant_id) among grants."""
+HoldKey = tuple[str, str]
+"""(subscription_id, hold_id)."""
+HOLD_MEMORY: Final = timedelta(seconds=HOLD_MEMORY_S)
 
 BASIS_POINTS: Final = 10_000
 
@@ -61,6 +81,8 @@ class SeatRow(msgspec.Struct):
     used_ucr: int
     pack_used_ucr: int
     uncovered_ucr: int
+    held_ucr: int = 0
+    """What active holds of this seat took from its own quota."""
 
     @property
     def remaining_ucr(self) -> int:
@@ -68,6 +90,8 @@ class SeatRow(msgspec.Struct):
 
 
 class PackRow(msgspec.Struct):
+    """A pack, or a grant (`kind`): shared credits of the subscription with an expiry."""
+
     subscription_id: str
     pack_id: str
     credits_ucr: int
@@ -76,6 +100,26 @@ class PackRow(msgspec.Struct):
     purchased_at: datetime
     expires_at: datetime
     status: PackStatus
+    held_ucr: int = 0
+    voided_ucr: int = 0
+    kind: SourceKind = "pack"
+
+
+class HoldRow(msgspec.Struct):
+    """A hold as the projection keeps it: active, or ended within the last `HOLD_MEMORY`."""
+
+    subscription_id: str
+    hold_id: str
+    seat_id: str
+    status: HoldLifecycle
+    requested_ucr: int
+    credits_ucr: int
+    allocation: tuple[Allocation, ...]
+    ttl_s: int
+    placed_at: datetime
+    expires_at: datetime
+    ended_at: datetime | None = None
+    settled_by: str | None = None
 
 
 class SubscriptionRow(msgspec.Struct):
@@ -89,19 +133,26 @@ class SubscriptionRow(msgspec.Struct):
     granted_ucr: int
     used_ucr: int
     expired_ucr: int
+    voided_ucr: int = 0
 
 
 class Balances:
     """The whole balances read model, plus which rows changed since `take_changes`.
 
-    `seat_ids` and `pack_ids` index the flat dicts by subscription; they are derived, so
-    `dump` leaves them out and `from_rows` rebuilds them.
+    `seat_ids`, `pack_ids`, `grant_ids` and `ended_holds` index the flat dicts by
+    subscription; they are derived, so `dump` leaves them out and `from_rows` rebuilds them.
     """
 
     __slots__ = (
+        "changed_grants",
+        "changed_holds",
         "changed_packs",
         "changed_seats",
         "changed_subscriptions",
+        "ended_holds",
+        "grant_ids",
+        "grants",
+        "holds",
         "pack_ids",
         "packs",
         "seat_ids",
@@ -113,11 +164,17 @@ class Balances:
         self.subscriptions: dict[str, SubscriptionRow] = {}
         self.seats: dict[SeatKey, SeatRow] = {}
         self.packs: dict[PackKey, PackRow] = {}
+        self.grants: dict[PackKey, PackRow] = {}
+        self.holds: dict[HoldKey, HoldRow] = {}
         self.seat_ids: dict[str, list[str]] = {}
         self.pack_ids: dict[str, list[str]] = {}
+        self.grant_ids: dict[str, list[str]] = {}
+        self.ended_holds: dict[str, deque[tuple[datetime, str]]] = {}
         self.changed_subscriptions: set[str] = set()
         self.changed_seats: set[SeatKey] = set()
         self.changed_packs: set[PackKey] = set()
+        self.changed_grants: set[PackKey] = set()
+        self.changed_holds: set[HoldKey] = set()
 
     @classmethod
     def from_rows(
@@ -125,29 +182,48 @@ class Balances:
         subscriptions: Iterable[SubscriptionRow],
         seats: Iterable[SeatRow],
         packs: Iterable[PackRow],
+        holds: Iterable[HoldRow] = (),
     ) -> Balances:
-        """Balances as loaded from a store, with nothing marked changed."""
+        """Balances as loaded from a store, with nothing marked changed. Packs and grants come
+        in one iterable, told apart by `kind`."""
         balances = cls()
         for sub in subscriptions:
-            balances.subscriptions[sub.subscription_id] = sub
-            balances.seat_ids[sub.subscription_id] = []
-            balances.pack_ids[sub.subscription_id] = []
+            balances._add_subscription(sub)
         for seat in seats:
             balances.seats[(seat.subscription_id, seat.seat_id)] = seat
             balances.seat_ids[seat.subscription_id].append(seat.seat_id)
         for pack in packs:
-            balances.packs[(pack.subscription_id, pack.pack_id)] = pack
-            balances.pack_ids[pack.subscription_id].append(pack.pack_id)
+            rows, ids = balances._shared(pack.kind)
+            rows[(pack.subscription_id, pack.pack_id)] = pack
+            ids[pack.subscription_id].append(pack.pack_id)
+        ended: list[HoldRow] = []
+        for hold in holds:
+            balances.holds[(hold.subscription_id, hold.hold_id)] = hold
+            if hold.ended_at is not None:
+                ended.append(hold)
+        for hold in sorted(ended, key=lambda h: (h.ended_at, h.hold_id)):
+            assert hold.ended_at is not None
+            balances.ended_holds[hold.subscription_id].append((hold.ended_at, hold.hold_id))
         return balances
 
-    def take_changes(
-        self,
-    ) -> tuple[list[SubscriptionRow], list[SeatRow], list[PackRow]]:
+    def _add_subscription(self, sub: SubscriptionRow) -> None:
+        sub_id = sub.subscription_id
+        self.subscriptions[sub_id] = sub
+        self.seat_ids[sub_id], self.pack_ids[sub_id], self.grant_ids[sub_id] = [], [], []
+        self.ended_holds[sub_id] = deque()
+
+    def _shared(self, kind: str) -> tuple[dict[PackKey, PackRow], dict[str, list[str]]]:
+        return (self.packs, self.pack_ids) if kind == "pack" else (self.grants, self.grant_ids)
+
+    def take_changes(self) -> Changes:
         """The rows changed since the last call (in key order), and forget them."""
-        changes = (
+        changes = Changes(
             [self.subscriptions[k] for k in sorted(self.changed_subscriptions)],
             [self.seats[k] for k in sorted(self.changed_seats)],
-            [self.packs[k] for k in sorted(self.changed_packs)],
+            [self.packs[k] for k in sorted(self.changed_packs)]
+            + [self.grants[k] for k in sorted(self.changed_grants)],
+            [self.holds[k] for k in sorted(self.changed_holds) if k in self.holds],
+            [k for k in sorted(self.changed_holds) if k not in self.holds],
         )
         self.forget_changes()
         return changes
@@ -157,6 +233,19 @@ class Balances:
         self.changed_subscriptions.clear()
         self.changed_seats.clear()
         self.changed_packs.clear()
+        self.changed_grants.clear()
+        self.changed_holds.clear()
+
+
+class Changes(msgspec.Struct, frozen=True):
+    """What a batch changed: rows to upsert (packs and grants together, by `kind`), and the
+    holds forgotten (to delete)."""
+
+    subscriptions: list[SubscriptionRow]
+    seats: list[SeatRow]
+    packs: list[PackRow]
+    holds: list[HoldRow]
+    forgotten_holds: list[HoldKey]
 
 
 class PartView(msgspec.Struct, frozen=True, gc=False):
@@ -235,20 +324,11 @@ def _charge(b: Balances, e: ChargeView | UsageCharged) -> None:
             if part.id != e.seat_id:
                 raise LogInconsistent("a seat part draws on the charged seat")
             seat.used_ucr += amount
-            if seat.used_ucr > seat.quota_ucr:
+            if seat.used_ucr + seat.held_ucr > seat.quota_ucr:
                 raise LogInconsistent("seat quota overdrawn")
             covered += amount
-        elif source == "pack":
-            pack_key = (sub_id, part.id)
-            pack = b.packs[pack_key]
-            if pack.status == "expired":
-                raise LogInconsistent("an expired pack cannot be drawn on")
-            pack.remaining_ucr -= amount
-            if pack.remaining_ucr < 0:
-                raise LogInconsistent("pack overdrawn")
-            if pack.remaining_ucr == 0:
-                pack.status = "exhausted"
-            b.changed_packs.add(pack_key)
+        elif source == "pack" or source == "grant":
+            _draw_shared(b, source, (sub_id, part.id), amount)
             seat.pack_used_ucr += amount
             covered += amount
         else:
@@ -264,15 +344,31 @@ def _charge(b: Balances, e: ChargeView | UsageCharged) -> None:
     b.changed_subscriptions.add(sub_id)
 
 
+def _draw_shared(b: Balances, source: str, key: PackKey, amount_ucr: int) -> None:
+    rows, _ = b._shared(source)
+    pack = rows[key]
+    if pack.status in ("expired", "voided"):
+        raise LogInconsistent(f"an {pack.status} {source} cannot be drawn on")
+    pack.remaining_ucr -= amount_ucr
+    if pack.remaining_ucr < pack.held_ucr:
+        raise LogInconsistent(f"{source} overdrawn")
+    if pack.remaining_ucr == 0:
+        pack.status = "exhausted"
+    _changed_shared(b, pack)
+
+
+def _changed_shared(b: Balances, pack: PackRow) -> None:
+    changed = b.changed_packs if pack.kind == "pack" else b.changed_grants
+    changed.add((pack.subscription_id, pack.pack_id))
+
+
 def _opened(b: Balances, e: SubscriptionOpened) -> None:
     sub_id = e.subscription_id
     if sub_id in b.subscriptions:
         raise LogInconsistent("a subscription is opened once")
     # Read models hold UTC instants (an old log may record an anchor with its offset).
     anchor = e.anchor.astimezone(UTC)
-    b.subscriptions[sub_id] = SubscriptionRow(sub_id, anchor, -1, None, None, 0, 0, 0, 0, 0)
-    b.seat_ids[sub_id] = []
-    b.pack_ids[sub_id] = []
+    b._add_subscription(SubscriptionRow(sub_id, anchor, -1, None, None, 0, 0, 0, 0, 0))
     b.changed_subscriptions.add(sub_id)
 
 
@@ -376,16 +472,26 @@ def _pack_purchased(b: Balances, e: PackPurchased) -> None:
 
 
 def _pack_expired(b: Balances, e: PackExpired) -> None:
-    key = (e.subscription_id, e.pack_id)
-    pack = b.packs[key]
-    if pack.status == "expired":
-        raise LogInconsistent("a pack expires once")
-    if e.expired_ucr != pack.remaining_ucr:
-        raise LogInconsistent("expired = what was left in the pack")
-    pack.remaining_ucr, pack.expired_ucr, pack.status = 0, e.expired_ucr, "expired"
-    b.subscriptions[e.subscription_id].expired_ucr += e.expired_ucr
-    b.changed_packs.add(key)
-    b.changed_subscriptions.add(e.subscription_id)
+    _end_shared(b, b.packs[(e.subscription_id, e.pack_id)], e.expired_ucr, "expired")
+
+
+def _end_shared(b: Balances, pack: PackRow, gone_ucr: int, how: PackStatus) -> None:
+    """A pack or grant expires or is voided: what it had left is gone (no hold may still take
+    from it: holds on it shrank first)."""
+    if pack.status in ("expired", "voided"):
+        raise LogInconsistent(f"a {pack.kind} ends once")
+    if gone_ucr != pack.remaining_ucr or pack.held_ucr:
+        raise LogInconsistent(f"what ends with a {pack.kind} is what was left in it, unheld")
+    sub = b.subscriptions[pack.subscription_id]
+    pack.remaining_ucr, pack.status = 0, how
+    if how == "expired":
+        pack.expired_ucr += gone_ucr
+        sub.expired_ucr += gone_ucr
+    else:
+        pack.voided_ucr += gone_ucr
+        sub.voided_ucr += gone_ucr
+    _changed_shared(b, pack)
+    b.changed_subscriptions.add(pack.subscription_id)
 
 
 def _seat_suspended(b: Balances, e: SeatSuspended) -> None:
@@ -404,6 +510,207 @@ def _set_seat_status(b: Balances, key: SeatKey, status: SeatStatus) -> None:
     b.changed_seats.add(key)
 
 
+# -- holds ----------------------------------------------------------------------------------
+
+
+def _hold_placed(b: Balances, e: HoldPlaced) -> None:
+    sub_id = e.subscription_id
+    _forget_ended_holds(b, sub_id, e.placed_at)
+    key = (sub_id, e.hold_id)
+    if key in b.holds:
+        raise LogInconsistent("a hold is placed once")
+    b.holds[key] = HoldRow(
+        sub_id,
+        e.hold_id,
+        e.seat_id,
+        "active",
+        e.credits_ucr,
+        e.credits_ucr,
+        e.allocation,
+        e.ttl_s,
+        e.placed_at,
+        e.expires_at,
+    )
+    for part in e.allocation:
+        _hold_part(b, sub_id, e.seat_id, part.source, part.id, part.credits_ucr)
+    b.changed_holds.add(key)
+
+
+def _hold_part(
+    b: Balances, sub_id: str, seat_id: str, source: str, source_id: str, held_ucr: int
+) -> None:
+    """Count `held_ucr` (negative: freed) as held in the seat, pack or grant of a hold part."""
+    if source == "seat":
+        seat = b.seats[(sub_id, seat_id)]
+        seat.held_ucr += held_ucr
+        if seat.held_ucr < 0 or seat.used_ucr + seat.held_ucr > seat.quota_ucr:
+            raise LogInconsistent("a hold overdraws its seat")
+        b.changed_seats.add((sub_id, seat_id))
+        return
+    if not held_ucr:
+        return  # a part shrunk to nothing may name a pack or grant that is gone
+    rows, _ = b._shared(source)
+    pack = rows[(sub_id, source_id)]
+    pack.held_ucr += held_ucr
+    if pack.held_ucr < 0 or pack.held_ucr > pack.remaining_ucr:
+        raise LogInconsistent(f"a hold overdraws its {source}")
+    _changed_shared(b, pack)
+
+
+def _hold_extended(b: Balances, e: HoldExtended) -> None:
+    hold = _active_hold(b, e.subscription_id, e.hold_id)
+    hold.expires_at, hold.ttl_s = e.expires_at, e.ttl_s
+    b.changed_holds.add((e.subscription_id, e.hold_id))
+
+
+def _hold_released(b: Balances, e: HoldReleased) -> None:
+    _end_hold(b, e.subscription_id, e.hold_id, e.released_ucr, "released", e.released_at)
+
+
+def _hold_expired(b: Balances, e: HoldExpired) -> None:
+    _end_hold(b, e.subscription_id, e.hold_id, e.released_ucr, "expired", e.expires_at)
+
+
+def _hold_settled(b: Balances, e: HoldSettled) -> None:
+    hold = _end_hold(b, e.subscription_id, e.hold_id, e.released_ucr, "settled", e.settled_at)
+    hold.settled_by = e.event_id
+
+
+def _hold_shrunk(b: Balances, e: HoldShrunk) -> None:
+    hold = _active_hold(b, e.subscription_id, e.hold_id)
+    parts, shrunk = [], False
+    for part in hold.allocation:
+        if not shrunk and (part.source, part.id) == (e.source, e.id):
+            if part.credits_ucr < e.by_ucr:
+                raise LogInconsistent("a hold shrinks by more than it took there")
+            part = Allocation(part.source, part.id, part.credits_ucr - e.by_ucr)
+            shrunk = True
+        parts.append(part)
+    if not shrunk:
+        raise LogInconsistent("a hold shrinks where it took nothing")
+    hold.allocation, hold.credits_ucr = tuple(parts), hold.credits_ucr - e.by_ucr
+    _hold_part(b, e.subscription_id, hold.seat_id, e.source, e.id, -e.by_ucr)
+    b.changed_holds.add((e.subscription_id, e.hold_id))
+
+
+def _active_hold(b: Balances, sub_id: str, hold_id: str) -> HoldRow:
+    hold = b.holds.get((sub_id, hold_id))
+    if hold is None or hold.status != "active":
+        raise LogInconsistent(f"hold {hold_id!r} is not active")
+    return hold
+
+
+def _end_hold(
+    b: Balances, sub_id: str, hold_id: str, released_ucr: int, how: HoldLifecycle, at: datetime
+) -> HoldRow:
+    hold = _active_hold(b, sub_id, hold_id)
+    if released_ucr != hold.credits_ucr:
+        raise LogInconsistent("a hold releases what it holds")
+    for part in hold.allocation:
+        _hold_part(b, sub_id, hold.seat_id, part.source, part.id, -part.credits_ucr)
+    hold.status, hold.ended_at = how, at
+    b.ended_holds[sub_id].append((at, hold_id))
+    b.changed_holds.add((sub_id, hold_id))
+    return hold
+
+
+def _forget_ended_holds(b: Balances, sub_id: str, now: datetime) -> None:
+    """Ended holds are kept for `HOLD_MEMORY`, forgotten at the same events as the writer's."""
+    ended = b.ended_holds[sub_id]
+    while ended and ended[0][0] + HOLD_MEMORY < now:
+        _, hold_id = ended.popleft()
+        key = (sub_id, hold_id)
+        hold = b.holds.get(key)
+        if hold is not None and hold.status != "active":
+            del b.holds[key]
+            b.changed_holds.add(key)
+
+
+# -- corrections ----------------------------------------------------------------------------
+
+
+def _seat_adjusted(b: Balances, e: SeatAdjusted) -> None:
+    key = (e.subscription_id, e.seat_id)
+    seat = b.seats[key]
+    seat.quota_ucr += e.credits_ucr
+    if seat.status == "removed" or seat.used_ucr + seat.held_ucr > seat.quota_ucr:
+        raise LogInconsistent("an adjustment takes more than the seat has left")
+    b.subscriptions[e.subscription_id].granted_ucr += e.credits_ucr
+    b.changed_seats.add(key)
+    b.changed_subscriptions.add(e.subscription_id)
+
+
+def _credits_granted(b: Balances, e: CreditsGranted) -> None:
+    key = (e.subscription_id, e.grant_id)
+    if key in b.grants or e.credits_ucr < 0:
+        raise LogInconsistent("a grant is issued once, for a positive amount")
+    b.grants[key] = PackRow(
+        e.subscription_id,
+        e.grant_id,
+        e.credits_ucr,
+        e.credits_ucr,
+        0,
+        e.granted_at,
+        e.expires_at,
+        "active" if e.credits_ucr else "exhausted",
+        kind="grant",
+    )
+    b.grant_ids[e.subscription_id].append(e.grant_id)
+    b.subscriptions[e.subscription_id].granted_ucr += e.credits_ucr
+    b.changed_grants.add(key)
+    b.changed_subscriptions.add(e.subscription_id)
+
+
+def _grant_expired(b: Balances, e: GrantExpired) -> None:
+    _end_shared(b, b.grants[(e.subscription_id, e.grant_id)], e.expired_ucr, "expired")
+
+
+def _pack_voided(b: Balances, e: PackVoided) -> None:
+    _end_shared(b, b.packs[(e.subscription_id, e.pack_id)], e.voided_ucr, "voided")
+
+
+def _grant_voided(b: Balances, e: GrantVoided) -> None:
+    _end_shared(b, b.grants[(e.subscription_id, e.grant_id)], e.voided_ucr, "voided")
+
+
+def _charge_reversed(b: Balances, e: ChargeReversed) -> None:
+    sub = b.subscriptions[e.subscription_id]
+    seat_key = (e.subscription_id, e.seat_id)
+    seat = b.seats[seat_key]
+    this_cycle = e.charge_cycle == seat.cycle
+    for part in e.parts:
+        amount = part.credits_ucr
+        if part.outcome == "cleared":
+            sub.uncovered_total_ucr -= amount
+            if this_cycle:
+                sub.uncovered_cycle_ucr -= amount
+                seat.uncovered_ucr -= amount
+            continue
+        sub.used_ucr -= amount
+        if part.outcome == "expired":
+            sub.expired_ucr += amount
+        elif part.source == "seat":
+            seat.used_ucr -= amount
+        else:
+            _return_shared(b, part.source, (e.subscription_id, part.id), amount)
+        if part.source != "seat" and this_cycle:
+            seat.pack_used_ucr -= amount
+    if min(seat.used_ucr, seat.pack_used_ucr, seat.uncovered_ucr, sub.uncovered_total_ucr) < 0:
+        raise LogInconsistent("a reversal gives back more than was taken")
+    b.changed_seats.add(seat_key)
+    b.changed_subscriptions.add(e.subscription_id)
+
+
+def _return_shared(b: Balances, source: str, key: PackKey, amount_ucr: int) -> None:
+    rows, _ = b._shared(source)
+    pack = rows[key]
+    pack.remaining_ucr += amount_ucr
+    if pack.status in ("expired", "voided") or pack.remaining_ucr > pack.credits_ucr:
+        raise LogInconsistent(f"a reversal overfills {source} {key[1]!r}")
+    pack.status = "active"
+    _changed_shared(b, pack)
+
+
 _HANDLERS: Final[dict[type[Any], Callable[[Balances, Any], None]]] = {
     ChargeView: _charge,
     UsageCharged: _charge,
@@ -417,11 +724,24 @@ _HANDLERS: Final[dict[type[Any], Callable[[Balances, Any], None]]] = {
     PackExpired: _pack_expired,
     SeatSuspended: _seat_suspended,
     SeatResumed: _seat_resumed,
+    HoldPlaced: _hold_placed,
+    HoldExtended: _hold_extended,
+    HoldReleased: _hold_released,
+    HoldExpired: _hold_expired,
+    HoldSettled: _hold_settled,
+    HoldShrunk: _hold_shrunk,
+    SeatAdjusted: _seat_adjusted,
+    CreditsGranted: _credits_granted,
+    GrantExpired: _grant_expired,
+    ChargeReversed: _charge_reversed,
+    PackVoided: _pack_voided,
+    GrantVoided: _grant_voided,
 }
 
 
 class NotConserved(LedgerError):
-    """granted != remaining + used + expired for a subscription: the books do not balance."""
+    """granted != remaining + used + expired + voided for a subscription: the books do not
+    balance."""
 
 
 def assert_conserved(balances: Balances, subscription_id: str) -> None:
@@ -433,18 +753,19 @@ def assert_conserved(balances: Balances, subscription_id: str) -> None:
         if seat.remaining_ucr < 0 or seat.used_ucr < 0:
             raise NotConserved(f"seat {seat_id!r} has a negative balance")
         seats_remaining += seat.remaining_ucr
-    packs_remaining = 0
-    for pack_id in balances.pack_ids[subscription_id]:
-        pack = balances.packs[(subscription_id, pack_id)]
-        if pack.remaining_ucr < 0:
-            raise NotConserved(f"pack {pack_id!r} has a negative balance")
-        packs_remaining += pack.remaining_ucr
-    accounted = seats_remaining + packs_remaining + sub.used_ucr + sub.expired_ucr
-    if accounted != sub.granted_ucr:
+    shared_remaining = 0
+    for rows, ids in ((balances.packs, balances.pack_ids), (balances.grants, balances.grant_ids)):
+        for pack_id in ids[subscription_id]:
+            pack = rows[(subscription_id, pack_id)]
+            if pack.remaining_ucr < 0:
+                raise NotConserved(f"{pack.kind} {pack_id!r} has a negative balance")
+            shared_remaining += pack.remaining_ucr
+    accounted = seats_remaining + shared_remaining + sub.used_ucr + sub.expired_ucr
+    if accounted + sub.voided_ucr != sub.granted_ucr:
         raise NotConserved(
             f"subscription {subscription_id!r}: granted {sub.granted_ucr} != "
-            f"seats remaining {seats_remaining} + packs remaining {packs_remaining} "
-            f"+ used {sub.used_ucr} + expired {sub.expired_ucr}"
+            f"seats remaining {seats_remaining} + packs and grants remaining {shared_remaining} "
+            f"+ used {sub.used_ucr} + expired {sub.expired_ucr} + voided {sub.voided_ucr}"
         )
 
 

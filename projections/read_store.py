@@ -14,10 +14,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any, Final, Protocol
 
+import msgspec
+
 from ledger.log import datetime_from_us, us_from_datetime
-from projections.balances import Balances, PackRow, SeatRow, SubscriptionRow
+from projections.balances import Balances, Changes, HoldRow, PackRow, SeatRow, SubscriptionRow
 from projections.usage import UsageIndexRow, UsageQuery
-from schemas.read_models import UsagePage
+from schemas.events import Allocation
+from schemas.read_models import SourceKind, UsagePage
 
 DEFAULT_CHECKPOINT: Final = "read_models"
 
@@ -50,15 +53,13 @@ class ReadModelStore(Protocol):
         self,
         after: int,
         position: int,
-        subscriptions: Sequence[SubscriptionRow],
-        seats: Sequence[SeatRow],
-        packs: Sequence[PackRow],
+        changes: Changes,
         usage_rows: Sequence[UsageIndexRow],
         name: str = DEFAULT_CHECKPOINT,
     ) -> None:
-        """Upsert the changed balance rows, insert the new usage rows and move the checkpoint
-        from `after` to `position`, in one transaction. Raises `CheckpointMoved` (and writes
-        nothing) when the checkpoint is no longer `after`."""
+        """Upsert the changed balance rows (delete the holds forgotten), insert the new usage
+        rows and move the checkpoint from `after` to `position`, in one transaction. Raises
+        `CheckpointMoved` (and writes nothing) when the checkpoint is no longer `after`."""
         ...
 
     def reset(self, name: str = DEFAULT_CHECKPOINT, *, drop_usage_indexes: bool = False) -> None:
@@ -111,6 +112,7 @@ def subscription_values(s: SubscriptionRow) -> tuple[Any, ...]:
         s.granted_ucr,
         s.used_ucr,
         s.expired_ucr,
+        s.voided_ucr,
     )
 
 
@@ -127,11 +129,12 @@ def seat_values(s: SeatRow) -> tuple[Any, ...]:
         s.used_ucr,
         s.pack_used_ucr,
         s.uncovered_ucr,
+        s.held_ucr,
     )
 
 
 def pack_values(p: PackRow) -> tuple[Any, ...]:
-    """A pack row as every store writes it: `rm_packs`' columns, in order."""
+    """A pack or grant row as every store writes it: `rm_packs`' (or `rm_grants`') columns."""
     return (
         p.subscription_id,
         p.pack_id,
@@ -141,21 +144,52 @@ def pack_values(p: PackRow) -> tuple[Any, ...]:
         us_from_datetime(p.purchased_at),
         us_from_datetime(p.expires_at),
         p.status,
+        p.held_ucr,
+        p.voided_ucr,
     )
+
+
+def hold_values(h: HoldRow) -> tuple[Any, ...]:
+    """A hold row as every store writes it: `rm_holds`' columns, in order (the allocation as
+    JSON)."""
+    return (
+        h.subscription_id,
+        h.hold_id,
+        h.seat_id,
+        h.status,
+        h.requested_ucr,
+        h.credits_ucr,
+        _ALLOCATION_ENCODER.encode(h.allocation).decode(),
+        h.ttl_s,
+        us_from_datetime(h.placed_at),
+        us_from_datetime(h.expires_at),
+        None if h.ended_at is None else us_from_datetime(h.ended_at),
+        h.settled_by,
+    )
+
+
+_ALLOCATION_ENCODER: Final = msgspec.json.Encoder()
+_ALLOCATION_DECODER: Final = msgspec.json.Decoder(tuple[Allocation, ...])
 
 
 def balances_from_rows(
     subscriptions: Iterable[Sequence[Any]],
     seats: Iterable[Sequence[Any]],
     packs: Iterable[Sequence[Any]],
+    grants: Iterable[Sequence[Any]] = (),
+    holds: Iterable[Sequence[Any]] = (),
 ) -> Balances:
     """Balances from the tables' rows as every store selects them: the columns of
-    `rm_subscriptions`, `rm_seats` and `rm_packs` in their declared order, instants as
-    microseconds since the epoch."""
+    `rm_subscriptions`, `rm_seats`, `rm_packs`, `rm_grants` and `rm_holds` in their declared
+    order, instants as microseconds since the epoch."""
     return Balances.from_rows(
         (_subscription_row(*row) for row in subscriptions),
         (SeatRow(*row) for row in seats),
-        (_pack_row(*row) for row in packs),
+        [
+            *(_pack_row(*row) for row in packs),
+            *(_pack_row(*row, kind="grant") for row in grants),
+        ],
+        (_hold_row(*row) for row in holds),
     )
 
 
@@ -186,6 +220,10 @@ def _pack_row(
     purchased_us: int,
     expires_us: int,
     status: Any,
+    held_ucr: int,
+    voided_ucr: int,
+    *,
+    kind: SourceKind = "pack",
 ) -> PackRow:
     return PackRow(
         sub_id,
@@ -196,4 +234,37 @@ def _pack_row(
         datetime_from_us(purchased_us),
         datetime_from_us(expires_us),
         status,
+        held_ucr,
+        voided_ucr,
+        kind,
+    )
+
+
+def _hold_row(
+    sub_id: str,
+    hold_id: str,
+    seat_id: str,
+    status: Any,
+    requested_ucr: int,
+    credits_ucr: int,
+    allocation: str,
+    ttl_s: int,
+    placed_us: int,
+    expires_us: int,
+    ended_us: int | None,
+    settled_by: str | None,
+) -> HoldRow:
+    return HoldRow(
+        sub_id,
+        hold_id,
+        seat_id,
+        status,
+        requested_ucr,
+        credits_ucr,
+        _ALLOCATION_DECODER.decode(allocation),
+        ttl_s,
+        datetime_from_us(placed_us),
+        datetime_from_us(expires_us),
+        None if ended_us is None else datetime_from_us(ended_us),
+        settled_by,
     )

@@ -88,13 +88,11 @@ class ProjectionRunner:
                 until = min(self._position + batch_size, head)
                 with self._lock:
                     usage_rows = self._fold(self._position, until)
-                    subscriptions, seats, packs = self._balances.take_changes()
-                    for sub in subscriptions:
+                    changes = self._balances.take_changes()
+                    for sub in changes.subscriptions:
                         assert_conserved(self._balances, sub.subscription_id)
                     try:
-                        self._store.write_batch(
-                            self._position, until, subscriptions, seats, packs, usage_rows
-                        )
+                        self._store.write_batch(self._position, until, changes, usage_rows)
                     except CheckpointMoved:
                         # Another runner wrote first: go on from what the tables now hold.
                         self._balances, self._position = self._load()

@@ -18,11 +18,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Final
 
-from projections.balances import Balances, PackRow, SeatRow, SubscriptionRow
+from projections.balances import Balances, Changes
 from projections.read_store import (
     DEFAULT_CHECKPOINT,
     CheckpointMoved,
     balances_from_rows,
+    hold_values,
     pack_values,
     seat_values,
     subscription_values,
@@ -61,7 +62,8 @@ _TABLES_SQL: Final = (
         uncovered_total_ucr INTEGER NOT NULL,
         granted_ucr INTEGER NOT NULL,
         used_ucr INTEGER NOT NULL,
-        expired_ucr INTEGER NOT NULL
+        expired_ucr INTEGER NOT NULL,
+        voided_ucr INTEGER NOT NULL DEFAULT 0
     )
     """,
     """
@@ -76,44 +78,92 @@ _TABLES_SQL: Final = (
         used_ucr INTEGER NOT NULL,
         pack_used_ucr INTEGER NOT NULL,
         uncovered_ucr INTEGER NOT NULL,
+        held_ucr INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (subscription_id, seat_id)
     )
     """,
+    *(
+        f"""
+        CREATE TABLE IF NOT EXISTS {table} (
+            subscription_id TEXT NOT NULL,
+            pack_id TEXT NOT NULL,
+            credits_ucr INTEGER NOT NULL,
+            remaining_ucr INTEGER NOT NULL,
+            expired_ucr INTEGER NOT NULL,
+            purchased_at_us INTEGER NOT NULL,
+            expires_at_us INTEGER NOT NULL,
+            status TEXT NOT NULL,
+            held_ucr INTEGER NOT NULL DEFAULT 0,
+            voided_ucr INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (subscription_id, pack_id)
+        )
+        """
+        for table in ("rm_packs", "rm_grants")
+    ),
     """
-    CREATE TABLE IF NOT EXISTS rm_packs (
+    CREATE TABLE IF NOT EXISTS rm_holds (
         subscription_id TEXT NOT NULL,
-        pack_id TEXT NOT NULL,
-        credits_ucr INTEGER NOT NULL,
-        remaining_ucr INTEGER NOT NULL,
-        expired_ucr INTEGER NOT NULL,
-        purchased_at_us INTEGER NOT NULL,
-        expires_at_us INTEGER NOT NULL,
+        hold_id TEXT NOT NULL,
+        seat_id TEXT NOT NULL,
         status TEXT NOT NULL,
-        PRIMARY KEY (subscription_id, pack_id)
+        requested_ucr INTEGER NOT NULL,
+        credits_ucr INTEGER NOT NULL,
+        allocation TEXT NOT NULL,
+        ttl_s INTEGER NOT NULL,
+        placed_at_us INTEGER NOT NULL,
+        expires_at_us INTEGER NOT NULL,
+        ended_at_us INTEGER,
+        settled_by TEXT,
+        PRIMARY KEY (subscription_id, hold_id)
     )
     """,
     USAGE_TABLE_SQL,
 )
-_READ_MODEL_TABLES: Final = ("rm_subscriptions", "rm_seats", "rm_packs", "rm_usage")
+_ADDED_COLUMNS: Final = (
+    ("rm_subscriptions", "voided_ucr INTEGER NOT NULL DEFAULT 0"),
+    ("rm_seats", "held_ucr INTEGER NOT NULL DEFAULT 0"),
+    ("rm_packs", "held_ucr INTEGER NOT NULL DEFAULT 0"),
+    ("rm_packs", "voided_ucr INTEGER NOT NULL DEFAULT 0"),
+)
+"""Columns a file made by an earlier release lacks; its rows hold exactly the defaults."""
+_READ_MODEL_TABLES: Final = (
+    "rm_subscriptions",
+    "rm_seats",
+    "rm_packs",
+    "rm_grants",
+    "rm_holds",
+    "rm_usage",
+)
 _SELECT_CHECKPOINT: Final = "SELECT position FROM rm_checkpoints WHERE name = ?"
 
 _SUBSCRIPTION_COLUMNS: Final = (
     "subscription_id, anchor_us, cycle, cycle_start_us, cycle_end_us, uncovered_cycle_ucr,"
-    " uncovered_total_ucr, granted_ucr, used_ucr, expired_ucr"
+    " uncovered_total_ucr, granted_ucr, used_ucr, expired_ucr, voided_ucr"
 )
 _SEAT_COLUMNS: Final = (
     "subscription_id, seat_id, tier, pending_tier, status, cycle, quota_ucr, used_ucr,"
-    " pack_used_ucr, uncovered_ucr"
+    " pack_used_ucr, uncovered_ucr, held_ucr"
 )
 _PACK_COLUMNS: Final = (
     "subscription_id, pack_id, credits_ucr, remaining_ucr, expired_ucr, purchased_at_us,"
-    " expires_at_us, status"
+    " expires_at_us, status, held_ucr, voided_ucr"
 )
-_UPSERT_SUBSCRIPTION: Final = (
-    f"INSERT OR REPLACE INTO rm_subscriptions ({_SUBSCRIPTION_COLUMNS}) VALUES ({'?,' * 9}?)"
+_HOLD_COLUMNS: Final = (
+    "subscription_id, hold_id, seat_id, status, requested_ucr, credits_ucr, allocation, ttl_s,"
+    " placed_at_us, expires_at_us, ended_at_us, settled_by"
 )
-_UPSERT_SEAT: Final = f"INSERT OR REPLACE INTO rm_seats ({_SEAT_COLUMNS}) VALUES ({'?,' * 9}?)"
-_UPSERT_PACK: Final = f"INSERT OR REPLACE INTO rm_packs ({_PACK_COLUMNS}) VALUES ({'?,' * 7}?)"
+
+
+def _upsert(table: str, columns: str) -> str:
+    marks = ", ".join("?" * (columns.count(",") + 1))
+    return f"INSERT OR REPLACE INTO {table} ({columns}) VALUES ({marks})"
+
+
+_UPSERT_SUBSCRIPTION: Final = _upsert("rm_subscriptions", _SUBSCRIPTION_COLUMNS)
+_UPSERT_SEAT: Final = _upsert("rm_seats", _SEAT_COLUMNS)
+_UPSERT_PACK: Final = _upsert("rm_packs", _PACK_COLUMNS)
+_UPSERT_GRANT: Final = _upsert("rm_grants", _PACK_COLUMNS)
+_UPSERT_HOLD: Final = _upsert("rm_holds", _HOLD_COLUMNS)
 
 
 class SqliteReadModelStore:
@@ -171,6 +221,10 @@ class SqliteReadModelStore:
     def _create_tables(self) -> None:
         for sql in _TABLES_SQL:
             self._db.execute(sql)
+        for table, column in _ADDED_COLUMNS:
+            present = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            if column.split()[0] not in present:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
 
     def create_usage_indexes(self) -> None:
         for sql in USAGE_INDEXES_SQL:
@@ -198,20 +252,28 @@ class SqliteReadModelStore:
         self,
         after: int,
         position: int,
-        subscriptions: Sequence[SubscriptionRow],
-        seats: Sequence[SeatRow],
-        packs: Sequence[PackRow],
+        changes: Changes,
         usage_rows: Sequence[UsageIndexRow],
         name: str = DEFAULT_CHECKPOINT,
     ) -> None:
-        """Upsert the changed balance rows, insert the new usage rows and move the checkpoint
-        from `after` to `position`; `CheckpointMoved` when another writer moved it first."""
+        """Upsert the changed balance rows, delete the holds forgotten, insert the new usage
+        rows and move the checkpoint from `after` to `position`; `CheckpointMoved` when another
+        writer moved it first."""
+        packs = [p for p in changes.packs if p.kind == "pack"]
+        grants = [p for p in changes.packs if p.kind == "grant"]
         with self._transaction():
             self._move_checkpoint(name, after, position)
-            self._db.executemany(_UPSERT_SUBSCRIPTION, map(subscription_values, subscriptions))
-            self._db.executemany(_UPSERT_SEAT, map(seat_values, seats))
-            self._db.executemany(_UPSERT_PACK, map(pack_values, packs))
-            self._db.executemany(INSERT_USAGE_SQL, usage_rows)
+            db = self._db
+            db.executemany(_UPSERT_SUBSCRIPTION, map(subscription_values, changes.subscriptions))
+            db.executemany(_UPSERT_SEAT, map(seat_values, changes.seats))
+            db.executemany(_UPSERT_PACK, map(pack_values, packs))
+            db.executemany(_UPSERT_GRANT, map(pack_values, grants))
+            db.executemany(_UPSERT_HOLD, map(hold_values, changes.holds))
+            db.executemany(
+                "DELETE FROM rm_holds WHERE subscription_id = ? AND hold_id = ?",
+                changes.forgotten_holds,
+            )
+            db.executemany(INSERT_USAGE_SQL, usage_rows)
 
     def _move_checkpoint(self, name: str, after: int, position: int) -> None:
         """The compare-and-set that fences a writer that lost a race (no row yet counts as 0)."""
@@ -252,6 +314,12 @@ class SqliteReadModelStore:
             ),
             self._db.execute(
                 f"SELECT {_PACK_COLUMNS} FROM rm_packs ORDER BY subscription_id, pack_id"
+            ),
+            self._db.execute(
+                f"SELECT {_PACK_COLUMNS} FROM rm_grants ORDER BY subscription_id, pack_id"
+            ),
+            self._db.execute(
+                f"SELECT {_HOLD_COLUMNS} FROM rm_holds ORDER BY subscription_id, hold_id"
             ),
         )
 

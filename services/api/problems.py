@@ -16,13 +16,20 @@ from litestar.openapi import ResponseSpec
 
 from ledger.errors import (
     DuplicateConflict,
+    HoldNotActive,
+    InsufficientCredits,
     InvalidCommand,
     SeatExists,
     SeatIsRemoved,
+    SeatIsSuspended,
     StoreError,
     SubscriptionExists,
     Undecidable,
+    UnknownCharge,
+    UnknownGrant,
+    UnknownHold,
     UnknownModel,
+    UnknownPack,
     UnknownSeat,
     UnknownSubscription,
 )
@@ -44,6 +51,9 @@ PROBLEMS: Final[dict[str, tuple[int, str]]] = {
     "subscription-exists": (409, "A subscription with this id exists with another anchor"),
     "seat-exists": (409, "The seat id is taken"),
     "seat-removed": (409, "The seat was removed"),
+    "seat-suspended": (409, "The seat is suspended"),
+    "insufficient-credits": (409, "Less is available than asked for"),
+    "hold-not-active": (409, "The hold has ended"),
     "invalid-command": (409, "The ledger refuses this command in its current state"),
     "unknown-model": (400, "The model is not on the rate card in force"),
     "duplicate-conflict": (409, "The same id was used before with another payload"),
@@ -68,6 +78,13 @@ REJECTION_PROBLEMS: Final[dict[str, str]] = {
     Undecidable.reason: "invalid-command",
     UnknownModel.reason: "unknown-model",
     DuplicateConflict.reason: "duplicate-conflict",
+    SeatIsSuspended.reason: "seat-suspended",
+    InsufficientCredits.reason: "insufficient-credits",
+    UnknownHold.reason: "not-found",
+    HoldNotActive.reason: "hold-not-active",
+    UnknownCharge.reason: "not-found",
+    UnknownPack.reason: "not-found",
+    UnknownGrant.reason: "not-found",
 }
 """Every `Rejected.reason` of the core -> the problem type a refused write answers with."""
 
