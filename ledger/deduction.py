@@ -1,7 +1,7 @@
-"""Deduction order (docs/rules.md): the seat's own quota first, then the subscription's packs and grants valid
-at that instant, soonest-expiring first (ties: earlier purchase or grant, then id, packs before
-grants); what nothing covers is uncovered. Credits an active hold took are spent by nothing but
-that hold: each source offers what it has less what holds took from it.
+"""Deduction order (docs/rules.md): the seat's own quota first, then the subscription's packs
+and grants valid at that instant, soonest-expiring first (ties: earlier purchase or grant, then
+id, packs before grants); what nothing covers is uncovered. Credits an active hold took are
+spent by nothing but that hold: each source offers what it has less what holds took from it.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 
+import msgspec
 import pytest
 
 from ledger.catalog import PACK_CREDITS_UCR, SEAT_QUOTA_UCR
@@ -20,6 +21,7 @@ from ledger.errors import (
     UnknownSeat,
     UnknownSubscription,
 )
+from ledger.idempotency import payload_digest
 from schemas.commands import (
     AddSeat,
     AdvanceClock,
@@ -431,7 +433,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 from ledger.pricing import per_1k_component_ucr, per_unit_component_ucr, price  # noqa: E402
 from schemas.events import Coefficients  # noqa: E402
-from schemas.usage import Usage  # noqa: E402
+from schemas.usage import Usage, UsageEvent  # noqa: E402
 
 counts = st.integers(0, 50_000_000)
 rates = st.integers(0, 10_000_000)
@@ -468,3 +470,15 @@ def test_each_component_is_rounded_half_up_to_a_hundredth_of_a_credit(
 def test_half_a_hundredth_rounds_up_and_just_under_rounds_down():
     assert per_1k_component_ucr(25, 200_000) == 10_000  # 0.005 credit -> 0.01
     assert per_1k_component_ucr(24, 200_000) == 0  # 0.0048 credit -> 0.00
+
+
+def test_the_payload_digest_of_an_event_without_a_hold_is_what_earlier_releases_computed():
+    """A usage event charged before events could name a hold, delivered again after, is still
+    the same payload (a duplicate), not a conflict."""
+    event = UsageEvent(
+        "seed-1", "team-1", "alice", "qwen3.6-plus", datetime(2026, 2, 1, 10, tzinfo=UTC),
+        input_tokens=8349, cached_tokens=40794, output_tokens=573, gateway="gw-1",
+    )  # fmt: skip
+    assert payload_digest(event) == "e15246a8ed42b0d5c8a09e93e6387bf7"  # as computed by 2507d4b
+    held = msgspec.structs.replace(event, hold_id="h1")
+    assert payload_digest(held) != payload_digest(event)
