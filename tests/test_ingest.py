@@ -615,10 +615,12 @@ async def test_a_lost_consumer_group_is_created_again_at_0_and_ingest_goes_on(
     service = await services.start()
     before = xadd_all(redis_sync, stream_name, [data(usage("e-1"))])
     await eventually(services.acked_through(before[-1]), "charged before the stream was lost")
+    await service.stop_reclaimer()  # held still while the lag is read: it makes the group again
     redis_sync.delete(stream_name)
     await asyncio.sleep(0.2)  # the subscriber's blocked read ends on the deleted key
     after = xadd_all(redis_sync, stream_name, [data(usage("e-1")), data(usage("e-2"))])
     assert await service.consumer_lag() == 2  # no group yet: every entry is still to read
+    service.start_reclaimer()
 
     await eventually(services.charged("e-2"), "charged after the group came back", GROUP_LOST_S)
     await eventually(services.acked_through(after[-1]), "acked", GROUP_LOST_S)
