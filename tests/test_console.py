@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import fnmatch
+import os
 import time
 import tomllib
 import urllib.request
@@ -49,6 +50,9 @@ from tests.conftest import no_service
 
 ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOTS = ROOT / "docs" / "screenshots"
+UPDATE_SCREENSHOTS = "LEDGER_UPDATE_SCREENSHOTS"
+"""Set to 1 to write the photographs into docs/screenshots (the README shows them); otherwise
+they go to a temporary folder, and a test run leaves the repository as it was."""
 SESSION_KEY = "credits-ledger-console"
 DOWNLOAD_WAIT_S = 15.0
 USAGE_PAGE_ROWS = 25  # app.js USAGE_PAGE_ROWS
@@ -528,15 +532,16 @@ def test_every_form_control_has_a_label(browser: Browser, console: ConsoleServer
 
 
 def test_both_pages_fit_desktop_and_phone_widths_and_are_photographed(
-    browser: Browser, console: ConsoleServer
+    browser: Browser, console: ConsoleServer, tmp_path: Path
 ) -> None:
     driver = browser.driver
     sign_in(driver, console, ADMIN, "team-1")
+    folder = SCREENSHOTS if os.environ.get(UPDATE_SCREENSHOTS) == "1" else tmp_path
     try:
         for page in ("subscription", "billing"):
             go(driver, page)
             for name, size in (("desktop", DESKTOP), ("phone", PHONE)):
-                path = SCREENSHOTS / f"{page}-{name}.png"
+                path = folder / f"{page}-{name}.png"
                 full_page_screenshot(driver, path, size)
                 assert not page_overflows(driver), f"{page} scrolls sideways at {size}"
                 assert path.stat().st_size > 0
