@@ -106,6 +106,26 @@ def test_a_seat_overflowing_into_two_packs_shows_each_packs_balance_and_countdow
     assert billing["next_expiration"]["pack_id"] == "p2"  # p1 is exhausted: nothing to expire
 
 
+def test_two_subscriptions_with_the_same_seat_ids_keep_four_balances(service: Service) -> None:
+    """A seat id names a seat within its subscription: a and b of one team and a and b of
+    another are four seats, charged, read and listed apart."""
+    spend = {("twin-1", "a"): 1, ("twin-1", "b"): 2, ("twin-2", "a"): 3, ("twin-2", "b"): 4}
+    for sub in ("twin-1", "twin-2"):
+        service.open(sub, {"a": "standard", "b": "standard"})
+    for (sub, seat), times in spend.items():
+        for _ in range(times):  # 1,000 input tokens at 0.2 / 1K: 0.20 credits each
+            service.publish(sub, seat, input_tokens=1_000)
+    for (sub, seat), times in spend.items():
+        body = eventually(
+            lambda sub=sub, seat=seat: service.ok("GET", f"/v1/subscriptions/{sub}/seats/{seat}"),
+            lambda body, times=times: body["used"] == f"0.{2 * times}0",
+            f"{sub}/{seat} charged",
+        )
+        assert (body["subscription_id"], body["seat_id"]) == (sub, seat)
+        rows = usage_items(service, sub, times, seat=seat)
+        assert len(rows) == times and {row["seat_id"] for row in rows} == {seat}
+
+
 def test_suspension_and_resume_show_in_the_authorization_check(service: Service) -> None:
     service.open("susp", {"carol": "standard"})
     path = "/v1/subscriptions/susp/seats/carol/authorization"
