@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,164 +15,23 @@ import pytest
 from litestar.testing import TestClient
 
 from ledger.application import Ledger
-from ledger.clock import Clock, ManualClock
 from ledger.errors import ConcurrentAppend, Rejected
 from ledger.log import us_from_datetime
-from ledger.rate_card import load_rate_card
-from ledger.stores.sqlite import SqliteEventStore
 from projections.runner import ProjectionRunner
-from projections.stores.sqlite import SqliteReadModelStore
-from schemas.commands import AddSeat, BuyPack, Command, OpenSubscription
-from schemas.usage import UsageEvent
-from services.api.app import app_from_parts, create_app
-from services.api.problems import PROBLEM_BASE, PROBLEMS, REJECTION_PROBLEMS
-from services.auth.tokens import (
-    TOKEN_PREFIX,
-    TOKENS_FILE,
-    SqliteTokenStore,
-    TokenStore,
-    ensure_admin_token,
-)
+from services.api.app import app_from_parts
+from services.api.problems import PROBLEMS, REJECTION_PROBLEMS
+from services.auth.tokens import TOKEN_PREFIX, TOKENS_FILE, SqliteTokenStore, ensure_admin_token
 from services.bootstrap import Parts, bootstrap, make_clock
 from services.config import Settings
 from services.metrics import LedgerMetrics
 from services.writer import LedgerWriter
-
-ANCHOR = datetime(2026, 1, 31, 9, 0, tzinfo=UTC)
-NOW = datetime(2026, 2, 4, 10, 0, tzinfo=UTC)
-ADMIN = "lt_test-admin-token"
-MAX_TOKENS = 50_000_000  # every component at its bound: 10000 + 1000 + 60000 = 71000 credits
-SEED = {
-    "subscription_id": "team-1",
-    "seat_id": "alice",
-    "model": "qwen3.6-plus",
-    "input_tokens": 8349,
-    "cached_tokens": 40794,
-    "output_tokens": 573,
-    "occurred_at": datetime(2026, 2, 1, 10, 0, tzinfo=UTC),
-}
-
-
-@dataclass
-class Api:
-    client: TestClient[Any]
-    tokens: TokenStore
-    data_dir: Path
-    clock: Clock
-    metrics: LedgerMetrics
-
-    def get(self, path: str, token: str | None = ADMIN, **params: Any) -> Any:
-        return self.client.get(path, params=params, headers=_auth(token))
-
-    def post(self, path: str, body: Any = None, token: str | None = ADMIN, **headers: str) -> Any:
-        return self.client.post(path, json=body, headers=_auth(token) | headers)
-
-    def patch(self, path: str, body: Any, token: str | None = ADMIN) -> Any:
-        return self.client.patch(path, json=body, headers=_auth(token))
-
-    def delete(self, path: str, token: str | None = ADMIN) -> Any:
-        return self.client.delete(path, headers=_auth(token))
-
-    def logged(self, event_type: str) -> list[dict[str, Any]]:
-        """Every event of this type in the log."""
-        records = self.get("/v1/log", limit=1000).json()["items"]
-        return [r["event"] for r in records if r["event"]["type"] == event_type]
-
-    def token(self, role: str, subscription_ids: list[str] | None = None) -> tuple[str, str]:
-        return self.tokens.create(role, subscription_ids)  # type: ignore[arg-type]
-
-
-def _auth(token: str | None) -> dict[str, str]:
-    return {} if token is None else {"Authorization": f"Bearer {token}"}
-
-
-def _big(event_id: str, seat: str, sub: str = "team-1") -> UsageEvent:
-    return UsageEvent(
-        event_id=event_id,
-        subscription_id=sub,
-        seat_id=seat,
-        model="qwen3.6-plus",
-        occurred_at=ANCHOR,
-        input_tokens=MAX_TOKENS,
-        cached_tokens=MAX_TOKENS,
-        output_tokens=MAX_TOKENS,
-    )
+from tests.support.api_app import ADMIN, ANCHOR, NOW, Api, auth, expect_problem, open_api
 
 
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[Api]:
-    # Like `ledger serve`: the ledger and the read models live on one writer thread.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-writer") as executor:
-        app, clock, metrics, close = executor.submit(_open_app, tmp_path, executor).result()
-        tokens = SqliteTokenStore(tmp_path / "tokens.sqlite3")
-        tokens.set_bootstrap_admin(ADMIN)
-        app = app(tokens)
-        with TestClient(app) as client:
-            yield Api(client, tokens, tmp_path, clock, metrics)
-        tokens.close()
-        executor.submit(close).result()
-
-
-def _open_app(tmp_path: Path, executor: ThreadPoolExecutor) -> tuple[Any, ManualClock, Any, Any]:
-    store = SqliteEventStore(tmp_path / "ledger.sqlite3")
-    read_path = tmp_path / "ledger.readmodels.sqlite3"
-    read_store = SqliteReadModelStore(read_path, store)
-    clock = ManualClock(us_from_datetime(ANCHOR))
-    ledger = Ledger(store, load_rate_card(), clock)
-
-    def run(*commands: Command) -> None:
-        for outcome in ledger.execute(list(commands)):
-            assert outcome.status == "applied", outcome
-
-    run(
-        OpenSubscription("team-1", ANCHOR),
-        AddSeat("team-1", "alice", "standard"),
-        AddSeat("team-1", "bob", "premium"),
-        OpenSubscription("team-2", ANCHOR),
-        AddSeat("team-2", "carol", "standard"),
-    )
-    clock.set(us_from_datetime(datetime(2026, 2, 1, 10, 0, 1, tzinfo=UTC)))
-    [seed] = ledger.charge([UsageEvent(event_id="seed-1", **SEED)])  # type: ignore[arg-type]
-    assert seed.status == "applied"
-    clock.set(us_from_datetime(datetime(2026, 2, 2, 10, 0, tzinfo=UTC)))
-    run(BuyPack("team-1", "p1"))
-    clock.set(us_from_datetime(datetime(2026, 2, 3, 10, 0, tzinfo=UTC)))
-    run(BuyPack("team-1", "p2"))
-    # 10 x 71000 on alice: her 25000 quota (less 3.18), then all of p1, then 60003.18 of p2.
-    outcomes = ledger.charge([_big(f"big-{i}", "alice") for i in range(10)])
-    # carol has no pack: 25000 covered, 46000 uncovered, and she is suspended.
-    outcomes += ledger.charge([_big("carol-1", "carol", "team-2")])
-    assert {o.status for o in outcomes} == {"applied"}
-    clock.set(us_from_datetime(NOW))
-    runner = ProjectionRunner(store, read_store)
-    runner.catch_up()
-    metrics = LedgerMetrics()
-
-    def app(tokens: TokenStore) -> Any:
-        return create_app(
-            events=store,
-            read_models=read_store.reader(),
-            runner=runner,
-            tokens=tokens,
-            clock=clock,
-            writer=LedgerWriter(ledger, runner, executor),
-            metrics=metrics,
-        )
-
-    def close() -> None:
-        read_store.close()
-        store.close()
-
-    return app, clock, metrics, close
-
-
-def _problem(response: Any, status: int, slug: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body: dict[str, Any] = response.json()
-    assert body["type"] == PROBLEM_BASE + slug
-    assert body["status"] == status and body["title"] and body["detail"]
-    return body
+    with open_api(tmp_path) as opened:
+        yield opened
 
 
 # -- reads ----------------------------------------------------------------------------------
@@ -357,7 +215,7 @@ def test_an_id_that_could_not_be_written_in_a_path_is_refused(
     api: Api, subscription_id: str
 ) -> None:
     """Ids appear in paths: 1 to 128 of A-Z a-z 0-9 . _ - : @, so each can be written as it is."""
-    refused = _problem(
+    refused = expect_problem(
         api.post("/v1/subscriptions", {"subscription_id": subscription_id}), 400, "invalid-body"
     )
     assert "subscription_id" in refused["detail"]
@@ -370,7 +228,7 @@ def test_the_location_of_a_new_subscription_is_its_overview(api: Api) -> None:
 
 
 def test_the_bootstrap_admin_token_cannot_be_revoked_over_the_api(api: Api) -> None:
-    refused = api.client.delete("/v1/tokens/admin-bootstrap", headers=_auth(ADMIN))
+    refused = api.client.delete("/v1/tokens/admin-bootstrap", headers=auth(ADMIN))
     assert refused.status_code == 409
     assert refused.json()["type"].endswith("token-not-revocable")
     assert api.get("/v1/audit/digest").status_code == 200  # still the admin
@@ -389,13 +247,13 @@ def test_opening_a_subscription_again_is_200_with_its_state_and_appends_nothing(
 
 def test_opening_an_existing_subscription_with_another_anchor_is_409(api: Api) -> None:
     other = {"subscription_id": "team-1", "anchor": "2026-02-01T00:00:00Z"}
-    body = _problem(api.post("/v1/subscriptions", other), 409, "subscription-exists")
+    body = expect_problem(api.post("/v1/subscriptions", other), 409, "subscription-exists")
     assert "2026-01-31T09:00:00" in body["detail"]
 
 
 def test_an_anchor_after_the_ledger_clock_is_refused(api: Api) -> None:
     later = {"subscription_id": "team-3", "anchor": "2026-02-05T00:00:00Z"}
-    body = _problem(api.post("/v1/subscriptions", later), 409, "invalid-command")
+    body = expect_problem(api.post("/v1/subscriptions", later), 409, "invalid-command")
     assert body["reason"] == "invalid_command"
     assert api.get("/v1/subscriptions/team-3/overview").status_code == 404
 
@@ -429,7 +287,9 @@ def test_adding_the_same_seat_again_is_200_and_appends_nothing(api: Api) -> None
 
 def test_a_seat_id_in_use_with_another_tier_is_409(api: Api) -> None:
     other_tier = {"seat_id": "alice", "tier": "premium"}
-    body = _problem(api.post("/v1/subscriptions/team-1/seats", other_tier), 409, "seat-exists")
+    body = expect_problem(
+        api.post("/v1/subscriptions/team-1/seats", other_tier), 409, "seat-exists"
+    )
     assert "PATCH" in body["detail"]
 
 
@@ -443,7 +303,7 @@ def test_a_seat_id_another_subscription_has_is_a_new_seat_here(api: Api) -> None
 
 def test_a_seat_in_an_unknown_subscription_is_404(api: Api) -> None:
     new_seat = {"seat_id": "zed", "tier": "standard"}
-    unknown = _problem(api.post("/v1/subscriptions/team-9/seats", new_seat), 404, "not-found")
+    unknown = expect_problem(api.post("/v1/subscriptions/team-9/seats", new_seat), 404, "not-found")
     assert unknown["detail"] == "no subscription 'team-9'"
 
 
@@ -494,9 +354,9 @@ def test_removing_a_seat_answers_it_removed_and_again_changes_nothing(api: Api) 
 def test_a_removed_seat_cannot_change_tier_or_be_added_again(api: Api) -> None:
     api.delete("/v1/subscriptions/team-1/seats/bob")
     patched = api.patch("/v1/subscriptions/team-1/seats/bob", {"tier": "advanced"})
-    assert _problem(patched, 409, "seat-removed")["reason"] == "seat_removed"
+    assert expect_problem(patched, 409, "seat-removed")["reason"] == "seat_removed"
     re_added = api.post("/v1/subscriptions/team-1/seats", {"seat_id": "bob", "tier": "premium"})
-    _problem(re_added, 409, "seat-removed")
+    expect_problem(re_added, 409, "seat-removed")
 
 
 @pytest.mark.parametrize("method", ["PATCH", "DELETE"])
@@ -504,8 +364,8 @@ def test_a_seat_that_is_unknown_or_in_another_subscription_is_404(api: Api, meth
     body = {"tier": "premium"} if method == "PATCH" else None
     for seat in ("nobody", "carol"):
         path = f"/v1/subscriptions/team-1/seats/{seat}"
-        _problem(
-            api.client.request(method, path, json=body, headers=_auth(ADMIN)), 404, "not-found"
+        expect_problem(
+            api.client.request(method, path, json=body, headers=auth(ADMIN)), 404, "not-found"
         )
     before = api.get("/v1/subscriptions/team-2/seats/carol").json()
     assert before["status"] == "suspended" and before["tier"] == "standard"
@@ -566,7 +426,7 @@ def test_buying_a_pack_resumes_a_suspended_seat(api: Api) -> None:
 
 
 def test_a_pack_for_an_unknown_subscription_is_404(api: Api) -> None:
-    _problem(api.post("/v1/subscriptions/team-9/packs", {"pack_id": "x"}), 404, "not-found")
+    expect_problem(api.post("/v1/subscriptions/team-9/packs", {"pack_id": "x"}), 404, "not-found")
 
 
 def test_every_refusal_of_the_core_has_a_problem_type() -> None:
@@ -632,7 +492,7 @@ def test_moving_the_clock_past_a_pack_expiry_reports_the_expired_credits(api: Ap
 
 def test_the_clock_never_moves_back(api: Api) -> None:
     back = api.post("/v1/clock", {"now": "2026-02-01T00:00:00Z"})
-    body = _problem(back, 409, "clock-backwards")
+    body = expect_problem(back, 409, "clock-backwards")
     assert "now" in body["detail"] and body["parameter"] == "now"
     assert api.get("/v1/clock").json()["now"] == "2026-02-04T10:00:00Z"
     assert api.clock.now_us() == us_from_datetime(NOW)
@@ -643,7 +503,7 @@ def test_the_clock_never_moves_back(api: Api) -> None:
 )
 def test_a_clock_move_outside_the_bounds_is_a_400_and_changes_nothing(api: Api, now: str) -> None:
     head = api.get("/v1/audit/digest").json()
-    body = _problem(api.post("/v1/clock", {"now": now}), 400, "invalid-body")
+    body = expect_problem(api.post("/v1/clock", {"now": now}), 400, "invalid-body")
     assert "now" in body["detail"] and "2199-12-31" in body["detail"]
     assert api.clock.now_us() == us_from_datetime(NOW)
     assert api.get("/v1/audit/digest").json() == head
@@ -656,7 +516,7 @@ def test_a_clock_move_outside_the_bounds_is_a_400_and_changes_nothing(api: Api, 
 def test_an_anchor_outside_the_bounds_is_a_400_and_appends_nothing(api: Api, anchor: Any) -> None:
     head = api.get("/v1/audit/digest").json()
     body = {"subscription_id": "far", "anchor": anchor}
-    refused = _problem(api.post("/v1/subscriptions", body), 400, "invalid-body")
+    refused = expect_problem(api.post("/v1/subscriptions", body), 400, "invalid-body")
     assert "anchor" in refused["detail"]
     assert api.get("/v1/audit/digest").json() == head
 
@@ -758,7 +618,7 @@ def test_metrics_are_prometheus_text_without_a_token(api: Api) -> None:
 def test_bad_query_parameters_are_400_problems_naming_them(
     api: Api, path: str, params: dict[str, Any], parameter: str
 ) -> None:
-    body = _problem(api.get(path, **params), 400, "invalid-parameter")
+    body = expect_problem(api.get(path, **params), 400, "invalid-parameter")
     assert parameter in body["detail"]
 
 
@@ -796,8 +656,8 @@ def test_bad_write_bodies_are_400_problems_naming_the_field(
     api: Api, method: str, path: str, body: Any, field: str
 ) -> None:
     head = api.get("/v1/audit/digest").json()
-    response = api.client.request(method, path, json=body, headers=_auth(ADMIN))
-    problem = _problem(response, 400, "invalid-body")
+    response = api.client.request(method, path, json=body, headers=auth(ADMIN))
+    problem = expect_problem(response, 400, "invalid-body")
     assert problem["detail"].startswith(f"{field}: ")
     assert [e["parameter"] for e in problem["errors"]] == [field]
     assert api.get("/v1/audit/digest").json() == head
@@ -805,24 +665,26 @@ def test_bad_write_bodies_are_400_problems_naming_the_field(
 
 def test_an_idempotency_key_is_bounded(api: Api) -> None:
     response = api.post("/v1/subscriptions/team-1/packs", {}, **{"Idempotency-Key": "k" * 256})
-    problem = _problem(response, 400, "invalid-parameter")
+    problem = expect_problem(response, 400, "invalid-parameter")
     assert problem["detail"].startswith("Idempotency-Key: ")
 
 
 def test_unknown_things_are_404_problems(api: Api) -> None:
-    _problem(api.get("/v1/subscriptions/team-9/overview"), 404, "not-found")
-    _problem(api.get("/v1/subscriptions/team-1/seats/nobody"), 404, "not-found")
-    _problem(api.get("/v1/nowhere"), 404, "not-found")
+    expect_problem(api.get("/v1/subscriptions/team-9/overview"), 404, "not-found")
+    expect_problem(api.get("/v1/subscriptions/team-1/seats/nobody"), 404, "not-found")
+    expect_problem(api.get("/v1/nowhere"), 404, "not-found")
 
 
 def test_bodies_are_bounded_and_checked(api: Api) -> None:
     huge = {"role": "viewer", "subscription_ids": ["x" * 100] * 1000}
-    response = api.client.post("/v1/tokens", json=huge, headers=_auth(ADMIN))
-    _problem(response, 413, "body-too-large")
-    wrong = api.client.post("/v1/tokens", json={"role": "root"}, headers=_auth(ADMIN))
-    _problem(wrong, 400, "invalid-body")
+    response = api.client.post("/v1/tokens", json=huge, headers=auth(ADMIN))
+    expect_problem(response, 413, "body-too-large")
+    wrong = api.client.post("/v1/tokens", json={"role": "root"}, headers=auth(ADMIN))
+    expect_problem(wrong, 400, "invalid-body")
     two = {"role": "viewer", "subscription_ids": ["team-1", "team-2"]}
-    _problem(api.client.post("/v1/tokens", json=two, headers=_auth(ADMIN)), 400, "invalid-body")
+    expect_problem(
+        api.client.post("/v1/tokens", json=two, headers=auth(ADMIN)), 400, "invalid-body"
+    )
 
 
 # -- access ---------------------------------------------------------------------------------
@@ -857,7 +719,7 @@ ADMIN_ONLY: list[tuple[str, str, Any]] = [
 
 
 def _call(api: Api, method: str, path: str, token: str | None, body: Any = None) -> Any:
-    return api.client.request(method, path, json=body, headers=_auth(token))
+    return api.client.request(method, path, json=body, headers=auth(token))
 
 
 EVERY_V1: list[tuple[str, str, Any]] = [
@@ -873,13 +735,13 @@ def test_every_v1_path_without_a_good_token_is_401(
     api: Api, method: str, path: str, body: Any
 ) -> None:
     head = api.get("/v1/audit/digest").json()
-    _problem(_call(api, method, path, None, body), 401, "unauthorized")
-    _problem(_call(api, method, path, "lt_not-a-token", body), 401, "unauthorized")
+    expect_problem(_call(api, method, path, None, body), 401, "unauthorized")
+    expect_problem(_call(api, method, path, "lt_not-a-token", body), 401, "unauthorized")
     basic = {"Authorization": f"Basic {ADMIN}"}
-    _problem(api.client.request(method, path, json=body, headers=basic), 401, "unauthorized")
+    expect_problem(api.client.request(method, path, json=body, headers=basic), 401, "unauthorized")
     if body is not None:  # a caller without a token learns nothing of the body's shape either
         bad = api.client.request(method, path, json={"nope": True})
-        _problem(bad, 401, "unauthorized")
+        expect_problem(bad, 401, "unauthorized")
     assert api.get("/v1/audit/digest").json() == head
 
 
@@ -888,11 +750,11 @@ def test_roles_that_may_not_are_403(api: Api) -> None:
     _, viewer = api.token("viewer", ["team-1"])
     _, auditor = api.token("auditor")
     for path in SUBSCRIPTION_READS + AUDIT_READS:
-        _problem(api.get(path, gateway), 403, "forbidden")
+        expect_problem(api.get(path, gateway), 403, "forbidden")
     for path in SEAT_READS:
         assert api.get(path, gateway).status_code == 200
     for path in AUDIT_READS:
-        _problem(api.get(path, viewer), 403, "forbidden")
+        expect_problem(api.get(path, viewer), 403, "forbidden")
     for path in SUBSCRIPTION_READS + SEAT_READS:
         assert api.get(path, viewer).status_code == 200
     for path in SUBSCRIPTION_READS + SEAT_READS + AUDIT_READS:
@@ -901,7 +763,7 @@ def test_roles_that_may_not_are_403(api: Api) -> None:
     for token in (gateway, viewer, auditor):
         assert api.get("/v1/clock", token).status_code == 200
         for method, path, body in WRITES + ADMIN_ONLY:
-            _problem(_call(api, method, path, token, body), 403, "forbidden")
+            expect_problem(_call(api, method, path, token, body), 403, "forbidden")
     assert api.get("/v1/audit/digest").json() == head  # nothing was written
     assert api.get("/v1/clock").json()["now"].startswith("2026-02-04T10:00:00")
 
@@ -912,17 +774,17 @@ def test_a_token_that_may_not_write_learns_nothing_of_the_bodys_shape(api: Api) 
         if body is None:
             continue
         expected = (404, "not-found") if "/team-1" in path else (403, "forbidden")
-        _problem(_call(api, method, path, viewer, {"nope": True}), *expected)
+        expect_problem(_call(api, method, path, viewer, {"nope": True}), *expected)
 
 
 def test_another_subscriptions_token_gets_404_like_an_unknown_one(api: Api) -> None:
     _, viewer = api.token("viewer", ["team-2"])
     _, gateway = api.token("gateway", ["team-2"])
     for path in SUBSCRIPTION_READS + SEAT_READS:
-        unknown = _problem(api.get(path.replace("team-1", "team-9")), 404, "not-found")
+        unknown = expect_problem(api.get(path.replace("team-1", "team-9")), 404, "not-found")
         expected = {**unknown, "detail": unknown["detail"].replace("team-9", "team-1")}
         response = api.get(path, viewer)
-        assert _problem(response, 404, "not-found") == expected
+        assert expect_problem(response, 404, "not-found") == expected
         assert "alice" not in response.text and "3.18" not in response.text
     for path in SEAT_READS:
         assert api.get(path, gateway).json() == api.get(path.replace("team-1", "team-9")).json() | {
@@ -932,34 +794,38 @@ def test_another_subscriptions_token_gets_404_like_an_unknown_one(api: Api) -> N
     head = api.get("/v1/audit/digest").json()
     for token in (viewer, gateway):
         for method, path, body in WRITES:
-            outside = _problem(_call(api, method, path, token, body), 404, "not-found")
+            outside = expect_problem(_call(api, method, path, token, body), 404, "not-found")
             unknown_path = path.replace("team-1", "team-9")
-            unknown = _problem(_call(api, method, unknown_path, token, body), 404, "not-found")
+            unknown = expect_problem(
+                _call(api, method, unknown_path, token, body), 404, "not-found"
+            )
             assert outside == unknown | {"detail": "no subscription 'team-1'"}
         # In its own subscription the role decides: these tokens may not write.
-        _problem(_call(api, "POST", "/v1/subscriptions/team-2/packs", token, {}), 403, "forbidden")
+        expect_problem(
+            _call(api, "POST", "/v1/subscriptions/team-2/packs", token, {}), 403, "forbidden"
+        )
     assert api.get("/v1/audit/digest").json() == head
 
 
 def test_a_token_made_over_http_works_until_revoked(api: Api) -> None:
     created = api.client.post(
-        "/v1/tokens", json={"role": "viewer", "subscription_ids": ["team-1"]}, headers=_auth(ADMIN)
+        "/v1/tokens", json={"role": "viewer", "subscription_ids": ["team-1"]}, headers=auth(ADMIN)
     )
     assert created.status_code == 201
     body = created.json()
     assert body["token"].startswith(TOKEN_PREFIX) and body["subscription_ids"] == ["team-1"]
     path = "/v1/subscriptions/team-1/overview"
     assert api.get(path, body["token"]).status_code == 200
-    revoked = api.client.delete(f"/v1/tokens/{body['token_id']}", headers=_auth(ADMIN))
+    revoked = api.client.delete(f"/v1/tokens/{body['token_id']}", headers=auth(ADMIN))
     assert revoked.status_code == 204
-    _problem(api.get(path, body["token"]), 401, "unauthorized")
-    again = api.client.delete(f"/v1/tokens/{body['token_id']}", headers=_auth(ADMIN))
-    _problem(again, 404, "not-found")
+    expect_problem(api.get(path, body["token"]), 401, "unauthorized")
+    again = api.client.delete(f"/v1/tokens/{body['token_id']}", headers=auth(ADMIN))
+    expect_problem(again, 404, "not-found")
 
 
 def test_tokens_are_not_stored_in_clear(api: Api) -> None:
     _, token = api.token("auditor")
-    created = api.client.post("/v1/tokens", json={"role": "auditor"}, headers=_auth(ADMIN))
+    created = api.client.post("/v1/tokens", json={"role": "auditor"}, headers=auth(ADMIN))
     files = list(api.data_dir.glob("tokens.sqlite3*"))
     assert files
     stored = b"".join(path.read_bytes() for path in files)
@@ -989,21 +855,21 @@ def test_the_app_serves_a_bootstrapped_process(tmp_path: Path) -> None:
         app = app_from_parts(parts, runner, tokens, writer, LedgerMetrics())
         with TestClient(app) as client:
             assert client.get("/readyz").json() == {"status": "ready", "position": 0, "head": 0}
-            digest = client.get("/v1/audit/digest", headers=_auth(admin)).json()
+            digest = client.get("/v1/audit/digest", headers=auth(admin)).json()
             assert digest == {"position": 0, "hash": "00" * 32}
-            usage = client.get("/v1/subscriptions/team-1/usage", headers=_auth(admin))
-            _problem(usage, 404, "not-found")
+            usage = client.get("/v1/subscriptions/team-1/usage", headers=auth(admin))
+            expect_problem(usage, 404, "not-found")
             opened = client.post(
-                "/v1/subscriptions", json={"subscription_id": "team-1"}, headers=_auth(admin)
+                "/v1/subscriptions", json={"subscription_id": "team-1"}, headers=auth(admin)
             )
             assert opened.status_code == 201 and opened.json()["cycle"] == 0
             assert client.get("/readyz").json()["position"] == 2
             # The system clock cannot be moved.
             moved = client.post(
-                "/v1/clock", json={"now": "2099-01-01T00:00:00Z"}, headers=_auth(admin)
+                "/v1/clock", json={"now": "2099-01-01T00:00:00Z"}, headers=auth(admin)
             )
-            _problem(moved, 409, "clock-not-manual")
-            clock = client.get("/v1/clock", headers=_auth(admin)).json()
+            expect_problem(moved, 409, "clock-not-manual")
+            clock = client.get("/v1/clock", headers=auth(admin)).json()
             assert clock["manual"] is False
         executor.submit(parts.close).result()
     tokens.close()
@@ -1045,7 +911,7 @@ def test_a_write_the_store_cannot_take_now_is_503_with_retry_after_and_a_retry_b
     with monkeypatch.context() as patched:
         patched.setattr(Ledger, "execute", busy)
         refused = api.post("/v1/subscriptions/team-1/packs", None, **key)
-    body = _problem(refused, 503, "store-unavailable")
+    body = expect_problem(refused, 503, "store-unavailable")
     assert refused.headers["retry-after"] == "1"
     assert "ConcurrentAppend" in body["detail"]
     bought = api.post("/v1/subscriptions/team-1/packs", None, **key)
