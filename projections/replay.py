@@ -1,7 +1,8 @@
 """Replay to a point of the log: the balances as of a position, and `as_of` specs resolved to one.
 
-An `as_of` spec is `position:N` or an RFC 3339 instant (with its offset); an instant means the
-last record recorded at or before it.
+An `as_of` spec is `position:N` or an instant written as schemas/limits.py's INSTANT_PATTERN
+says (RFC 3339 with its offset, within the bounds); an instant means the last record recorded
+at or before it.
 """
 
 from __future__ import annotations
@@ -12,12 +13,9 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Final, Protocol
 
-import msgspec
-
 from ledger.log import Head, StoredRecord, us_from_datetime
 from projections.balances import Balances, apply_data
-from schemas.instants import InstantOutOfRange, bounded_utc
-from schemas.usage import UtcInstant
+from schemas.instants import instant_from_text
 
 POSITION_PREFIX: Final = "position:"
 MAX_AS_OF_CHARS: Final = 64
@@ -28,7 +26,11 @@ PROGRESS_EVERY_RECORDS: Final = 10_000
 
 
 class InvalidAsOf(ValueError):
-    """An `as_of` that is neither `position:N` (0 <= N <= head) nor an RFC 3339 instant."""
+    """An `as_of` that is neither `position:N` nor an instant within the bounds."""
+
+
+class AsOfBeyondHead(InvalidAsOf):
+    """A `position:N` past the log's head: the log has not reached that point (yet)."""
 
 
 class AsOfSource(Protocol):
@@ -106,18 +108,14 @@ def resolve_as_of(event_store: AsOfSource, spec: str) -> int:
     if spec.startswith(POSITION_PREFIX):
         digits = spec.removeprefix(POSITION_PREFIX)
         if not digits.isascii() or not digits.isdigit():
-            raise InvalidAsOf(f"as_of {spec!r}: a position is a non-negative integer")
+            raise InvalidAsOf(f"as_of {spec!r}: a position is position:N, N a whole number")
         position = int(digits)
         head = event_store.head().position
         if position > head:
-            raise InvalidAsOf(f"as_of {spec!r} is beyond the log's head position {head}")
+            raise AsOfBeyondHead(f"as_of {spec!r} is beyond the log's head position {head}")
         return position
     try:
-        instant = bounded_utc(msgspec.convert(spec, UtcInstant), f"as_of {spec!r}")
-    except msgspec.ValidationError as error:
-        raise InvalidAsOf(
-            f"as_of {spec!r} is neither position:N nor an RFC 3339 instant with an offset"
-        ) from error
-    except InstantOutOfRange as error:
-        raise InvalidAsOf(str(error)) from None
+        instant = instant_from_text(spec)
+    except ValueError as error:
+        raise InvalidAsOf(f"as_of {error}; or position:N") from None
     return event_store.position_at(us_from_datetime(instant))

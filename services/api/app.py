@@ -9,8 +9,9 @@ answers with the state that includes it. Every error is an RFC 9457 problem
 unknown one.
 
 This module only wires: one controller per resource under /v1 behind the bearer token guard,
-the parts handed to the handlers as Litestar dependencies, the problem handlers, the latency
-middleware and the OpenAPI document.
+the parts handed to the handlers as Litestar dependencies, the problem handlers, the strict
+reading of request bodies (services/api/decoding.py), the latency middleware and the OpenAPI
+document.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from projections.live import BalanceSource
 from projections.read_store import ReadModelReader
 from services.api.audit import AuditController
 from services.api.clock import ClockController
+from services.api.decoding import StrictJsonRequest
 from services.api.dependencies import provided
+from services.api.document import ClosedStructSchemaPlugin
 from services.api.guards import bearer_token
 from services.api.health import HealthController
 from services.api.latency import latency_middleware
@@ -97,6 +100,8 @@ def create_app(
     return Litestar(
         route_handlers=[v1, HealthController, console_router()],
         dependencies=provided(parts),
+        request_class=StrictJsonRequest,
+        plugins=[ClosedStructSchemaPlugin()],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         middleware=[latency_middleware(metrics)],
         request_max_body_size=max_body_bytes,

@@ -10,14 +10,17 @@ from litestar.params import QueryParameter
 
 from ledger.log import GENESIS_HASH, EventStore
 from services.api.bodies import AsOf
+from services.api.controller import V1Controller
 from services.api.dependencies import Injected
 from services.api.guards import AUDITORS, requires
-from services.api.problems import V1Controller
 from services.api.reads import Reads, record_at
 from services.api.views import DigestView, LogPage, log_record_view
 
 MAX_LOG_PAGE_RECORDS: Final = 1_000
 DEFAULT_LOG_PAGE_RECORDS: Final = 100
+MAX_AFTER_POSITION: Final = 2**53
+"""The largest `after` a JSON number holds exactly (a document's bounds are JSON numbers); no
+log comes near it."""
 
 
 class AuditController(V1Controller):
@@ -28,7 +31,7 @@ class AuditController(V1Controller):
         self,
         events: Injected[EventStore],
         reads: Injected[Reads],
-        after: Annotated[int, QueryParameter(ge=0)] = 0,
+        after: Annotated[int, QueryParameter(ge=0, le=MAX_AFTER_POSITION)] = 0,
         limit: Annotated[
             int, QueryParameter(ge=1, le=MAX_LOG_PAGE_RECORDS)
         ] = DEFAULT_LOG_PAGE_RECORDS,

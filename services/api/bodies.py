@@ -6,32 +6,71 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from typing import Annotated, Final
+from datetime import datetime
+from typing import Annotated, Any, Final
 
 import msgspec
 from litestar.params import HeaderParameter, PathParameter, QueryParameter
 
-from projections.replay import MAX_AS_OF_CHARS
+from projections.replay import MAX_AS_OF_CHARS, POSITION_PREFIX
 from schemas.commands import Tier
-from schemas.instants import bounded_utc
-from schemas.limits import MAX_ID_CHARS
+from schemas.instants import instant_from_text
+from schemas.limits import ID_PATTERN, INSTANT_PATTERN, MAX_ID_CHARS, MAX_INSTANT_CHARS
 from schemas.usage import PathId as BodyId
-from schemas.usage import UtcInstant
 from services.auth.tokens import MAX_SCOPE_SUBSCRIPTIONS, Role
 
 MAX_IDEMPOTENCY_KEY_CHARS: Final = 255
 PACK_ID_PREFIX: Final = "pack-"
 PACK_ID_HEX_CHARS: Final = 32
 """128 bits: a generated pack id is `pack-` and 32 hex digits (37 of MAX_ID_CHARS)."""
+POSITION_PATTERN: Final = rf"^{POSITION_PREFIX}[0-9]+$"
+
+_ID_SCHEMA: Final[dict[str, Any]] = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": MAX_ID_CHARS,
+    "pattern": ID_PATTERN,
+}
+_INSTANT_SCHEMA: Final[dict[str, Any]] = {
+    "type": "string",
+    "format": "date-time",
+    "pattern": INSTANT_PATTERN,
+    "maxLength": MAX_INSTANT_CHARS,
+}
+InstantText = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=INSTANT_PATTERN,
+        max_length=MAX_INSTANT_CHARS,
+        # Litestar reads `extra` into the field's OpenAPI schema.
+        extra_json_schema={"extra": {"format": "date-time"}},
+    ),
+]
+"""An instant in a request body: RFC 3339 text within the bounds (INSTANT_PATTERN), never a
+number (a JSON number would otherwise be read as seconds since 1970)."""
 
 AsOf = Annotated[
     str | None,
     QueryParameter(
-        description="RFC 3339 instant or position:N: answer from the log as of that point",
+        description="position:N or an RFC 3339 instant: answer from the log as of that point",
         max_length=MAX_AS_OF_CHARS,
+        schema_extra={"oneOf": [{"type": "string", "pattern": POSITION_PATTERN}, _INSTANT_SCHEMA]},
     ),
 ]
-PathId = Annotated[str, PathParameter(max_length=MAX_ID_CHARS)]
+
+
+def instant_query(name: str | None = None) -> Any:
+    """A query parameter holding an instant: the same text as an InstantText."""
+    return QueryParameter(
+        name=name, max_length=MAX_INSTANT_CHARS, schema_extra={"oneOf": None, **_INSTANT_SCHEMA}
+    )
+
+
+PathId = Annotated[str, PathParameter(min_length=1, max_length=MAX_ID_CHARS, pattern=ID_PATTERN)]
+IdQuery = Annotated[
+    str | None,
+    QueryParameter(min_length=1, max_length=MAX_ID_CHARS, pattern=ID_PATTERN),
+]
 IdempotencyKey = Annotated[
     str | None,
     HeaderParameter(
@@ -43,25 +82,72 @@ IdempotencyKey = Annotated[
 ]
 
 
-class TokenRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    role: Role
-    subscription_ids: (
-        Annotated[
-            list[Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS)]],
-            msgspec.Meta(max_length=MAX_SCOPE_SUBSCRIPTIONS),
-        ]
-        | None
-    ) = None
+def at_instant(text: str, field: str) -> datetime:
+    """The instant of a body field validated as InstantText; a calendar day that does not
+    exist (February 30) raises ValueError naming the field, as msgspec names a field."""
+    try:
+        return instant_from_text(text)
+    except ValueError as error:
+        raise ValueError(f"{error} - at `$.{field}`") from None
+
+
+def _ids(max_items: int) -> msgspec.Meta:
+    """1 to `max_items` ids; Litestar does not document an item's own constraints itself."""
+    return msgspec.Meta(
+        min_length=1, max_length=max_items, extra_json_schema={"extra": {"items": _ID_SCHEMA}}
+    )
+
+
+class _TokenRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="role"):
+    def token_role(self) -> Role:
+        role: Role = self.__struct_config__.tag  # type: ignore[assignment]
+        return role
+
+    def scope(self) -> list[str] | None:
+        return None
+
+
+class AdminTokenRequest(_TokenRequest, frozen=True, tag="admin"):
+    """An admin token sees every subscription: it names none."""
+
+    subscription_ids: None = None
+
+
+class AuditorTokenRequest(_TokenRequest, frozen=True, tag="auditor"):
+    """An auditor token sees every subscription: it names none."""
+
+    subscription_ids: None = None
+
+
+class GatewayTokenRequest(_TokenRequest, frozen=True, tag="gateway"):
+    subscription_ids: Annotated[list[BodyId], _ids(MAX_SCOPE_SUBSCRIPTIONS)]
+
+    def scope(self) -> list[str] | None:
+        return self.subscription_ids
+
+
+class ViewerTokenRequest(_TokenRequest, frozen=True, tag="viewer"):
+    subscription_ids: Annotated[list[BodyId], _ids(1)]
+
+    def scope(self) -> list[str] | None:
+        return self.subscription_ids
+
+
+TokenRequest = AdminTokenRequest | AuditorTokenRequest | GatewayTokenRequest | ViewerTokenRequest
+"""A new token's role, and the subscriptions it sees: a gateway names 1 to
+MAX_SCOPE_SUBSCRIPTIONS, a viewer exactly one; admins and auditors see all."""
 
 
 class OpenSubscriptionBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     subscription_id: BodyId
-    anchor: UtcInstant | None = None
+    anchor: InstantText | None = None
     """The billing anchor; the ledger clock's now when absent."""
 
     def __post_init__(self) -> None:
-        if self.anchor is not None:
-            bounded_utc(self.anchor, "anchor")
+        self.anchor_at()
+
+    def anchor_at(self) -> datetime | None:
+        return None if self.anchor is None else at_instant(self.anchor, "anchor")
 
 
 class AddSeatBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -79,10 +165,13 @@ class BuyPackBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class ClockBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    now: UtcInstant
+    now: InstantText
 
     def __post_init__(self) -> None:
-        bounded_utc(self.now, "now")
+        self.now_at()
+
+    def now_at(self) -> datetime:
+        return at_instant(self.now, "now")
 
 
 def pack_id_for(subscription_id: str, idempotency_key: str | None) -> str:

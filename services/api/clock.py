@@ -13,10 +13,12 @@ from ledger.clock import Clock, ManualClock, SharedManualClock
 from ledger.log import EventStore, us_from_datetime
 from schemas.commands import AdvanceClock
 from schemas.events import CycleStarted, PackExpired
+from schemas.instants import instant_text
 from services.api.bodies import ClockBody
+from services.api.controller import V1Controller
 from services.api.dependencies import Injected
 from services.api.guards import ADMINS, EVERY_ROLE, requires
-from services.api.problems import Problem, V1Controller
+from services.api.problems import Problem
 from services.api.reads import Reads
 from services.api.views import ClockAdvanced, ClockView, clock_advanced
 from services.api.writes import Writes
@@ -60,11 +62,12 @@ class ClockController(V1Controller):
         # everything after this position is what the move made due, whoever appended it.
         position_before = events.head().position
         try:
-            clock.set(us_from_datetime(data.now))
+            clock.set(us_from_datetime(data.now_at()))
         except ValueError:
             raise Problem(
                 "clock-backwards",
-                f"now: {data.now.isoformat()} is before the ledger clock's {before.isoformat()}",
+                f"now: {data.now} is before the ledger clock's {instant_text(before)}:"
+                f" send an instant at or after {instant_text(before)}",
                 parameter="now",
             ) from None
         await writes.execute(AdvanceClock())

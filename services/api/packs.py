@@ -10,9 +10,11 @@ from projections.balances import pack_balances
 from schemas.commands import BuyPack
 from schemas.events import PackPurchased
 from services.api.bodies import AsOf, BuyPackBody, IdempotencyKey, PathId, pack_id_for
+from services.api.controller import V1Controller
 from services.api.dependencies import Injected
+from services.api.document import OptionalBodyOperation
 from services.api.guards import ADMINS, SUBSCRIPTION_READERS, requires
-from services.api.problems import V1Controller, again
+from services.api.problems import again
 from services.api.reads import Reads
 from services.api.views import PackList, PackView, pack_view
 from services.api.writes import Writes, refused
@@ -34,6 +36,7 @@ class PackController(V1Controller):
         "/",
         summary="Buy a shared quota pack (201; 200 when this pack id was bought already)",
         guards=[requires(ADMINS)],
+        operation_class=OptionalBodyOperation,
         responses={HTTP_200_OK: again(PackView, "This pack id was bought already")},
     )
     async def post_pack(

@@ -9,9 +9,8 @@ from typing import Any, Final
 
 import msgspec
 import structlog
-from litestar import Controller, Request, Response
+from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
-from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import ResponseSpec
 
 from ledger.errors import (
@@ -33,6 +32,8 @@ from ledger.errors import (
     UnknownSeat,
     UnknownSubscription,
 )
+from schemas.instants import INSTANT_RULE
+from schemas.limits import ID_PATTERN, ID_RULE, INSTANT_PATTERN
 from services.write_channel import WriteChannelError
 
 PROBLEM_MEDIA_TYPE: Final = "application/problem+json"
@@ -159,8 +160,13 @@ def _on_problem(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str,
 
 
 _FIELD_IN_MESSAGE: Final = re.compile(r"field `([^`]+)`")
-_WIRE_NAMES: Final = {"idempotency_key": "Idempotency-Key"}
+_WIRE_NAMES: Final = {"idempotency_key": "Idempotency-Key", "from_": "from"}
 """Handler arguments whose name on the wire differs, for problem details."""
+_RULES_BY_PATTERN: Final = {
+    f"Expected `str` matching regex {ID_PATTERN!r}": ID_RULE,
+    f"Expected `str` matching regex {INSTANT_PATTERN!r}": INSTANT_RULE,
+}
+"""What a pattern's rule is, said in words instead of the regular expression."""
 
 
 def _on_validation(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
@@ -177,11 +183,14 @@ def _on_validation(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[s
             error["parameter"] = field.group(1)
         if error["parameter"] in _WIRE_NAMES:
             error["parameter"] = _WIRE_NAMES[error["parameter"]]
+        error["message"] = _RULES_BY_PATTERN.get(str(error["message"]), error["message"])
     in_body = any(e["source"] == "body" for e in errors)
-    named = [f"{e['parameter']}: {e['message']}" for e in errors if e["parameter"]]
-    detail = "; ".join(named) if named else str(exc.detail)
+    named = [e for e in errors if e["parameter"]]
+    detail = "; ".join(f"{e['parameter']}: {e['message']}" for e in named) or str(exc.detail)
+    # One parameter at fault: name it where every other problem of a parameter names it.
+    parameter = {"parameter": named[0]["parameter"]} if len(named) == 1 else {}
     return problem_response(
-        "invalid-body" if in_body else "invalid-parameter", detail, errors=errors
+        "invalid-body" if in_body else "invalid-parameter", detail, errors=errors, **parameter
     )
 
 
@@ -246,15 +255,3 @@ def problem_responses(statuses: Sequence[int]) -> dict[int, ResponseSpec]:
 def again(view: type[msgspec.Struct], description: str) -> ResponseSpec:
     """The 200 a repeated create answers with: the current state, nothing appended."""
     return ResponseSpec(data_container=view, description=description, generate_examples=False)
-
-
-class V1Controller(Controller):
-    """A resource under /v1: each of its handlers documents the problems any /v1 path may
-    answer (besides the responses it declares itself)."""
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        documented = problem_responses(V1_PROBLEM_STATUSES)
-        for handler in vars(cls).values():
-            if isinstance(handler, HTTPRouteHandler):
-                handler.responses = {**documented, **(handler.responses or {})}

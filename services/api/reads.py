@@ -10,17 +10,21 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Final
 
-import msgspec
-
 from ledger.clock import Clock
 from ledger.log import EPOCH, EventStore, StoredRecord, datetime_from_us
 from projections.balances import Balances
 from projections.live import BalanceSource
 from projections.read_store import ReadModelReader
-from projections.replay import POSITION_PREFIX, InvalidAsOf, balances_as_of, resolve_as_of
+from projections.replay import (
+    POSITION_PREFIX,
+    AsOfBeyondHead,
+    InvalidAsOf,
+    balances_as_of,
+    resolve_as_of,
+)
 from projections.usage import UsageQuery
+from schemas.instants import instant_from_text
 from schemas.read_models import UsagePage
-from schemas.usage import UtcInstant
 from services.api.problems import Problem, no_subscription
 
 USAGE_FRESHNESS_WAIT_S: Final = 2.0
@@ -33,13 +37,9 @@ def parse_instant(text: str | None, parameter: str) -> datetime | None:
     if text is None:
         return None
     try:
-        return msgspec.convert(text, UtcInstant)
-    except msgspec.ValidationError:
-        raise Problem(
-            "invalid-parameter",
-            f"{parameter}: {text!r} is not an RFC 3339 instant with an offset",
-            parameter=parameter,
-        ) from None
+        return instant_from_text(text)
+    except ValueError as error:
+        raise Problem("invalid-parameter", f"{parameter}: {error}", parameter=parameter) from None
 
 
 def record_at(events: EventStore, position: int) -> StoredRecord | None:
@@ -60,11 +60,13 @@ class Reads:
         return datetime_from_us(self.clock.now_us())
 
     def position_of(self, as_of: str) -> int:
-        """The log position `as_of` stands for, or a 400 problem."""
+        """The log position `as_of` stands for, or a 400 problem (404 past the log's head)."""
         try:
             return resolve_as_of(self.events, as_of)
         except InvalidAsOf as error:
-            raise Problem("invalid-parameter", f"as_of: {error}", parameter="as_of") from None
+            slug = "not-found" if isinstance(error, AsOfBeyondHead) else "invalid-parameter"
+            detail = "as_of: " + str(error).removeprefix("as_of ")
+            raise Problem(slug, detail, parameter="as_of") from None
 
     @contextmanager
     def at(self, as_of: str | None) -> Iterator[tuple[Balances, datetime]]:

@@ -13,9 +13,10 @@ from ledger.errors import SeatExists, SeatIsRemoved
 from projections.balances import seat_balance
 from schemas.commands import AddSeat, ChangeTier, RemoveSeat
 from services.api.bodies import AddSeatBody, AsOf, ChangeTierBody, PathId
+from services.api.controller import V1Controller
 from services.api.dependencies import Injected
 from services.api.guards import ADMINS, SEAT_READERS, requires
-from services.api.problems import Problem, V1Controller, again
+from services.api.problems import Problem, again
 from services.api.reads import Reads
 from services.api.views import AuthorizationView, SeatView, authorization, seat_view
 from services.api.writes import Writes, refused

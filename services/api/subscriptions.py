@@ -11,10 +11,12 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 from ledger.application import Outcome
 from ledger.errors import SubscriptionExists
 from schemas.commands import OpenSubscription
+from schemas.instants import instant_text
 from services.api.bodies import AsOf, OpenSubscriptionBody, PathId
+from services.api.controller import V1Controller
 from services.api.dependencies import Injected
 from services.api.guards import ADMINS, SUBSCRIPTION_READERS, requires
-from services.api.problems import Problem, V1Controller, again
+from services.api.problems import Problem, again
 from services.api.reads import Reads
 from services.api.views import BillingView, OverviewView, billing_view, overview_view
 from services.api.writes import Writes, refused
@@ -55,7 +57,7 @@ class SubscriptionController(V1Controller):
         self, writes: Injected[Writes], data: JSONBody[OpenSubscriptionBody]
     ) -> Response[OverviewView]:
         sub = data.subscription_id
-        outcome = await writes.execute(OpenSubscription(sub, data.anchor))
+        outcome = await writes.execute(OpenSubscription(sub, data.anchor_at()))
         created = outcome.status != "rejected"
         if not created:
             _check_opened_already(writes, data, outcome)
@@ -77,9 +79,10 @@ def _check_opened_already(writes: Writes, data: OpenSubscriptionBody, outcome: O
         anchor = None if existing is None else existing.anchor
     if outcome.reason != SubscriptionExists.reason or anchor is None:
         raise refused(outcome, sub)
-    if data.anchor is not None and data.anchor != anchor:
+    asked = data.anchor_at()
+    if asked is not None and asked != anchor:
         raise Problem(
             "subscription-exists",
-            f"subscription {sub!r} exists with anchor {anchor.isoformat()}",
+            f"subscription {sub!r} exists with anchor {instant_text(anchor)}",
             reason=outcome.reason,
         )

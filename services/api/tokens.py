@@ -8,9 +8,10 @@ from litestar.params import JSONBody
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from services.api.bodies import PathId, TokenRequest
+from services.api.controller import V1Controller
 from services.api.dependencies import Injected
 from services.api.guards import ADMINS, EVERY_ROLE, requires
-from services.api.problems import Problem, V1Controller
+from services.api.problems import Problem
 from services.api.reads import Reads
 from services.api.views import TokenCreated, TokenSelfView
 from services.auth.tokens import BOOTSTRAP_ADMIN_ID, InvalidTokenRequest, Principal, TokenStore
@@ -29,11 +30,12 @@ class TokenController(V1Controller):
         self, tokens: Injected[TokenStore], data: JSONBody[TokenRequest]
     ) -> TokenCreated:
         try:
-            token_id, token = tokens.create(data.role, data.subscription_ids)
+            token_id, token = tokens.create(data.token_role(), data.scope())
         except InvalidTokenRequest as error:
             raise Problem("invalid-body", str(error)) from None
-        scope = None if data.subscription_ids is None else sorted(set(data.subscription_ids))
-        return TokenCreated(token_id, token, data.role, scope)
+        scope = data.scope()
+        shown = None if scope is None else sorted(set(scope))
+        return TokenCreated(token_id, token, data.token_role(), shown)
 
     @delete(
         "/{token_id:str}",

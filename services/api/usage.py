@@ -8,19 +8,20 @@ from typing import Annotated
 from litestar import get
 from litestar.params import QueryParameter
 
-from projections.replay import MAX_AS_OF_CHARS
 from projections.usage import (
+    CURSOR_PATTERN,
     DEFAULT_PAGE_ROWS,
     MAX_CURSOR_CHARS,
     MAX_PAGE_ROWS,
     InvalidUsageQuery,
     UsageQuery,
 )
-from schemas.limits import MAX_ID_CHARS, MAX_MODEL_CHARS
-from services.api.bodies import AsOf, PathId
+from schemas.limits import MAX_MODEL_CHARS
+from services.api.bodies import AsOf, IdQuery, PathId, instant_query
+from services.api.controller import V1Controller
 from services.api.dependencies import Injected
 from services.api.guards import SUBSCRIPTION_READERS, requires
-from services.api.problems import Problem, V1Controller, no_subscription
+from services.api.problems import Problem, no_subscription
 from services.api.reads import Reads, UsageReader, parse_instant
 from services.api.views import UsagePageView, usage_row_view
 
@@ -38,14 +39,16 @@ class UsageController(V1Controller):
         reads: Injected[Reads],
         usage: Injected[UsageReader],
         sub: PathId,
-        from_: Annotated[
-            str | None, QueryParameter(name="from", max_length=MAX_AS_OF_CHARS)
+        from_: Annotated[str | None, instant_query("from")] = None,
+        to: Annotated[str | None, instant_query()] = None,
+        seat: IdQuery = None,
+        model: Annotated[
+            str | None, QueryParameter(min_length=1, max_length=MAX_MODEL_CHARS)
         ] = None,
-        to: Annotated[str | None, QueryParameter(max_length=MAX_AS_OF_CHARS)] = None,
-        seat: Annotated[str | None, QueryParameter(max_length=MAX_ID_CHARS)] = None,
-        model: Annotated[str | None, QueryParameter(max_length=MAX_MODEL_CHARS)] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE_ROWS)] = DEFAULT_PAGE_ROWS,
-        cursor: Annotated[str | None, QueryParameter(max_length=MAX_CURSOR_CHARS)] = None,
+        cursor: Annotated[
+            str | None, QueryParameter(max_length=MAX_CURSOR_CHARS, pattern=CURSOR_PATTERN)
+        ] = None,
         as_of: AsOf = None,
     ) -> UsagePageView:
         # Existence as of the head: a usage page never replays the balances.

@@ -170,5 +170,3 @@ def expect_problem(response: Any, status: int, slug: str) -> dict[str, Any]:
     assert body["type"] == PROBLEM_BASE + slug
     assert body["status"] == status and body["title"] and body["detail"]
     return body
-
-
