@@ -115,6 +115,7 @@ async def _serve(settings: Settings, connection: Connection, ready: Event) -> No
         tokens=tokens,
         clock=make_clock(settings),
         writer=writer,
+        metrics_token=settings.metrics_token,
     )
     server = uvicorn.Server(
         uvicorn.Config(

@@ -51,6 +51,8 @@ class Settings:
     port: int = 8080
     usage_stream: str = DEFAULT_STREAM
     admin_token: str | None = None
+    metrics_token: str | None = None
+    """LEDGER_METRICS_TOKEN: when set, GET /metrics needs `Authorization: Bearer <it>`."""
     rate_card: Path | None = None
     clock: ClockKind = "system"
     clock_start: datetime | None = None
@@ -99,6 +101,7 @@ class Settings:
             port=int(port_text),
             usage_stream=stream,
             admin_token=env.get("LEDGER_ADMIN_TOKEN") or None,
+            metrics_token=env.get("LEDGER_METRICS_TOKEN") or None,
             rate_card=Path(env["LEDGER_RATE_CARD"]) if env.get("LEDGER_RATE_CARD") else None,
             clock=clock,  # type: ignore[arg-type]
             clock_start=parse_instant(start, "LEDGER_CLOCK_START") if start else None,

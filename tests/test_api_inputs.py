@@ -1,7 +1,8 @@
 """Bad input over HTTP gets a 4xx problem that says what is wrong, and changes nothing: bodies
 that are not UTF-8, integers where an instant is documented, ids outside the id alphabet
 wherever an id is accepted, cursors out of range, clock moves outside the bounds; duplicate keys
-in a JSON object mean the same on the stream and over HTTP."""
+in a JSON object mean the same on the stream and over HTTP; a 503 says what to do; /metrics
+may be kept behind a token."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from typing import Any
 import pytest
 from litestar.testing import TestClient
 
+from ledger.application import Ledger
+from ledger.errors import ConcurrentAppend
 from projections.runner import ProjectionRunner
 from services.api.app import app_from_parts
 from services.auth.tokens import TOKENS_FILE, SqliteTokenStore
@@ -23,6 +26,8 @@ from services.ingest.processor import USAGE_DECODER
 from services.metrics import LedgerMetrics
 from services.writer import LedgerWriter
 from tests.support.api_app import ADMIN, ANCHOR, SEED, Api, auth, expect_problem, open_api
+
+METRICS_TOKEN = "metrics-scraper-token"
 
 
 @pytest.fixture
@@ -246,3 +251,48 @@ def test_a_clock_move_backwards_says_from_when_it_may_move_and_changes_nothing(
     assert refused["parameter"] == "now"
     assert "send an instant at or after 2026-02-10T00:00:00Z" in refused["detail"]
     assert _clock_files(settings.data_dir) == files and _digest(api) == head
+
+
+# -- 503 ------------------------------------------------------------------------------------
+
+
+def test_a_503_says_to_retry_and_names_no_internal_class(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def busy(self: Ledger, commands: Any) -> Any:
+        raise ConcurrentAppend(41, 44)
+
+    monkeypatch.setattr(Ledger, "execute", busy)
+    refused = api.post("/v1/subscriptions/team-1/packs", {"pack_id": "p9"})
+    body = expect_problem(refused, 503, "store-unavailable")
+    assert refused.headers["retry-after"] == "1"
+    assert "retry in a second" in body["detail"]
+    assert "Concurrent" not in refused.text and "Error" not in refused.text
+    assert "41" not in body["detail"]
+
+
+# -- /metrics -------------------------------------------------------------------------------
+
+
+def test_metrics_need_the_metrics_token_when_one_is_set(tmp_path: Path) -> None:
+    with open_api(tmp_path, metrics_token=METRICS_TOKEN) as api:
+        for token in (None, "wrong", ADMIN):
+            refused = api.get("/metrics", token=token)
+            expect_problem(refused, 401, "unauthorized")
+            assert refused.headers["www-authenticate"] == "Bearer"
+        assert api.get("/metrics", token=METRICS_TOKEN).status_code == 200
+        document = api.get("/schema/openapi.json", token=None).json()
+        assert document["paths"]["/metrics"]["get"]["security"] == [{"bearer": []}]
+        assert "401" in document["paths"]["/metrics"]["get"]["responses"]
+        assert api.get("/healthz", token=None).status_code == 200
+
+
+def test_metrics_need_no_token_when_none_is_set(api: Api) -> None:
+    assert api.get("/metrics", token=None).status_code == 200
+    document = api.get("/schema/openapi.json", token=None).json()
+    assert "security" not in document["paths"]["/metrics"]["get"]
+
+
+def test_the_metrics_token_comes_from_ledger_metrics_token() -> None:
+    assert Settings.from_env({"LEDGER_METRICS_TOKEN": "m"}).metrics_token == "m"
+    assert Settings.from_env({}).metrics_token is None

@@ -32,7 +32,7 @@ from services.api.decoding import StrictJsonRequest
 from services.api.dependencies import provided
 from services.api.document import ClosedStructSchemaPlugin
 from services.api.guards import bearer_token
-from services.api.health import HealthController
+from services.api.health import HealthController, metrics_router
 from services.api.latency import latency_middleware
 from services.api.packs import PackController
 from services.api.problems import EXCEPTION_HANDLERS
@@ -72,6 +72,7 @@ def create_app(
     writer: Writer,
     metrics: LedgerMetrics = METRICS,
     max_body_bytes: int = MAX_BODY_BYTES,
+    metrics_token: str | None = None,
     debug: bool = False,
 ) -> Litestar:
     """The API over these parts. Handlers run on the event loop's thread, one at a time.
@@ -79,7 +80,8 @@ def create_app(
     `runner` must be the balances that `writer` catches up after each write (in `ledger
     serve`, the API process's live balances); `clock` the ledger's clock (a manual one may be
     moved by `POST /v1/clock`); `metrics` what `GET /metrics` renders and request latency goes
-    to. `read_models` answers usage pages; the app closes it on shutdown.
+    to. `read_models` answers usage pages; the app closes it on shutdown. With
+    `metrics_token`, `GET /metrics` needs `Authorization: Bearer <metrics_token>`.
     """
     usage = UsageReader(read_models)
     parts: dict[str, Any] = {
@@ -98,7 +100,7 @@ def create_app(
         security=[{"bearer": []}],  # health, readiness and metrics need no token
     )
     return Litestar(
-        route_handlers=[v1, HealthController, console_router()],
+        route_handlers=[v1, HealthController, metrics_router(metrics_token), console_router()],
         dependencies=provided(parts),
         request_class=StrictJsonRequest,
         plugins=[ClosedStructSchemaPlugin()],
@@ -134,4 +136,5 @@ def app_from_parts(
         clock=parts.clock,
         writer=writer,
         metrics=metrics,
+        metrics_token=parts.settings.metrics_token,
     )

@@ -12,6 +12,7 @@ import structlog
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import ResponseSpec
+from litestar.status_codes import HTTP_503_SERVICE_UNAVAILABLE
 
 from ledger.errors import (
     DuplicateConflict,
@@ -105,7 +106,8 @@ V1_PROBLEM_STATUSES: Final = (400, 401, 403, 404, 409, 413, 415, 503)
 """What any /v1 path may answer besides success (a read never 409s; documenting it costs
 nothing and keeps one list)."""
 RETRY_AFTER_S: Final = 1
-"""What a 503 of a busy store or writer asks the client to wait before it retries."""
+"""What every 503 asks the client to wait before it retries (its Retry-After header)."""
+RETRY_SOON: Final = "retry in a second"
 
 
 class Problem(Exception):
@@ -140,6 +142,8 @@ def problem_response(
     slug: str, detail: str, headers: dict[str, str] | None = None, **extra: Any
 ) -> Response[dict[str, Any]]:
     status, title = PROBLEMS[slug]
+    if status == HTTP_503_SERVICE_UNAVAILABLE:
+        headers = {"Retry-After": str(RETRY_AFTER_S), **(headers or {})}
     body: dict[str, Any] = {
         "type": PROBLEM_BASE + slug,
         "title": title,
@@ -199,8 +203,11 @@ def _on_http(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, An
     slug = _SLUG_BY_STATUS.get(
         exc.status_code, "internal" if exc.status_code >= 500 else "bad-request"
     )
+    detail = str(exc.detail)
+    if exc.status_code == HTTP_503_SERVICE_UNAVAILABLE:
+        detail = f"the ledger cannot answer now: {RETRY_SOON}"
     # Keep what the framework says must go with the status (`Allow` on a 405, RFC 9110).
-    return problem_response(slug, str(exc.detail), dict(exc.headers or {}) or None)
+    return problem_response(slug, detail, dict(exc.headers or {}) or None)
 
 
 def _on_store_unavailable(
@@ -208,12 +215,12 @@ def _on_store_unavailable(
 ) -> Response[dict[str, Any]]:
     """A store (the log, the tokens) or the writer could not answer now (busy, reconnecting,
     the writer process restarting): 503 with Retry-After. Writes are idempotent, so retrying
-    one is safe."""
-    log.warning("api.store_unavailable", path=request.url.path, error=str(exc))
+    one is safe. What went wrong goes to the log, not to the client."""
+    log.warning(
+        "api.store_unavailable", path=request.url.path, error=str(exc), kind=type(exc).__name__
+    )
     return problem_response(
-        "store-unavailable",
-        f"{type(exc).__name__}: {exc}",
-        {"Retry-After": str(RETRY_AFTER_S)},
+        "store-unavailable", f"the ledger's store is busy or reconnecting: {RETRY_SOON}"
     )
 
 
