@@ -150,6 +150,11 @@ class EventStore(Protocol):
         list: for replays, which need neither hashes nor times."""
         ...
 
+    def read_subscription_data(self, subscription_id: str, until: int) -> Iterator[list[bytes]]:
+        """The event bytes of one subscription's records at positions `<= until`, in order, a
+        chunk per list (an index leads to them: the cost is that subscription's records)."""
+        ...
+
     def head(self) -> Head: ...
 
     def prior_charges(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], PriorCharge]:

@@ -36,6 +36,7 @@ from ledger.log import (
     EVENT_ENCODER,
     GENESIS_HASH,
     MAX_APPEND_EVENTS,
+    READ_CHUNK_RECORDS,
     EventStore,
     Head,
     PriorCharge,
@@ -106,6 +107,9 @@ def grant(seat_id: str = "seat-1", subscription_id: str = "sub-1") -> SeatQuotaG
         quota_ucr=25_000_000_000,
         lapsed_ucr=0,
     )
+
+
+_CHARGE_DECODER = msgspec.json.Decoder(UsageCharged)
 
 
 def charges(prefix: str, count: int) -> list[LogEvent]:
@@ -488,6 +492,26 @@ def test_read_streams_a_log_longer_than_any_one_fetch(store: EventStore) -> None
         appended(store, charges(f"b{batch}", 5_000))
 
     assert [r.position for r in store.read(after=1)] == list(range(2, 25_001))
+
+
+def test_read_subscription_data_gives_one_subscriptions_records_up_to_until(
+    store: EventStore,
+) -> None:
+    appended(store, [charge(f"x{i}", "sub-1" if i % 3 else "sub-2") for i in range(12)])
+    appended(store, charges("many", 2 * READ_CHUNK_RECORDS + 7))
+
+    def event_ids(sub: str, until: int) -> list[str]:
+        chunks = store.read_subscription_data(sub, until)
+        return [_CHARGE_DECODER.decode(data).event_id for chunk in chunks for data in chunk]
+
+    assert event_ids("sub-2", 12) == ["x0", "x3", "x6", "x9"]
+    assert event_ids("sub-2", 6) == ["x0", "x3"]
+    assert event_ids("sub-1", 3) == ["x1", "x2"]
+    assert event_ids("sub-3", 12) == []
+    assert event_ids("sub-2", 0) == []
+    head = store.head().position
+    assert len(event_ids("sub-1", head)) == 8 + 2 * READ_CHUNK_RECORDS + 7
+    assert event_ids("sub-1", head)[-1] == f"many-{2 * READ_CHUNK_RECORDS + 6:05d}"
 
 
 def test_position_at_gives_the_last_position_recorded_at_or_before_an_instant(

@@ -161,6 +161,7 @@ MIGRATIONS: tuple[tuple[int, LiteralString], ...] = (
         $$;
         """,
     ),
+    (3, "CREATE INDEX log_subscription ON {schema}.log (subscription_id, position);"),
 )
 """(version, SQL) in order; `{schema}` is the store's schema. Append new ones, never edit."""
 
@@ -390,6 +391,19 @@ class PostgresEventStore:
         for rows in self._chunks(self._q.event_data, after, until):
             yield [data for (_, data) in rows]
 
+    def read_subscription_data(self, subscription_id: str, until: int) -> Iterator[list[bytes]]:
+        position = 0
+        while True:
+            rows = self._fetch(
+                self._q.subscription_data, (subscription_id, position, until, READ_CHUNK_RECORDS)
+            )
+            if not rows:
+                return
+            yield [data for (_, data) in rows]
+            if len(rows) < READ_CHUNK_RECORDS:
+                return
+            position = rows[-1][0]
+
     def head(self) -> Head:
         rows = self._fetch(self._q.head, ())
         return _head_of(rows[0] if rows else None)
@@ -564,6 +578,11 @@ class _Queries:
         )
         self.event_data = q(
             "SELECT position, data FROM {schema}.log WHERE position > %b AND position <= %b"
+        )
+        self.subscription_data = q(
+            "SELECT position, data FROM {schema}.log"
+            " WHERE subscription_id = %b AND position > %b AND position <= %b"
+            " ORDER BY subscription_id, position LIMIT %b"
         )
         self.prior_charges = q(
             "SELECT k.subscription_id, k.event_id, k.payload_digest, k.position"

@@ -94,6 +94,7 @@ CREATE TABLE IF NOT EXISTS log (
     hash BLOB NOT NULL,
     data BLOB NOT NULL
 );
+CREATE INDEX IF NOT EXISTS log_subscription ON log (subscription_id, position);
 CREATE TABLE IF NOT EXISTS usage_keys (key INTEGER PRIMARY KEY, position INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS usage_keys_recent (
     position INTEGER PRIMARY KEY,
@@ -134,6 +135,10 @@ _SELECT_RECORDS = (
 )
 _SELECT_EVENT_DATA = (
     "SELECT data FROM log WHERE position > ? AND position <= ? ORDER BY position LIMIT ?"
+)
+_SELECT_SUBSCRIPTION_DATA = (
+    "SELECT position, data FROM log INDEXED BY log_subscription"
+    " WHERE subscription_id = ? AND position > ? AND position <= ? ORDER BY position LIMIT ?"
 )
 _SELECT_HEAD = "SELECT position, hash, recorded_at_us FROM log ORDER BY position DESC LIMIT 1"
 
@@ -299,6 +304,21 @@ class SqliteEventStore:
                 return
             yield [data for (data,) in rows]
             position += len(rows)  # positions are gap-free
+
+    def read_subscription_data(self, subscription_id: str, until: int) -> Iterator[list[bytes]]:
+        position = 0
+        while True:
+            with self._lock:
+                rows = self._db.execute(
+                    _SELECT_SUBSCRIPTION_DATA,
+                    (subscription_id, position, until, READ_CHUNK_RECORDS),
+                ).fetchall()
+            if not rows:
+                return
+            yield [data for (_, data) in rows]
+            if len(rows) < READ_CHUNK_RECORDS:
+                return
+            position = rows[-1][0]
 
     def head(self) -> Head:
         with self._lock:

@@ -1,7 +1,8 @@
 """The HTTP API: one Litestar app over the ledger's parts.
 
-Reads answer from the live balances, or, with `as_of`, from the balances replayed to that
-point of the log (services/api/reads.py). Usage pages come from the read model tables over a
+Reads answer from the live balances, or, with `as_of`, from one subscription's balances
+folded from its records up to that point of the log, on a bounded pool of threads
+(services/api/reads.py). Usage pages come from the read model tables over a
 read-only connection of the API's own. Writes go through a `Writer` (services/writer.py) to the
 single writer of the log, which returns once the live balances have folded them, so a write
 answers with the state that includes it. Every error is an RFC 9457 problem
@@ -84,9 +85,10 @@ def create_app(
     `metrics_token`, `GET /metrics` needs `Authorization: Bearer <metrics_token>`.
     """
     usage = UsageReader(read_models)
+    reads = Reads(events, runner, clock)
     parts: dict[str, Any] = {
         "events": events,
-        "reads": Reads(events, runner, clock),
+        "reads": reads,
         "writes": Writes(writer, runner),
         "usage": usage,
         "tokens": tokens,
@@ -114,7 +116,7 @@ def create_app(
                 security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}
             ),
         ),
-        on_shutdown=[usage.close],
+        on_shutdown=[usage.close, reads.past.close],
         debug=debug,
     )
 

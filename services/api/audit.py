@@ -37,7 +37,7 @@ class AuditController(V1Controller):
         ] = DEFAULT_LOG_PAGE_RECORDS,
         as_of: AsOf = None,
     ) -> LogPage:
-        end = events.head().position if as_of is None else reads.position_of(as_of)
+        end = events.head().position if as_of is None else await reads.position_of(as_of)
         until = min(after + limit, end)
         records = events.read(after=after, until=until) if until > after else ()
         return LogPage([log_record_view(r) for r in records], until if until < end else None)
@@ -53,6 +53,6 @@ class AuditController(V1Controller):
         if as_of is None:
             head = events.head()
             return DigestView(head.position, head.hash.hex())
-        position = reads.position_of(as_of)
+        position = await reads.position_of(as_of)
         record = record_at(events, position)
         return DigestView(position, (GENESIS_HASH if record is None else record.hash).hex())

@@ -29,7 +29,7 @@ class PackController(V1Controller):
         guards=[requires(SUBSCRIPTION_READERS)],
     )
     async def get_packs(self, reads: Injected[Reads], sub: PathId, as_of: AsOf = None) -> PackList:
-        with reads.subscription(sub, as_of) as (balances, now):
+        async with reads.subscription(sub, as_of) as (balances, now):
             return PackList([pack_view(pack, now) for pack in pack_balances(balances, sub)])
 
     @post(

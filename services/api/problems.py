@@ -67,6 +67,7 @@ PROBLEMS: Final[dict[str, tuple[int, str]]] = {
     "internal": (500, "Internal error"),
     "not-ready": (503, "Not ready"),
     "store-unavailable": (503, "The ledger's store or writer cannot answer now; retry"),
+    "as-of-busy": (503, "Too many reads of the past at once; retry"),
 }
 """Every problem type the API answers with: slug -> (HTTP status, title). Stable."""
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Final
+from typing import Final, TypeVar
 
 from ledger.clock import Clock
 from ledger.log import EPOCH, EventStore, StoredRecord, datetime_from_us
@@ -19,13 +19,16 @@ from projections.replay import (
     POSITION_PREFIX,
     AsOfBeyondHead,
     InvalidAsOf,
-    balances_as_of,
     resolve_as_of,
+    subscription_as_of,
 )
 from projections.usage import UsageQuery
 from schemas.instants import instant_from_text
 from schemas.read_models import UsagePage
-from services.api.problems import Problem, no_subscription
+from services.api.problems import RETRY_SOON, Problem, no_subscription
+from services.as_of import AsOfBusy, AsOfPool
+
+T = TypeVar("T")
 
 USAGE_FRESHNESS_WAIT_S: Final = 2.0
 """Longest a usage page waits for the projector to fold what the live balances already show."""
@@ -49,18 +52,28 @@ def record_at(events: EventStore, position: int) -> StoredRecord | None:
 
 
 class Reads:
-    """The balances a read answers from, and the ledger clock's now."""
+    """The balances a read answers from, and the ledger clock's now.
 
-    def __init__(self, events: EventStore, live: BalanceSource, clock: Clock) -> None:
+    Current reads answer from the live balances in memory, on the caller's thread; reads of
+    the past (`as_of`) touch the log, so they run on `past`, a bounded pool (503 past it).
+    """
+
+    def __init__(
+        self, events: EventStore, live: BalanceSource, clock: Clock, past: AsOfPool | None = None
+    ) -> None:
         self.events = events
         self.live = live
         self.clock = clock
+        self.past = AsOfPool() if past is None else past
 
     def now(self) -> datetime:
         return datetime_from_us(self.clock.now_us())
 
-    def position_of(self, as_of: str) -> int:
+    async def position_of(self, as_of: str) -> int:
         """The log position `as_of` stands for, or a 400 problem (404 past the log's head)."""
+        return await self._in_pool(lambda: self._position_of(as_of))
+
+    def _position_of(self, as_of: str) -> int:
         try:
             return resolve_as_of(self.events, as_of)
         except InvalidAsOf as error:
@@ -68,28 +81,40 @@ class Reads:
             detail = "as_of: " + str(error).removeprefix("as_of ")
             raise Problem(slug, detail, parameter="as_of") from None
 
-    @contextmanager
-    def at(self, as_of: str | None) -> Iterator[tuple[Balances, datetime]]:
-        """The balances and the instant a read answers as of; the live balances are held
-        still (no fold on the writer thread) until the `with` block ends."""
+    @asynccontextmanager
+    async def subscription(
+        self, sub: str, as_of: str | None
+    ) -> AsyncIterator[tuple[Balances, datetime]]:
+        """The balances holding subscription `sub` and the instant a read answers as of, or a
+        404 problem when the subscription is not in them. Without `as_of`, the live balances,
+        held still (no fold on the writer thread) until the `with` block ends; with it, that
+        subscription's balances folded from its own records up to that point of the log."""
         if as_of is None:
             with self.live.reading() as balances:
+                if sub not in balances.subscriptions:
+                    raise no_subscription(sub)
                 yield balances, self.now()
             return
-        position = self.position_of(as_of)
+        balances, instant = await self._in_pool(lambda: self._subscription_as_of(sub, as_of))
+        if sub not in balances.subscriptions:
+            raise no_subscription(sub)
+        yield balances, instant
+
+    def _subscription_as_of(self, sub: str, as_of: str) -> tuple[Balances, datetime]:
+        position = self._position_of(as_of)
         instant = None if as_of.startswith(POSITION_PREFIX) else parse_instant(as_of, "as_of")
         if instant is None:
             record = record_at(self.events, position)
             instant = EPOCH if record is None else record.recorded_at
-        yield balances_as_of(self.events, position), instant
+        return subscription_as_of(self.events, sub, position), instant
 
-    @contextmanager
-    def subscription(self, sub: str, as_of: str | None) -> Iterator[tuple[Balances, datetime]]:
-        """`at(as_of)`, or a 404 problem when the subscription is not in those balances."""
-        with self.at(as_of) as (balances, now):
-            if sub not in balances.subscriptions:
-                raise no_subscription(sub)
-            yield balances, now
+    async def _in_pool(self, work: Callable[[], T]) -> T:
+        try:
+            return await self.past.run(work)
+        except AsOfBusy:
+            raise Problem(
+                "as-of-busy", f"too many reads of the past at once: {RETRY_SOON}"
+            ) from None
 
 
 class UsageReader:

@@ -29,7 +29,7 @@ class SeatController(V1Controller):
     async def get_seat(
         self, reads: Injected[Reads], sub: PathId, seat: PathId, as_of: AsOf = None
     ) -> SeatView:
-        with reads.subscription(sub, as_of) as (balances, _):
+        async with reads.subscription(sub, as_of) as (balances, _):
             row = balances.seats.get((sub, seat))
             if row is None:
                 raise Problem("not-found", f"no seat {seat!r} in subscription {sub!r}")
@@ -43,7 +43,7 @@ class SeatController(V1Controller):
     async def get_authorization(
         self, reads: Injected[Reads], sub: PathId, seat: PathId, as_of: AsOf = None
     ) -> AuthorizationView:
-        with reads.subscription(sub, as_of) as (balances, now):
+        async with reads.subscription(sub, as_of) as (balances, now):
             return authorization(balances, sub, seat, now)
 
     @post(

@@ -33,7 +33,7 @@ class SubscriptionController(V1Controller):
     async def get_overview(
         self, reads: Injected[Reads], sub: PathId, as_of: AsOf = None
     ) -> OverviewView:
-        with reads.subscription(sub, as_of) as (balances, _):
+        async with reads.subscription(sub, as_of) as (balances, _):
             return overview_view(balances, sub)
 
     @get(
@@ -44,7 +44,7 @@ class SubscriptionController(V1Controller):
     async def get_billing(
         self, reads: Injected[Reads], sub: PathId, as_of: AsOf = None
     ) -> BillingView:
-        with reads.subscription(sub, as_of) as (balances, now):
+        async with reads.subscription(sub, as_of) as (balances, now):
             return billing_view(balances, sub, now)
 
     @post(

@@ -65,7 +65,7 @@ class UsageController(V1Controller):
             # Without as_of, as of the balances' position: a charge shows in a usage page
             # exactly when it shows in the balances, never before (the projector may be ahead
             # of this process's balances) nor after (the page waits for the projector).
-            as_of_position=live if as_of is None else reads.position_of(as_of),
+            as_of_position=live if as_of is None else await reads.position_of(as_of),
             limit=limit,
             cursor=cursor,
         )
