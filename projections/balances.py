@@ -139,11 +139,12 @@ class SubscriptionRow(msgspec.Struct):
 class Balances:
     """The whole balances read model, plus which rows changed since `take_changes`.
 
-    `seat_ids`, `pack_ids`, `grant_ids` and `ended_holds` index the flat dicts by
-    subscription; they are derived, so `dump` leaves them out and `from_rows` rebuilds them.
+    `seat_ids`, `pack_ids`, `grant_ids`, `active_holds` and `ended_holds` index the flat dicts
+    by subscription; they are derived, so `dump` leaves them out and `from_rows` rebuilds them.
     """
 
     __slots__ = (
+        "active_holds",
         "changed_grants",
         "changed_holds",
         "changed_packs",
@@ -170,6 +171,8 @@ class Balances:
         self.pack_ids: dict[str, list[str]] = {}
         self.grant_ids: dict[str, list[str]] = {}
         self.ended_holds: dict[str, deque[tuple[datetime, str]]] = {}
+        self.active_holds: dict[str, set[str]] = {}
+        """The ids of each subscription's active holds."""
         self.changed_subscriptions: set[str] = set()
         self.changed_seats: set[SeatKey] = set()
         self.changed_packs: set[PackKey] = set()
@@ -201,6 +204,8 @@ class Balances:
             balances.holds[(hold.subscription_id, hold.hold_id)] = hold
             if hold.ended_at is not None:
                 ended.append(hold)
+            elif hold.status == "active":
+                balances.active_holds[hold.subscription_id].add(hold.hold_id)
         for hold in sorted(ended, key=lambda h: (h.ended_at, h.hold_id)):
             assert hold.ended_at is not None
             balances.ended_holds[hold.subscription_id].append((hold.ended_at, hold.hold_id))
@@ -211,6 +216,7 @@ class Balances:
         self.subscriptions[sub_id] = sub
         self.seat_ids[sub_id], self.pack_ids[sub_id], self.grant_ids[sub_id] = [], [], []
         self.ended_holds[sub_id] = deque()
+        self.active_holds[sub_id] = set()
 
     def _shared(self, kind: str) -> tuple[dict[PackKey, PackRow], dict[str, list[str]]]:
         return (self.packs, self.pack_ids) if kind == "pack" else (self.grants, self.grant_ids)
@@ -533,6 +539,7 @@ def _hold_placed(b: Balances, e: HoldPlaced) -> None:
     )
     for part in e.allocation:
         _hold_part(b, sub_id, e.seat_id, part.source, part.id, part.credits_ucr)
+    b.active_holds[sub_id].add(e.hold_id)
     b.changed_holds.add(key)
 
 
@@ -609,6 +616,7 @@ def _end_hold(
     for part in hold.allocation:
         _hold_part(b, sub_id, hold.seat_id, part.source, part.id, -part.credits_ucr)
     hold.status, hold.ended_at = how, at
+    b.active_holds[sub_id].discard(hold_id)
     b.ended_holds[sub_id].append((at, hold_id))
     b.changed_holds.add((sub_id, hold_id))
     return hold
@@ -877,4 +885,41 @@ def dump(balances: Balances) -> bytes:
             seats=[seat_balance(balances.seats[k]) for k in sorted(balances.seats)],
             packs=[pack_balance(balances.packs[k]) for k in sorted(balances.packs)],
         )
+    )
+
+
+# -- what a seat can spend: holds taken into account ----------------------------------------
+
+
+def shared_available_ucr(balances: Balances, subscription_id: str, now: datetime) -> int:
+    """What the subscription's packs and grants valid at `now` still offer, less what active
+    holds took from them."""
+    offered = 0
+    for rows, ids in ((balances.packs, balances.pack_ids), (balances.grants, balances.grant_ids)):
+        for pack_id in ids.get(subscription_id, ()):
+            pack = rows[(subscription_id, pack_id)]
+            if pack.status in ("expired", "voided"):
+                continue
+            if pack.purchased_at <= now < pack.expires_at:
+                offered += max(0, pack.remaining_ucr - pack.held_ucr)
+    return offered
+
+
+def seat_spendable_ucr(row: SeatRow) -> int:
+    """What the seat's own quota still has that no hold took (0 once removed)."""
+    return max(0, row.remaining_ucr - row.held_ucr)
+
+
+def active_holds(balances: Balances, subscription_id: str) -> list[HoldRow]:
+    """The subscription's active holds, by hold id."""
+    ids = sorted(balances.active_holds.get(subscription_id, ()))
+    return [balances.holds[(subscription_id, hold_id)] for hold_id in ids]
+
+
+def held_ucr(balances: Balances, subscription_id: str, seat_id: str | None = None) -> int:
+    """What the active holds of the subscription (of one seat, given `seat_id`) hold."""
+    return sum(
+        hold.credits_ucr
+        for hold in active_holds(balances, subscription_id)
+        if seat_id is None or hold.seat_id == seat_id
     )

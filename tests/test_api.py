@@ -123,9 +123,9 @@ def test_overview_names_every_spec_field(api: Api) -> None:
 def test_suspension_shows_in_authorization(api: Api) -> None:
     path = "/v1/subscriptions/{}/seats/{}/authorization"
     carol = api.get(path.format("team-2", "carol")).json()
-    assert carol == {"allowed": False, "available": "0.00", "reason": "suspended"}
+    assert carol == {"allowed": False, "available": "0.00", "held": "0.00", "reason": "suspended"}
     alice = api.get(path.format("team-1", "alice")).json()
-    assert alice == {"allowed": True, "available": "564996.82", "reason": "ok"}
+    assert alice == {"allowed": True, "available": "564996.82", "held": "0.00", "reason": "ok"}
     nobody = api.get(path.format("team-1", "nobody")).json()
     assert (nobody["allowed"], nobody["reason"]) == (False, "unknown")
     assert api.get("/v1/subscriptions/team-2/seats/carol").json()["status"] == "suspended"
@@ -144,7 +144,7 @@ def test_as_of_answers_the_past_after_later_events(api: Api) -> None:
     [p1] = api.get("/v1/subscriptions/team-1/packs", **one_pack).json()["items"]
     assert (p1["remaining"], p1["expires_in_seconds"]) == ("625000.00", 28 * 86_400)
     carol = api.get("/v1/subscriptions/team-2/seats/carol/authorization", **one_pack).json()
-    assert carol == {"allowed": True, "available": "25000.00", "reason": "ok"}
+    assert carol == {"allowed": True, "available": "25000.00", "held": "0.00", "reason": "ok"}
     at_5 = api.get("/v1/audit/digest", as_of="position:5").json()
     assert at_5["position"] == 5 and at_5["hash"] != head["hash"]
     [opened] = [
@@ -336,7 +336,7 @@ def test_an_upgrade_resumes_a_suspended_seat(api: Api) -> None:
     seat = api.patch("/v1/subscriptions/team-2/seats/carol", {"tier": "premium"}).json()
     assert (seat["status"], seat["remaining"]) == ("active", "225000.00")
     check = api.get("/v1/subscriptions/team-2/seats/carol/authorization").json()
-    assert check == {"allowed": True, "available": "225000.00", "reason": "ok"}
+    assert check == {"allowed": True, "available": "225000.00", "held": "0.00", "reason": "ok"}
 
 
 def test_removing_a_seat_answers_it_removed_and_again_changes_nothing(api: Api) -> None:
@@ -422,7 +422,7 @@ def test_without_a_pack_id_or_key_every_request_buys_a_new_pack(api: Api) -> Non
 def test_buying_a_pack_resumes_a_suspended_seat(api: Api) -> None:
     api.post("/v1/subscriptions/team-2/packs", {"pack_id": "q1"})
     check = api.get("/v1/subscriptions/team-2/seats/carol/authorization").json()
-    assert check == {"allowed": True, "available": "625000.00", "reason": "ok"}
+    assert check == {"allowed": True, "available": "625000.00", "held": "0.00", "reason": "ok"}
 
 
 def test_a_pack_for_an_unknown_subscription_is_404(api: Api) -> None:

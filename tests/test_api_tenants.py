@@ -30,8 +30,8 @@ from ledger.rate_card import load_rate_card
 from ledger.stores.sqlite import SqliteEventStore
 from projections.runner import ProjectionRunner
 from projections.stores.sqlite import SqliteReadModelStore
-from schemas.commands import AddSeat, BuyPack, Command, OpenSubscription
-from schemas.limits import ID_PATTERN
+from schemas.commands import AddSeat, BuyPack, Command, OpenSubscription, PlaceHold
+from schemas.limits import ID_PATTERN, MAX_HOLD_TTL_S
 from schemas.usage import UsageEvent
 from services.api.app import create_app
 from services.auth.tokens import SqliteTokenStore, TokenStore
@@ -53,13 +53,14 @@ class Tenant:
     seat: str
     pack: str
     event: str
+    hold: str
 
 
-OTHER: Final = Tenant("team-1", "alice", "p1", "e1")
+OTHER: Final = Tenant("team-1", "alice", "p1", "e1", "h1")
 """The other tenant of the first ledger: every request names these."""
-NOBODY: Final = Tenant("team-x", "xavier", "px", "ex")
+NOBODY: Final = Tenant("team-x", "xavier", "px", "ex", "hx")
 """The other tenant of the second ledger: no request names these."""
-MINE: Final = Tenant(OWN, "carol", "p2", "e2")
+MINE: Final = Tenant(OWN, "carol", "p2", "e2", "h2")
 
 NAMES_BY_PARAMETER: Final[dict[str, str]] = {
     "subscription_id": OTHER.sub,
@@ -69,6 +70,8 @@ NAMES_BY_PARAMETER: Final[dict[str, str]] = {
     "pack": OTHER.pack,
     "pack_id": OTHER.pack,
     "event_id": OTHER.event,
+    "hold": OTHER.hold,
+    "hold_id": OTHER.hold,
     "token_id": "tok_0123456789abcdef",  # tokens belong to no subscription
 }
 """The name a request gives each path, query or body parameter that is an id: what the other
@@ -98,6 +101,7 @@ def _tenant(tenant: Tenant) -> list[Command]:
         OpenSubscription(tenant.sub, ANCHOR),
         AddSeat(tenant.sub, tenant.seat, "standard"),
         BuyPack(tenant.sub, tenant.pack),
+        PlaceHold(tenant.sub, tenant.seat, tenant.hold, 1_000_000, MAX_HOLD_TTL_S),
     ]
 
 

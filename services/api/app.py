@@ -34,6 +34,7 @@ from services.api.dependencies import provided
 from services.api.document import ClosedStructSchemaPlugin
 from services.api.guards import bearer_token
 from services.api.health import HealthController, metrics_router
+from services.api.holds import HoldController
 from services.api.latency import latency_middleware
 from services.api.packs import PackController
 from services.api.problems import EXCEPTION_HANDLERS
@@ -54,6 +55,7 @@ MAX_BODY_BYTES: Final = 64 * 1024
 V1_CONTROLLERS: Final = (
     SubscriptionController,
     SeatController,
+    HoldController,
     PackController,
     UsageController,
     AuditController,
@@ -89,7 +91,7 @@ def create_app(
     parts: dict[str, Any] = {
         "events": events,
         "reads": reads,
-        "writes": Writes(writer, runner),
+        "writes": Writes(writer, runner, clock),
         "usage": usage,
         "tokens": tokens,
         "clock": clock,

@@ -19,6 +19,8 @@ SEAT_READERS: Final[frozenset[Role]] = EVERY_ROLE
 SUBSCRIPTION_READERS: Final[frozenset[Role]] = frozenset({"admin", "auditor", "viewer"})
 AUDITORS: Final[frozenset[Role]] = frozenset({"admin", "auditor"})
 ADMINS: Final[frozenset[Role]] = frozenset({"admin"})
+HOLDERS: Final[frozenset[Role]] = frozenset({"admin", "gateway"})
+"""Who may place, extend and release holds."""
 SUBSCRIPTION_PARAMETER: Final = "sub"
 """The path parameter that names the subscription a request is about."""
 

@@ -132,6 +132,8 @@ class ProblemView(msgspec.Struct, frozen=True):
     parameter: str | None = None
     reason: str | None = None
     errors: list[dict[str, Any]] | None = None
+    available: str | None = None
+    """With `insufficient-credits`: what the seat could have had."""
 
 
 def no_subscription(sub: str) -> Problem:

@@ -29,11 +29,11 @@ class SeatController(V1Controller):
     async def get_seat(
         self, reads: Injected[Reads], sub: PathId, seat: PathId, as_of: AsOf = None
     ) -> SeatView:
-        async with reads.subscription(sub, as_of) as (balances, _):
+        async with reads.subscription(sub, as_of) as (balances, now):
             row = balances.seats.get((sub, seat))
             if row is None:
                 raise Problem("not-found", f"no seat {seat!r} in subscription {sub!r}")
-            return seat_view(seat_balance(row), balances)
+            return seat_view(seat_balance(row), balances, now)
 
     @get(
         "/{seat:str}/authorization",

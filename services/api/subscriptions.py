@@ -33,8 +33,8 @@ class SubscriptionController(V1Controller):
     async def get_overview(
         self, reads: Injected[Reads], sub: PathId, as_of: AsOf = None
     ) -> OverviewView:
-        async with reads.subscription(sub, as_of) as (balances, _):
-            return overview_view(balances, sub)
+        async with reads.subscription(sub, as_of) as (balances, now):
+            return overview_view(balances, sub, now)
 
     @get(
         "/{sub:str}/billing",

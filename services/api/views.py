@@ -10,10 +10,18 @@ import msgspec
 
 from ledger.log import StoredRecord
 from ledger.money import format_credits
-from projections.balances import Balances, overview
+from projections.balances import (
+    Balances,
+    HoldRow,
+    held_ucr,
+    overview,
+    seat_spendable_ucr,
+    shared_available_ucr,
+)
 from schemas.commands import Tier
 from schemas.events import CycleStarted, PackExpired
 from schemas.read_models import (
+    HoldLifecycle,
     PackBalance,
     PackStatus,
     SeatBalance,
@@ -32,6 +40,11 @@ class SeatView(msgspec.Struct, frozen=True):
     quota: str
     used: str
     remaining: str
+    held: str
+    """What active holds of this seat hold (from its quota, packs and grants)."""
+    available: str
+    """What the seat can still spend now: its quota and the valid packs and grants, less
+    what every active hold took from them."""
     pack_used: str
     uncovered: str
     cycle_start: datetime | None
@@ -63,6 +76,8 @@ class OverviewView(msgspec.Struct, frozen=True):
     utilization_percent: str
     seats: list[SeatView]
     packs_remaining: str
+    held: str
+    """What the subscription's active holds hold."""
     uncovered: str
     uncovered_total: str
 
@@ -79,6 +94,11 @@ class BillingView(msgspec.Struct, frozen=True):
     """Seat quotas of this cycle (seats not removed) plus the credits of packs not expired."""
     remaining: str
     """What is left of them: seat quota remaining plus pack remaining."""
+    held: str
+    """What the subscription's active holds hold."""
+    available: str
+    """What the seats that are not removed can still spend now, together: their quotas and
+    the valid packs and grants, less what active holds took."""
     next_expiration: NextExpiration | None
 
 
@@ -144,8 +164,32 @@ class UsagePageView(msgspec.Struct, frozen=True):
 class AuthorizationView(msgspec.Struct, frozen=True):
     allowed: bool
     available: str
+    """What the seat can spend now, less what active holds took."""
+    held: str
+    """What this seat's active holds hold."""
     reason: str
     """ok / suspended / removed / unknown / exhausted."""
+
+
+class HoldView(msgspec.Struct, frozen=True):
+    """Credits reserved for one seat: what the hold holds now, and where it took them."""
+
+    subscription_id: str
+    hold_id: str
+    seat_id: str
+    status: HoldLifecycle
+    credits: str
+    """What the hold holds (what was asked, less what shrank with an expired or voided source);
+    once ended, what it held when it ended."""
+    requested: str
+    allocation: list[AllocationView]
+    ttl_s: int
+    placed_at: datetime
+    expires_at: datetime
+    expires_in_seconds: int
+    ended_at: datetime | None
+    settled_by: str | None
+    """The usage event that settled it."""
 
 
 class LogRecordView(msgspec.Struct, frozen=True):
@@ -228,8 +272,18 @@ class TokenSelfView(msgspec.Struct, frozen=True):
     """The ledger clock's now, which a manual clock may hold far from the wall clock."""
 
 
-def seat_view(seat: SeatBalance, balances: Balances) -> SeatView:
+def seat_available_ucr(balances: Balances, sub_id: str, seat_id: str, now: datetime) -> int:
+    """What the seat can spend at `now`: its own quota and the shared credits valid then, less
+    what active holds took (0 for a removed or unknown seat)."""
+    row = balances.seats.get((sub_id, seat_id))
+    if row is None or row.status == "removed":
+        return 0
+    return seat_spendable_ucr(row) + shared_available_ucr(balances, sub_id, now)
+
+
+def seat_view(seat: SeatBalance, balances: Balances, now: datetime) -> SeatView:
     sub = balances.subscriptions[seat.subscription_id]
+    sub_id, seat_id = seat.subscription_id, seat.seat_id
     return SeatView(
         subscription_id=seat.subscription_id,
         seat_id=seat.seat_id,
@@ -239,10 +293,32 @@ def seat_view(seat: SeatBalance, balances: Balances) -> SeatView:
         quota=format_credits(seat.quota_ucr),
         used=format_credits(seat.used_ucr),
         remaining=format_credits(seat.remaining_ucr),
+        held=format_credits(held_ucr(balances, sub_id, seat_id)),
+        available=format_credits(seat_available_ucr(balances, sub_id, seat_id, now)),
         pack_used=format_credits(seat.pack_used_ucr),
         uncovered=format_credits(seat.uncovered_ucr),
         cycle_start=sub.cycle_start,
         cycle_end=sub.cycle_end,
+    )
+
+
+def hold_view(hold: HoldRow, now: datetime) -> HoldView:
+    return HoldView(
+        subscription_id=hold.subscription_id,
+        hold_id=hold.hold_id,
+        seat_id=hold.seat_id,
+        status=hold.status,
+        credits=format_credits(hold.credits_ucr),
+        requested=format_credits(hold.requested_ucr),
+        allocation=[
+            AllocationView(a.source, a.id, format_credits(a.credits_ucr)) for a in hold.allocation
+        ],
+        ttl_s=hold.ttl_s,
+        placed_at=hold.placed_at,
+        expires_at=hold.expires_at,
+        expires_in_seconds=seconds_until(hold.expires_at, now) if hold.status == "active" else 0,
+        ended_at=hold.ended_at,
+        settled_by=hold.settled_by,
     )
 
 
@@ -268,7 +344,7 @@ def percent(basis_points: int) -> str:
     return f"{basis_points // 100}.{basis_points % 100:02d}"
 
 
-def overview_view(balances: Balances, sub: str) -> OverviewView:
+def overview_view(balances: Balances, sub: str, now: datetime) -> OverviewView:
     view = overview(balances, sub)
     assert view is not None, f"subscription {sub!r} is in the balances"
     return OverviewView(
@@ -279,8 +355,9 @@ def overview_view(balances: Balances, sub: str) -> OverviewView:
         quota_total=format_credits(view.quota_total_ucr),
         quota_used=format_credits(view.quota_used_ucr),
         utilization_percent=percent(view.utilization_basis_points),
-        seats=[seat_view(seat, balances) for seat in view.seats],
+        seats=[seat_view(seat, balances, now) for seat in view.seats],
         packs_remaining=format_credits(view.packs_remaining_ucr),
+        held=format_credits(held_ucr(balances, sub)),
         uncovered=format_credits(view.uncovered_ucr),
         uncovered_total=format_credits(view.uncovered_total_ucr),
     )
@@ -329,23 +406,21 @@ def usage_row_view(row: UsageRow) -> UsageRowView:
 def authorization(
     balances: Balances, sub_id: str, seat_id: str, now: datetime
 ) -> AuthorizationView:
-    """May this seat spend now? Its quota left plus the subscription's live packs."""
+    """May this seat spend now? Its quota left plus the subscription's valid packs and grants,
+    less what active holds took."""
     seat = balances.seats.get((sub_id, seat_id))
     if seat is None:
-        return AuthorizationView(False, format_credits(0), "unknown")
+        return AuthorizationView(False, format_credits(0), format_credits(0), "unknown")
+    held = format_credits(held_ucr(balances, sub_id, seat_id))
     if seat.status == "removed":
-        return AuthorizationView(False, format_credits(0), "removed")
-    packs = sum(
-        pack.remaining_ucr
-        for pack in (balances.packs[(sub_id, p)] for p in balances.pack_ids.get(sub_id, ()))
-        if pack.status == "active" and pack.expires_at > now
-    )
-    available = format_credits(max(0, seat.remaining_ucr) + packs)
+        return AuthorizationView(False, format_credits(0), held, "removed")
+    available_ucr = seat_available_ucr(balances, sub_id, seat_id, now)
+    available = format_credits(available_ucr)
     if seat.status == "suspended":
-        return AuthorizationView(False, available, "suspended")
-    if seat.remaining_ucr <= 0 and packs <= 0:
-        return AuthorizationView(False, available, "exhausted")
-    return AuthorizationView(True, available, "ok")
+        return AuthorizationView(False, available, held, "suspended")
+    if available_ucr <= 0:
+        return AuthorizationView(False, available, held, "exhausted")
+    return AuthorizationView(True, available, held, "ok")
 
 
 def billing_view(balances: Balances, sub: str, now: datetime) -> BillingView:
@@ -355,10 +430,13 @@ def billing_view(balances: Balances, sub: str, now: datetime) -> BillingView:
     live_packs = [p for p in view.packs if p.status != "expired"]
     upcoming = [p for p in live_packs if p.status == "active" and p.expires_at > now]
     seats_remaining = sum(s.remaining_ucr for s in view.seats if s.status != "removed")
+    seats_spendable = sum(seat_spendable_ucr(balances.seats[(sub, s.seat_id)]) for s in view.seats)
     return BillingView(
         subscription_id=sub,
         total_credits=format_credits(view.quota_total_ucr + sum(p.credits_ucr for p in live_packs)),
         remaining=format_credits(seats_remaining + view.packs_remaining_ucr),
+        held=format_credits(held_ucr(balances, sub)),
+        available=format_credits(seats_spendable + shared_available_ucr(balances, sub, now)),
         next_expiration=(
             NextExpiration(
                 upcoming[0].pack_id,

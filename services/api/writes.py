@@ -3,8 +3,13 @@ the live balances have folded it, so the state a write answers with includes tha
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from ledger.application import Outcome
+from ledger.clock import Clock
 from ledger.errors import UnknownSubscription
+from ledger.log import datetime_from_us
+from ledger.money import format_credits
 from projections.balances import pack_balance, seat_balance
 from projections.live import BalanceSource
 from schemas.commands import Command
@@ -15,11 +20,13 @@ from services.writer import Writer
 
 
 class Writes:
-    """Commands through `writer`; what they left in `live`, the balances it catches up."""
+    """Commands through `writer`; what they left in `live`, the balances it catches up, read
+    at the ledger clock's now (what is available depends on which packs are valid)."""
 
-    def __init__(self, writer: Writer, live: BalanceSource) -> None:
+    def __init__(self, writer: Writer, live: BalanceSource, clock: Clock) -> None:
         self.writer = writer
         self.live = live
+        self.clock = clock
 
     async def execute(self, command: Command) -> Outcome:
         [outcome] = await self.writer.execute([command])
@@ -27,13 +34,19 @@ class Writes:
             assert self.live.position >= outcome.records[-1].position, "the writer caught up"
         return outcome
 
+    def now(self) -> datetime:
+        return datetime_from_us(self.clock.now_us())
+
     def seat(self, sub: str, seat_id: str) -> SeatView:
         with self.live.reading() as balances:
-            return seat_view(seat_balance(balances.seats[(sub, seat_id)]), balances)
+            row = balances.seats[(sub, seat_id)]
+            return seat_view(seat_balance(row), balances, self.now())
 
     def overview(self, sub: str) -> OverviewView | None:
         with self.live.reading() as balances:
-            return overview_view(balances, sub) if sub in balances.subscriptions else None
+            if sub not in balances.subscriptions:
+                return None
+            return overview_view(balances, sub, self.now())
 
     def pack(self, sub: str, pack_id: str) -> PackBalance:
         with self.live.reading() as balances:
@@ -46,4 +59,9 @@ def refused(outcome: Outcome, sub: str) -> Problem:
     if outcome.reason == UnknownSubscription.reason:
         return no_subscription(sub)
     detail = outcome.detail or outcome.reason
-    return Problem(REJECTION_PROBLEMS[outcome.reason], detail, reason=outcome.reason)
+    extra = (
+        {}
+        if outcome.available_ucr is None
+        else {"available": format_credits(outcome.available_ucr)}
+    )
+    return Problem(REJECTION_PROBLEMS[outcome.reason], detail, reason=outcome.reason, **extra)
