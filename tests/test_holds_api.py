@@ -120,6 +120,8 @@ def test_another_seats_hold_or_an_unknown_one_is_not_found(api: Api) -> None:
         {"hold_id": "h1", "credits": 5},
         {"hold_id": "h1", "credits": "5", "ttl_s": 0},
         {"hold_id": "h1", "credits": "5", "ttl_s": 3601},
+        {"hold_id": "h1", "credits": "5", "ttl_s": 1.5},
+        {"hold_id": "h1", "credits": "5", "ttl_s": "60"},
         {"hold_id": "h 1", "credits": "5"},
         {"hold_id": "h1", "credits": "5", "seat_id": "bob"},
     ],
@@ -129,8 +131,11 @@ def test_a_hold_body_out_of_bounds_is_a_400(api: Api, body: dict[str, Any]) -> N
     assert api.logged("hold.placed") == []
 
 
-def test_the_smallest_hold_is_one_micro_credit(api: Api) -> None:
-    assert _hold(api, "h1", "0.000001").json()["credits"] == "0.000001"
+def test_the_smallest_hold_is_one_micro_credit_and_a_whole_ttl_may_be_written_60_0(
+    api: Api,
+) -> None:
+    assert _hold(api, "h1", "0.000001", ttl_s=60.0).json()["credits"] == "0.000001"
+    assert api.logged("hold.placed")[0]["ttl_s"] == 60
 
 
 def test_gateways_of_the_subscription_and_admins_hold_others_do_not(api: Api) -> None:

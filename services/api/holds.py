@@ -15,9 +15,9 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from ledger.money import parse_credits
 from projections.balances import HoldRow
-from schemas.commands import ExtendHold, HoldTtl, PlaceHold, ReleaseHold
+from schemas.commands import ExtendHold, PlaceHold, ReleaseHold
 from schemas.events import Actor
-from schemas.limits import DEFAULT_HOLD_TTL_S
+from schemas.limits import DEFAULT_HOLD_TTL_S, MAX_HOLD_TTL_S, MIN_HOLD_TTL_S
 from schemas.usage import PathId as BodyId
 from services.api.bodies import AsOf, PathId
 from services.api.controller import V1Controller
@@ -38,18 +38,21 @@ HOLD_CREDITS_PATTERN: Final = (
 decimals ("2.50", "0.000001")."""
 
 HoldCredits = Annotated[str, msgspec.Meta(pattern=HOLD_CREDITS_PATTERN, max_length=16)]
+TtlSeconds = Annotated[float, msgspec.Meta(ge=MIN_HOLD_TTL_S, le=MAX_HOLD_TTL_S, multiple_of=1)]
+"""Whole seconds. A number, not an integer: JSON Schema counts 60.0 as an integer, which a
+strict integer field would refuse; `multiple_of` refuses 1.5 alike on both sides."""
 
 
 class PlaceHoldBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     hold_id: BodyId
     """The gateway's id for this hold (a retry sends the same one)."""
     credits: HoldCredits
-    ttl_s: HoldTtl = DEFAULT_HOLD_TTL_S
+    ttl_s: TtlSeconds = DEFAULT_HOLD_TTL_S
     """Seconds until the hold expires unless it is settled, released or extended first."""
 
 
 class ExtendHoldBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    ttl_s: HoldTtl
+    ttl_s: TtlSeconds
     """The hold then expires this many seconds after the ledger clock's now."""
 
 
@@ -75,7 +78,7 @@ class HoldController(V1Controller):
         data: JSONBody[PlaceHoldBody],
     ) -> Response[HoldView]:
         command = PlaceHold(
-            sub, seat, data.hold_id, parse_credits(data.credits), data.ttl_s, _actor(principal)
+            sub, seat, data.hold_id, parse_credits(data.credits), int(data.ttl_s), _actor(principal)
         )
         outcome = await writes.execute(command)
         if outcome.status == "rejected":
@@ -124,7 +127,9 @@ class HoldController(V1Controller):
         hold: PathId,
         data: JSONBody[ExtendHoldBody],
     ) -> HoldView:
-        outcome = await writes.execute(ExtendHold(sub, seat, hold, data.ttl_s, _actor(principal)))
+        outcome = await writes.execute(
+            ExtendHold(sub, seat, hold, int(data.ttl_s), _actor(principal))
+        )
         if outcome.status == "rejected":
             raise refused(outcome, sub)
         return _hold(writes, sub, seat, hold)
