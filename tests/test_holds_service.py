@@ -99,13 +99,18 @@ def most_ever_held(events: list[dict[str, Any]], sub: str) -> int:
     return most
 
 
-def check_race(service: Service, answers: list[Response], sub: str, could_spend_ucr: int) -> None:
+def check_race_answers(answers: list[Response]) -> None:
+    """Exactly `GRANTED` granted; every other refused for want of credits, with none left."""
     granted = [a for a in answers if a.status == 201]
     refused = [a for a in answers if a.status != 201]
     assert len(granted) == GRANTED, [a.body for a in answers if a.status not in (201, 409)]
     assert {a.status for a in refused} == {409}
     assert {a.body["type"].rsplit("/", 1)[1] for a in refused} == {"insufficient-credits"}
     assert {a.body["available"] for a in refused} == {"0.00"}
+
+
+def check_race(service: Service, answers: list[Response], sub: str, could_spend_ucr: int) -> None:
+    check_race_answers(answers)
     events = log_events(service.api)
     assert len([e for e in events if e["type"] == "hold.placed"]) == GRANTED
     assert most_ever_held(events, sub) == could_spend_ucr
