@@ -32,6 +32,7 @@ from services.api.app import create_app
 from services.bootstrap import (
     make_clock,
     open_event_store,
+    open_notification_store,
     open_read_model_reader,
     open_read_store,
     open_token_store,
@@ -108,6 +109,7 @@ async def _serve(settings: Settings, connection: Connection, ready: Event) -> No
     tokens = open_token_store(settings)
     events = open_event_store(settings)
     writer = RemoteWriter(connection, follower.catch_up)
+    notices = open_notification_store(settings)
     app = create_app(
         events=events,
         read_models=open_read_model_reader(settings, events),
@@ -116,6 +118,8 @@ async def _serve(settings: Settings, connection: Connection, ready: Event) -> No
         clock=make_clock(settings),
         writer=writer,
         metrics_token=settings.metrics_token,
+        notices=notices,
+        allow_private_webhooks=settings.webhook_allow_private,
     )
     server = uvicorn.Server(
         uvicorn.Config(
@@ -138,6 +142,7 @@ async def _serve(settings: Settings, connection: Connection, ready: Event) -> No
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         writer.close()
+        notices.close()
         events.close()
         tokens.close()
         follower.close()

@@ -11,8 +11,11 @@ from ledger.log import EventStore, us_from_datetime
 from ledger.rate_card import RateCard, load_rate_card
 from ledger.stores.postgres import IDLE_IN_TRANSACTION_TIMEOUT_MS, PostgresEventStore
 from ledger.stores.sqlite import SqliteEventStore
+from projections.notification_store import SqlNotificationStore
 from projections.read_store import ReadModelReader, ReadModelStore
 from projections.runner import ProjectionRunner
+from projections.stores.notifications_postgres import PostgresNotificationStore
+from projections.stores.notifications_sqlite import SqliteNotificationStore
 from projections.stores.postgres import PostgresReadModelReader, PostgresReadModelStore
 from projections.stores.sqlite import SqliteReadModelReader, SqliteReadModelStore
 from services.auth.postgres_tokens import PostgresTokenStore
@@ -67,6 +70,15 @@ def open_read_model_reader(settings: Settings, store: EventStore) -> ReadModelRe
     if url is not None:
         return PostgresReadModelReader(url, store, schema=settings.database_schema)
     return SqliteReadModelReader(settings.read_model_path(), store)
+
+
+def open_notification_store(settings: Settings) -> SqlNotificationStore:
+    """The notification tables: in the log's PostgreSQL schema, or a SQLite file of their own
+    beside the log's."""
+    url = settings.postgres_url()
+    if url is not None:
+        return PostgresNotificationStore(url, schema=settings.database_schema)
+    return SqliteNotificationStore(settings.notifications_path())
 
 
 def open_token_store(settings: Settings) -> TokenStore:

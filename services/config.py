@@ -33,6 +33,16 @@ DATABASE_FILE = "ledger.sqlite3"
 DEFAULT_DATABASE_SCHEMA = "public"
 POSTGRES_URL_PREFIXES = ("postgresql://", "postgres://")
 REDIS_URL_PREFIXES = ("redis://", "rediss://", "unix://")
+DEFAULT_NOTIFICATION_STREAM = "ledger.notifications"
+NOTIFICATION_STREAM_MAXLEN = 100_000
+"""Entries the notification stream keeps (about: `XADD MAXLEN ~`)."""
+WEBHOOK_TIMEOUT_S = 10
+"""A webhook request's whole budget (connecting takes at most `WEBHOOK_CONNECT_TIMEOUT_S`)."""
+WEBHOOK_RETRY_BASE_MS = 1_000
+"""The first retry's delay; each further one doubles it (with jitter), up to an hour."""
+WEBHOOK_RETRY_WINDOW_S = 86_400
+"""How long an endpoint may fail without a success before it is disabled: a whole day."""
+NOTIFICATIONS_FILE = "ledger.notifications.sqlite3"
 
 
 class ConfigError(ValueError):
@@ -65,6 +75,16 @@ class Settings:
     usage_retention_s: int | None = USAGE_RETENTION_S
     """LEDGER_USAGE_RETENTION_S: acknowledged entries older than this are deleted from the usage
     stream (None, `forever`: never)."""
+    notification_stream: str = DEFAULT_NOTIFICATION_STREAM
+    """LEDGER_NOTIFICATION_STREAM: the Redis stream notifications are published on."""
+    notification_stream_maxlen: int = NOTIFICATION_STREAM_MAXLEN
+    """LEDGER_NOTIFICATION_STREAM_MAXLEN: about how many entries that stream keeps."""
+    webhook_allow_private: bool = False
+    """LEDGER_WEBHOOK_ALLOW_PRIVATE=1: webhook URLs may name private and loopback addresses
+    (link-local and cloud metadata addresses are refused regardless)."""
+    webhook_timeout_s: int = WEBHOOK_TIMEOUT_S
+    webhook_retry_base_ms: int = WEBHOOK_RETRY_BASE_MS
+    webhook_retry_window_s: int = WEBHOOK_RETRY_WINDOW_S
     log_format: LogFormat | None = None
     """LEDGER_LOG_FORMAT: `json` or `console`; None (unset) renders for a person when stderr is
     a terminal and as JSON lines otherwise."""
@@ -117,6 +137,19 @@ class Settings:
                 env, "LEDGER_USAGE_RETENTION_S", USAGE_RETENTION_S, 0, MAX_USAGE_RETENTION_S
             ),
             log_format=log_format,  # type: ignore[arg-type]
+            notification_stream=env.get("LEDGER_NOTIFICATION_STREAM")
+            or DEFAULT_NOTIFICATION_STREAM,
+            notification_stream_maxlen=_int_in(
+                env, "LEDGER_NOTIFICATION_STREAM_MAXLEN", NOTIFICATION_STREAM_MAXLEN, 1, 10**9
+            ),
+            webhook_allow_private=_flag(env, "LEDGER_WEBHOOK_ALLOW_PRIVATE"),
+            webhook_timeout_s=_int_in(env, "LEDGER_WEBHOOK_TIMEOUT_S", WEBHOOK_TIMEOUT_S, 1, 60),
+            webhook_retry_base_ms=_int_in(
+                env, "LEDGER_WEBHOOK_RETRY_BASE_MS", WEBHOOK_RETRY_BASE_MS, 1, 3_600_000
+            ),
+            webhook_retry_window_s=_int_in(
+                env, "LEDGER_WEBHOOK_RETRY_WINDOW_S", WEBHOOK_RETRY_WINDOW_S, 1, 7 * 86_400
+            ),
         )
 
     def with_overrides(self, **changes: object) -> Settings:
@@ -164,6 +197,10 @@ class Settings:
     def manual_clock_path(self) -> Path:
         """Where LEDGER_CLOCK=manual keeps its time, so `ledger clock set` can move it."""
         return self.data_dir / "manual-clock"
+
+    def notifications_path(self) -> Path:
+        """The notification tables' SQLite file, beside the log's (with the log in SQLite)."""
+        return self.sqlite_path().with_name(NOTIFICATIONS_FILE)
 
     def read_model_path(self) -> Path:
         """The read models' SQLite file: beside the log's, derived and disposable (used only

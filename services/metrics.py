@@ -65,6 +65,21 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 
 M = TypeVar("M", Counter, Gauge, Histogram)
 
+DELIVERY_LAG_BUCKETS_S: Final[tuple[float, ...]] = (
+    0.01,
+    0.05,
+    0.1,
+    0.5,
+    1.0,
+    5.0,
+    30.0,
+    60.0,
+    600.0,
+    3_600.0,
+    21_600.0,
+    86_400.0,
+)
+
 
 class Bounded(Generic[M]):
     """A labelled instrument that keeps at most `max_series` label sets: later ones are counted
@@ -140,6 +155,29 @@ class LedgerMetrics:
                 registry=r,
                 buckets=LATENCY_BUCKETS_S,
             )
+        )
+
+        self.notifications = Bounded(
+            Counter(
+                "ledger_notifications",
+                "Notifications derived from the log (and endpoints disabled), by type",
+                ("type",),
+                registry=r,
+            )
+        )
+        self.webhook_deliveries = Bounded(
+            Counter(
+                "ledger_webhook_deliveries",
+                "Webhook delivery attempts, by outcome (delivered, failed, refused)",
+                ("outcome",),
+                registry=r,
+            )
+        )
+        self.webhook_delivery_lag = Histogram(
+            "ledger_webhook_delivery_lag_seconds",
+            "Seconds from a notification entering an endpoint's outbox to its delivery",
+            registry=r,
+            buckets=DELIVERY_LAG_BUCKETS_S,
         )
 
     def render(self) -> bytes:

@@ -8,6 +8,8 @@ projector in child processes beside it.
   memory folded from the log, on an interpreter lock of its own: ingest never delays a
   gateway's pre-check by holding it.
 - The projector process (`services.projector`): the read model tables.
+- The notifier process (`services.notifier.process`): notifications derived from the log, on
+  the Redis stream and to webhooks.
 
 With no Redis URL a private Redis server is started with its data and append-only file in the
 data dir. SIGTERM and SIGINT stop it gracefully: the API stops taking requests, the batch in
@@ -23,8 +25,9 @@ partition of the usage stream without leases: it must be the only ingest of its 
 is one of several ingest workers: no API, no projector; it consumes the partitions it holds a
 lease on (`services.partition_leases`), and the holder of partition 0 runs the lifecycle
 ticker, appending under that partition's fence (a deposed holder cannot append, and a writer
-that decided on a stale head decides again). `api` runs the API and the projector, with no
-ingest and no ticker; its admin writes append optimistically beside the workers.
+that decided on a stale head decides again). `api` runs the API, the projector and the
+notifier (one of each writes at a time, whatever the number of API hosts), with no ingest and
+no ticker; its admin writes append optimistically beside the workers.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ from services.config import ConfigError, Settings, default_consumer_name
 from services.ingest.consumer import IngestService, open_partition_consumer
 from services.logs import configure_logging
 from services.metrics import METRICS, share_between_processes
+from services.notifier.process import NotifierProcess
 from services.partition_leases import PartitionKeeper
 from services.projector import Projector
 from services.redis_server import EmbeddedRedis
@@ -214,12 +218,18 @@ async def run(settings: Settings) -> None:
         resources.callback(lambda: executor.submit(worker.close).result())
         projector: Projector | None = None
         api: ApiSupervisor | None = None
+        notifier: NotifierProcess | None = None
         if settings.role != "ingest":
             projector, api = await _start_api(settings, worker, resources)
+            notifier = NotifierProcess(settings, redis_url)
+            notifier.start()
+            resources.callback(notifier.stop)
         ingest = await _start_ingest(settings, redis_url, worker, resources, stop)
         _announce(settings, worker, api, ingest, redis_url, resources)
         ticker = asyncio.create_task(
-            _tick_forever(worker, executor, projector, api, ingest.consumers, ingest.keeper, stop)
+            _tick_forever(
+                worker, executor, (projector, notifier), api, ingest.consumers, ingest.keeper, stop
+            )
         )
         await stop.wait()
         log.info("ledger.stopping")
@@ -356,7 +366,7 @@ def _install_admin_token(settings: Settings) -> None:
 async def _tick_forever(
     worker: Worker,
     executor: ThreadPoolExecutor,
-    projector: Projector | None,
+    children: tuple[Projector | None, NotifierProcess | None],
     api: ApiSupervisor | None,
     consumers: list[IngestService],
     keeper: PartitionKeeper | None,
@@ -381,9 +391,10 @@ async def _tick_forever(
             METRICS.consumer_lag.set(sum([await s.consumer_lag() for s in services]))
         except Exception as error:  # Redis away: ingest reports it; keep ticking
             log.warning("ingest.lag_unknown", error=str(error))
-        if projector is not None and not projector.alive:
-            log.error("projector.died", exitcode=projector.exitcode)
-            projector.start()
+        for child in children:
+            if child is not None and not child.alive:
+                log.error("child.died", name=child.name, exitcode=child.exitcode)
+                child.start()
         if api is not None and not api.alive and not stop.is_set():
             log.error("api.died", exitcode=api.exitcode)
             try:

@@ -28,7 +28,9 @@ from ledger.clock import ManualClock
 from ledger.log import us_from_datetime
 from ledger.rate_card import load_rate_card
 from ledger.stores.sqlite import SqliteEventStore
+from projections.notification_store import Webhook
 from projections.runner import ProjectionRunner
+from projections.stores.notifications_sqlite import SqliteNotificationStore
 from projections.stores.sqlite import SqliteReadModelStore
 from schemas.commands import AddSeat, BuyPack, Command, OpenSubscription, PlaceHold
 from schemas.limits import ID_PATTERN, MAX_HOLD_TTL_S
@@ -41,6 +43,8 @@ from services.writer import LedgerWriter
 ANCHOR: Final = datetime(2026, 1, 31, 9, 0, tzinfo=UTC)
 NOW: Final = datetime(2026, 2, 4, 10, 0, tzinfo=UTC)
 ADMIN: Final = "lt_tenants-admin-token"
+HOOK_URL: Final = "https://hooks.example.com/ledger"
+HOOK_SECRET: Final = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 OWN: Final = "team-2"
 """The subscription every caller owns (the scoped tokens see it and nothing else)."""
 
@@ -54,13 +58,14 @@ class Tenant:
     pack: str
     event: str
     hold: str
+    webhook: str
 
 
-OTHER: Final = Tenant("team-1", "alice", "p1", "e1", "h1")
+OTHER: Final = Tenant("team-1", "alice", "p1", "e1", "h1", "wh-1")
 """The other tenant of the first ledger: every request names these."""
-NOBODY: Final = Tenant("team-x", "xavier", "px", "ex", "hx")
+NOBODY: Final = Tenant("team-x", "xavier", "px", "ex", "hx", "wh-x")
 """The other tenant of the second ledger: no request names these."""
-MINE: Final = Tenant(OWN, "carol", "p2", "e2", "h2")
+MINE: Final = Tenant(OWN, "carol", "p2", "e2", "h2", "wh-2")
 
 NAMES_BY_PARAMETER: Final[dict[str, str]] = {
     "subscription_id": OTHER.sub,
@@ -72,6 +77,8 @@ NAMES_BY_PARAMETER: Final[dict[str, str]] = {
     "event_id": OTHER.event,
     "hold": OTHER.hold,
     "hold_id": OTHER.hold,
+    "webhook": OTHER.webhook,
+    "webhook_id": OTHER.webhook,
     "token_id": "tok_0123456789abcdef",  # tokens belong to no subscription
 }
 """The name a request gives each path, query or body parameter that is an id: what the other
@@ -130,6 +137,12 @@ def _build(data_dir: Path, other: Tenant, tokens: TokenStore, executor: ThreadPo
     clock.set(us_from_datetime(NOW))
     runner = ProjectionRunner(store, read_store)
     runner.catch_up()
+    notices = SqliteNotificationStore(data_dir / "ledger.notifications.sqlite3")
+    for tenant in (other, MINE):
+        webhook = Webhook(
+            tenant.sub, tenant.webhook, HOOK_URL, HOOK_SECRET, (), "active", clock.now_us()
+        )
+        assert notices.create_webhook(webhook)
     app = create_app(
         events=store,
         read_models=read_store.reader(),
@@ -138,6 +151,7 @@ def _build(data_dir: Path, other: Tenant, tokens: TokenStore, executor: ThreadPo
         clock=clock,
         writer=LedgerWriter(ledger, runner, executor),
         metrics=LedgerMetrics(),
+        notices=notices,
     )
     return app, store
 

@@ -26,7 +26,9 @@ from litestar.openapi.spec import Components, SecurityScheme
 from ledger.clock import Clock
 from ledger.log import EventStore
 from projections.live import BalanceSource
+from projections.notification_store import SqlNotificationStore
 from projections.read_store import ReadModelReader
+from projections.stores.notifications_sqlite import SqliteNotificationStore
 from services.api.audit import AuditController
 from services.api.clock import ClockController
 from services.api.decoding import StrictJsonRequest
@@ -36,6 +38,7 @@ from services.api.guards import bearer_token
 from services.api.health import HealthController, metrics_router
 from services.api.holds import HoldController
 from services.api.latency import latency_middleware
+from services.api.notifications import NotificationController
 from services.api.packs import PackController
 from services.api.problems import EXCEPTION_HANDLERS
 from services.api.reads import Reads, UsageReader
@@ -43,6 +46,7 @@ from services.api.seats import SeatController
 from services.api.subscriptions import SubscriptionController
 from services.api.tokens import TokenController
 from services.api.usage import UsageController
+from services.api.webhooks import WebhookController
 from services.api.writes import Writes
 from services.auth.tokens import TokenStore
 from services.bootstrap import Parts
@@ -61,6 +65,8 @@ V1_CONTROLLERS: Final = (
     AuditController,
     TokenController,
     ClockController,
+    NotificationController,
+    WebhookController,
 )
 """The resources under /v1, each behind the bearer token guard."""
 
@@ -76,6 +82,8 @@ def create_app(
     metrics: LedgerMetrics = METRICS,
     max_body_bytes: int = MAX_BODY_BYTES,
     metrics_token: str | None = None,
+    notices: SqlNotificationStore | None = None,
+    allow_private_webhooks: bool = False,
     debug: bool = False,
 ) -> Litestar:
     """The API over these parts. Handlers run on the event loop's thread, one at a time.
@@ -84,7 +92,9 @@ def create_app(
     serve`, the API process's live balances); `clock` the ledger's clock (a manual one may be
     moved by `POST /v1/clock`); `metrics` what `GET /metrics` renders and request latency goes
     to. `read_models` answers usage pages; the app closes it on shutdown. With
-    `metrics_token`, `GET /metrics` needs `Authorization: Bearer <metrics_token>`.
+    `metrics_token`, `GET /metrics` needs `Authorization: Bearer <metrics_token>`. `notices`
+    holds the notifications and webhook endpoints (an empty one in memory when not given);
+    `allow_private_webhooks` lets webhook URLs name private and loopback addresses.
     """
     usage = UsageReader(read_models)
     reads = Reads(events, runner, clock)
@@ -96,6 +106,8 @@ def create_app(
         "tokens": tokens,
         "clock": clock,
         "metrics": metrics,
+        "notices": notices if notices is not None else SqliteNotificationStore(":memory:"),
+        "allow_private_webhooks": allow_private_webhooks,
     }
     v1 = Router(
         path="/v1",

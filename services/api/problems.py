@@ -61,6 +61,7 @@ PROBLEMS: Final[dict[str, tuple[int, str]]] = {
     "duplicate-conflict": (409, "The same id was used before with another payload"),
     "clock-not-manual": (409, "The ledger clock is the system clock"),
     "clock-backwards": (409, "The ledger clock only moves forward"),
+    "webhook-exists": (409, "The subscription has a webhook with this id"),
     "token-not-revocable": (409, "The bootstrap admin token is set by configuration"),
     "body-too-large": (413, "The request body is too large"),
     "unsupported-media-type": (415, "Unsupported media type"),

@@ -1,0 +1,136 @@
+"""The notification feed of a subscription (viewers and up), oldest first with an `after`
+cursor, and the settings that decide when its seats and balance notify (admins)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Final
+
+import msgspec
+from litestar import get, put
+from litestar.params import QueryParameter
+
+from ledger.money import format_credits, parse_credits
+from projections.notification_store import MAX_FEED_ITEMS, SqlNotificationStore
+from schemas.notifications import MAX_THRESHOLD_PERCENT, MAX_THRESHOLDS, NotificationSettings
+from services.api.bodies import PathId
+from services.api.controller import V1Controller
+from services.api.dependencies import Injected
+from services.api.guards import ADMINS, SUBSCRIPTION_READERS, requires
+from services.api.problems import Problem
+from services.api.reads import Reads
+
+DEFAULT_FEED_ITEMS: Final = 100
+FEED_CURSOR_PATTERN: Final = r"^[0-9]{1,18}$"
+AMOUNT_PATTERN: Final = r"^(0|[1-9][0-9]{0,11})(\.[0-9]{1,6})?$"
+"""A non-negative amount of credits as a request writes it."""
+
+
+class NotificationView(msgspec.Struct, frozen=True):
+    notification_id: str
+    type: str
+    subscription_id: str
+    occurred_at: datetime
+    position: int
+    data: dict[str, Any]
+    cursor: str
+    """Pass as `after` to read the notifications that follow this one."""
+
+
+class NotificationPage(msgspec.Struct, frozen=True):
+    items: list[NotificationView]
+    next_cursor: str | None
+    """The cursor after the last item (null when there was none): pass it as `after` to poll."""
+
+
+class SettingsBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    thresholds_percent: Annotated[
+        list[Annotated[int, msgspec.Meta(ge=1, le=MAX_THRESHOLD_PERCENT)]],
+        msgspec.Meta(max_length=MAX_THRESHOLDS),
+    ]
+    """A seat notifies when its spent share of its cycle quota reaches each of these."""
+    credits_low: Annotated[str, msgspec.Meta(pattern=AMOUNT_PATTERN, max_length=20)] | None = None
+    """The subscription notifies when what it can still spend falls below this (null: never)."""
+
+
+class SettingsView(msgspec.Struct, frozen=True):
+    thresholds_percent: list[int]
+    credits_low: str | None
+
+
+def settings_view(settings: NotificationSettings) -> SettingsView:
+    low = settings.credits_low_ucr
+    return SettingsView(
+        list(settings.thresholds_percent), None if low is None else format_credits(low)
+    )
+
+
+class NotificationController(V1Controller):
+    path = "/subscriptions/{sub:str}"
+
+    @get(
+        "/notifications",
+        summary="The subscription's notifications, oldest first",
+        guards=[requires(SUBSCRIPTION_READERS)],
+    )
+    async def get_notifications(
+        self,
+        reads: Injected[Reads],
+        notices: Injected[SqlNotificationStore],
+        sub: PathId,
+        after: Annotated[
+            str | None, QueryParameter(pattern=FEED_CURSOR_PATTERN, max_length=18)
+        ] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=MAX_FEED_ITEMS)] = DEFAULT_FEED_ITEMS,
+    ) -> NotificationPage:
+        with reads.subscription(sub, None):
+            pass
+        rows = notices.feed(sub, int(after or 0), limit)
+        items = [
+            NotificationView(
+                n.notification_id,
+                n.type,
+                n.subscription_id,
+                n.occurred_at,
+                n.position,
+                n.data,
+                cursor=str(seq),
+            )
+            for seq, n in rows
+        ]
+        return NotificationPage(items, items[-1].cursor if items else None)
+
+    @get(
+        "/notification-settings",
+        summary="When the subscription's seats and balance notify",
+        guards=[requires(SUBSCRIPTION_READERS)],
+    )
+    async def get_settings(
+        self, reads: Injected[Reads], notices: Injected[SqlNotificationStore], sub: PathId
+    ) -> SettingsView:
+        with reads.subscription(sub, None):
+            pass
+        return settings_view(notices.settings(sub))
+
+    @put(
+        "/notification-settings",
+        summary="Set the seat thresholds and the low-credits amount",
+        guards=[requires(ADMINS)],
+    )
+    async def put_settings(
+        self,
+        reads: Injected[Reads],
+        notices: Injected[SqlNotificationStore],
+        sub: PathId,
+        data: SettingsBody,
+    ) -> SettingsView:
+        with reads.subscription(sub, None):
+            pass
+        thresholds = tuple(sorted(set(data.thresholds_percent)))
+        try:
+            low = None if data.credits_low is None else parse_credits(data.credits_low)
+        except ValueError as error:
+            raise Problem("invalid-body", f"credits_low: {error}") from None
+        settings = NotificationSettings(thresholds, low)
+        notices.put_settings(sub, settings)
+        return settings_view(settings)
