@@ -24,6 +24,7 @@ from schemas.notifications import NotificationSettings
 from schemas.usage import UsageEvent
 from services.notifier.deriving import Notifier
 from tests.service_support import START, Service, eventually, start_service
+from tests.support.webhook_receiver import Receiver
 
 ANCHOR = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 NEXT_CYCLE = "2026-04-01T09:00:00Z"
@@ -143,17 +144,19 @@ def test_the_stream_and_the_feed_show_the_exact_sequence_of_a_seat_through_its_c
     tmp_path: Path, redis_url: str
 ) -> None:
     stream = f"test.{uuid.uuid4().hex[:12]}.notifications"
-    for service in start_service(
-        tmp_path, redis_url, env_overrides={"LEDGER_NOTIFICATION_STREAM": stream}
-    ):
+    receiver = Receiver().start()
+    env = {"LEDGER_NOTIFICATION_STREAM": stream, "LEDGER_WEBHOOK_ALLOW_PRIVATE": "1"}
+    for service in start_service(tmp_path, redis_url, env_overrides=env):
         try:
-            _through_a_cycle(service, stream)
+            _through_a_cycle(service, stream, receiver)
         finally:
             service.redis.delete(stream)
+            receiver.stop()
 
 
-def _through_a_cycle(service: Service, stream: str) -> None:
+def _through_a_cycle(service: Service, stream: str, receiver: Receiver) -> None:
     service.open("team", {"alice": "standard"})
+    hook = service.ok("POST", "/v1/subscriptions/team/webhooks", {"url": receiver.url})
 
     def on_stream() -> list[dict[str, Any]]:
         return [json.loads(fields[b"data"]) for _, fields in service.redis.xrange(stream)]
@@ -194,3 +197,6 @@ def _through_a_cycle(service: Service, stream: str) -> None:
     assert {n["subscription_id"] for n in listed} == {"team"}
     assert listed[3]["data"]["event_id"] == "e3"
     assert listed[0]["occurred_at"] == START  # ledger time: the manual clock stood still
+    receiver.wait_for(lambda got: len(got) >= len(expected))
+    assert _summary(receiver.verified(hook["secret"])) == expected
+    assert receiver.ids() == [n["notification_id"] for n in listed]

@@ -46,7 +46,15 @@ class NotificationPage(msgspec.Struct, frozen=True):
 class SettingsBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     thresholds_percent: Annotated[
         list[Annotated[int, msgspec.Meta(ge=1, le=MAX_THRESHOLD_PERCENT)]],
-        msgspec.Meta(max_length=MAX_THRESHOLDS),
+        msgspec.Meta(
+            max_length=MAX_THRESHOLDS,
+            # Litestar does not document an item's own bounds itself.
+            extra_json_schema={
+                "extra": {
+                    "items": {"type": "integer", "minimum": 1, "maximum": MAX_THRESHOLD_PERCENT}
+                }
+            },
+        ),
     ]
     """A seat notifies when its spent share of its cycle quota reaches each of these."""
     credits_low: Annotated[str, msgspec.Meta(pattern=AMOUNT_PATTERN, max_length=20)] | None = None
