@@ -17,7 +17,7 @@ from services.api.bodies import PathId
 from services.api.controller import V1Controller
 from services.api.dependencies import Injected
 from services.api.guards import ADMINS, SUBSCRIPTION_READERS, requires
-from services.api.problems import Problem
+from services.api.problems import Problem, no_subscription
 from services.api.reads import Reads
 
 DEFAULT_FEED_ITEMS: Final = 100
@@ -66,6 +66,13 @@ class SettingsView(msgspec.Struct, frozen=True):
     credits_low: str | None
 
 
+def must_exist(reads: Reads, sub: str) -> None:
+    """A 404 problem unless the live balances hold subscription `sub`."""
+    with reads.live.reading() as balances:
+        if sub not in balances.subscriptions:
+            raise no_subscription(sub)
+
+
 def settings_view(settings: NotificationSettings) -> SettingsView:
     low = settings.credits_low_ucr
     return SettingsView(
@@ -91,8 +98,7 @@ class NotificationController(V1Controller):
         ] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=MAX_FEED_ITEMS)] = DEFAULT_FEED_ITEMS,
     ) -> NotificationPage:
-        with reads.subscription(sub, None):
-            pass
+        must_exist(reads, sub)
         rows = notices.feed(sub, int(after or 0), limit)
         items = [
             NotificationView(
@@ -116,8 +122,7 @@ class NotificationController(V1Controller):
     async def get_settings(
         self, reads: Injected[Reads], notices: Injected[SqlNotificationStore], sub: PathId
     ) -> SettingsView:
-        with reads.subscription(sub, None):
-            pass
+        must_exist(reads, sub)
         return settings_view(notices.settings(sub))
 
     @put(
@@ -132,8 +137,7 @@ class NotificationController(V1Controller):
         sub: PathId,
         data: SettingsBody,
     ) -> SettingsView:
-        with reads.subscription(sub, None):
-            pass
+        must_exist(reads, sub)
         thresholds = tuple(sorted(set(data.thresholds_percent)))
         try:
             low = None if data.credits_low is None else parse_credits(data.credits_low)

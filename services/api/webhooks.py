@@ -26,6 +26,7 @@ from services.api.bodies import PathId
 from services.api.controller import V1Controller
 from services.api.dependencies import Injected
 from services.api.guards import ADMINS, requires
+from services.api.notifications import must_exist
 from services.api.problems import Problem
 from services.api.reads import Reads
 from services.notifier.urls import RefusedUrl, check_url
@@ -134,8 +135,7 @@ class WebhookController(V1Controller):
         sub: PathId,
         data: WebhookBody,
     ) -> Response[CreatedWebhookView]:
-        with reads.subscription(sub, None):
-            pass
+        must_exist(reads, sub)
         try:
             check_url(data.url, allow_private=allow_private_webhooks)
         except RefusedUrl as refusal:
@@ -165,8 +165,7 @@ class WebhookController(V1Controller):
     async def get_webhooks(
         self, reads: Injected[Reads], notices: Injected[SqlNotificationStore], sub: PathId
     ) -> WebhookList:
-        with reads.subscription(sub, None):
-            pass
+        must_exist(reads, sub)
         return WebhookList([webhook_view(w) for w in notices.webhooks(sub)])
 
     @get("/{webhook:str}", summary="One webhook endpoint", guards=[requires(ADMINS)])
@@ -253,8 +252,7 @@ class WebhookController(V1Controller):
 
 
 def _webhook(reads: Reads, notices: SqlNotificationStore, sub: str, webhook_id: str) -> Webhook:
-    with reads.subscription(sub, None):
-        pass
+    must_exist(reads, sub)
     found = notices.webhook(sub, webhook_id)
     if found is None:
         raise Problem("not-found", f"no webhook {webhook_id!r} in this subscription")
