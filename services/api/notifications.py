@@ -45,7 +45,9 @@ class NotificationPage(msgspec.Struct, frozen=True):
 
 class SettingsBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     thresholds_percent: Annotated[
-        list[Annotated[int, msgspec.Meta(ge=1, le=MAX_THRESHOLD_PERCENT)]],
+        # Numbers, not integers: JSON Schema counts 80.0 as an integer, which a strict integer
+        # field would refuse; `multiple_of` refuses 80.5 alike on both sides.
+        list[Annotated[float, msgspec.Meta(ge=1, le=MAX_THRESHOLD_PERCENT, multiple_of=1)]],
         msgspec.Meta(
             max_length=MAX_THRESHOLDS,
             # Litestar does not document an item's own bounds itself.
@@ -138,7 +140,7 @@ class NotificationController(V1Controller):
         data: SettingsBody,
     ) -> SettingsView:
         must_exist(reads, sub)
-        thresholds = tuple(sorted(set(data.thresholds_percent)))
+        thresholds = tuple(sorted({int(percent) for percent in data.thresholds_percent}))
         try:
             low = None if data.credits_low is None else parse_credits(data.credits_low)
         except ValueError as error:
