@@ -10,7 +10,8 @@ from collections.abc import Iterable
 
 import msgspec
 
-from ledger.log import EVENT_DECODER, GENESIS_HASH, StoredRecord, record_hash
+from ledger.log import GENESIS_HASH, StoredRecord, record_hash
+from ledger.records import decode_event
 
 
 def link_problem(
@@ -42,7 +43,7 @@ def verify_chain(records: Iterable[StoredRecord]) -> int | None:
         if link_problem(record, expected_position, prev_hash, prev_recorded_at_us) is not None:
             return min(record.position, expected_position)
         try:
-            EVENT_DECODER.decode(record.data)
+            decode_event(record.data)
         except msgspec.DecodeError:
             return record.position
         expected_position += 1

@@ -2,13 +2,17 @@
 
 Every store (SQLite now, PostgreSQL later) implements `EventStore`; callers never know which.
 A record's hash is SHA-256 over the previous record's hash and the record's canonical bytes:
-its position and recorded time as 8-byte big-endian integers, then its event's JSON bytes.
+its position and recorded time as 8-byte big-endian integers, then its event's bytes exactly
+as stored (ledger/records.py: a format byte and MessagePack, or JSON in logs written before).
+A record's `prev_hash` is the previous record's hash, so stores keep it once: they write an
+empty one and fill it in from the record before when they read (records written before this
+kept theirs, and read as stored).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from typing import Final, Protocol, get_args
@@ -23,6 +27,7 @@ from ledger.errors import (
 )
 from ledger.idempotency import UsageKey
 from ledger.leases import Fence
+from ledger.records import decode_event, encode_event
 from schemas.commands import ChargeOnRecord
 from schemas.events import LogEvent, UsageCharged
 from schemas.limits import MAX_INSTANT, MIN_INSTANT
@@ -35,8 +40,21 @@ GENESIS_HASH = bytes(32)
 MAX_APPEND_EVENTS = 100_000
 """Most events one append (one transaction) may carry."""
 
-EVENT_ENCODER = msgspec.json.Encoder()
-EVENT_DECODER: msgspec.json.Decoder[LogEvent] = msgspec.json.Decoder(LogEvent)
+
+class EventCodec:
+    """Writes an event in the current record format; reads a record's bytes in any format."""
+
+    @staticmethod
+    def encode(event: LogEvent) -> bytes:
+        return encode_event(event)
+
+    @staticmethod
+    def decode(data: bytes) -> LogEvent:
+        return decode_event(data)
+
+
+EVENT_ENCODER: Final = EventCodec()
+EVENT_DECODER: Final = EVENT_ENCODER
 EVENT_TYPE_TAG: dict[type, str] = {
     event_type: str(event_type.__struct_config__.tag) for event_type in get_args(LogEvent)
 }
@@ -47,7 +65,7 @@ READ_CHUNK_RECORDS = 10_000
 
 
 class StoredRecord(msgspec.Struct, frozen=True):
-    """A log record as stored: `data` is the event's canonical JSON, exactly as hashed."""
+    """A log record as stored: `data` is the event's bytes, exactly as hashed."""
 
     position: int
     recorded_at_us: int
@@ -60,7 +78,7 @@ class StoredRecord(msgspec.Struct, frozen=True):
         return datetime_from_us(self.recorded_at_us)
 
     def event(self) -> LogEvent:
-        return EVENT_DECODER.decode(self.data)
+        return decode_event(self.data)
 
 
 class Head(msgspec.Struct, frozen=True):
@@ -78,6 +96,32 @@ class PriorCharge(msgspec.Struct, frozen=True):
     event_id: str
     payload_digest: str
     position: int
+
+
+RecordRow = tuple[int, int, bytes, bytes, bytes]
+"""(position, recorded_at_us, data, stored prev_hash, hash) as a store reads it."""
+
+
+def linked_records(
+    rows: Iterable[RecordRow], hash_before: Callable[[int], bytes]
+) -> Iterator[StoredRecord]:
+    """Stored records from rows in position order, each `prev_hash` filled in: as stored when
+    the row kept it, else the hash of the row before (`hash_before(position)` for the first:
+    the genesis hash at position 1, that record's hash otherwise, empty when there is none)."""
+    prev: bytes | None = None
+    for position, recorded_at_us, data, stored_prev, digest in rows:
+        if stored_prev:
+            prev_hash = bytes(stored_prev)
+        elif prev is not None:
+            prev_hash = prev
+        else:
+            prev_hash = GENESIS_HASH if position == 1 else hash_before(position)
+        prev = bytes(digest)
+        yield StoredRecord(position, recorded_at_us, data, prev_hash, prev)
+
+
+STORED_PREV_HASH: Final = b""
+"""What a store writes in a record's prev_hash column (see `linked_records`)."""
 
 
 def record_hash(prev_hash: bytes, position: int, recorded_at_us: int, data: bytes) -> bytes:

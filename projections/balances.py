@@ -17,6 +17,7 @@ import msgspec
 
 from ledger.errors import LedgerError, LogInconsistent
 from ledger.log import EVENT_DECODER, StoredRecord
+from ledger.records import compact_tag, compact_view_decoder, is_compact
 from schemas.commands import Tier
 from schemas.events import (
     Allocation,
@@ -276,15 +277,41 @@ class ChargeView(msgspec.Struct, frozen=True, gc=False):
     allocation: tuple[PartView, ...]
 
 
-ProjectedEvent = LogEvent | ChargeView
+class CompactPartView(msgspec.Struct, frozen=True, gc=False, array_like=True):
+    """A `PartView` read from a compact record."""
+
+    source: str
+    id: str
+    credits_ucr: int
+
+
+class CompactChargeView(
+    msgspec.Struct, frozen=True, gc=False, array_like=True, tag=compact_tag(UsageCharged)
+):
+    """A `ChargeView` read from a compact record: the leading fields of a charge's array."""
+
+    subscription_id: str
+    seat_id: str
+    model: str
+    credits_ucr: int
+    allocation: tuple[CompactPartView, ...]
+
+
+ProjectedEvent = LogEvent | ChargeView | CompactChargeView
 
 _CHARGE_PREFIX: Final = b'{"type":"usage.charged",'
 """`EVENT_ENCODER` writes the tag first, so a charge's bytes start with this."""
 _CHARGE_DECODER: Final = msgspec.json.Decoder(ChargeView)
 
 
+_COMPACT_DECODER: Final = compact_view_decoder(UsageCharged, CompactChargeView)
+
+
 def decode(data: bytes) -> ProjectedEvent:
-    """The event in a record's bytes; a `ChargeView` for charges, the full event otherwise."""
+    """The event in a record's bytes; a charge view for charges, the full event otherwise."""
+    if is_compact(data):
+        decoded: ProjectedEvent = _COMPACT_DECODER(data)
+        return decoded
     if data.startswith(_CHARGE_PREFIX):
         return _CHARGE_DECODER.decode(data)
     return EVENT_DECODER.decode(data)
@@ -300,11 +327,20 @@ def apply(balances: Balances, item: StoredRecord | ProjectedEvent) -> None:
     handler(balances, item)
 
 
-def apply_data(balances: Balances, data: bytes) -> ChargeView | UsageCharged | None:
+def apply_data(
+    balances: Balances, data: bytes
+) -> ChargeView | CompactChargeView | UsageCharged | None:
     """Fold the event in a record's bytes; return it when it is a charge (for usage rows).
 
     The runner's hot path: `decode` and `apply` in one call, without the type dispatch.
     """
+    if is_compact(data):
+        found = _COMPACT_DECODER(data)
+        if type(found) is CompactChargeView:
+            _charge(balances, found)
+            return found
+        _HANDLERS[type(found)](balances, found)
+        return found if type(found) is UsageCharged else None
     if data.startswith(_CHARGE_PREFIX):
         charge = _CHARGE_DECODER.decode(data)
         _charge(balances, charge)
@@ -314,7 +350,7 @@ def apply_data(balances: Balances, data: bytes) -> ChargeView | UsageCharged | N
     return event if type(event) is UsageCharged else None
 
 
-def _charge(b: Balances, e: ChargeView | UsageCharged) -> None:
+def _charge(b: Balances, e: ChargeView | CompactChargeView | UsageCharged) -> None:
     sub_id = e.subscription_id
     sub = b.subscriptions[sub_id]
     seat_key = (sub_id, e.seat_id)
@@ -721,6 +757,7 @@ def _return_shared(b: Balances, source: str, key: PackKey, amount_ucr: int) -> N
 
 _HANDLERS: Final[dict[type[Any], Callable[[Balances, Any], None]]] = {
     ChargeView: _charge,
+    CompactChargeView: _charge,
     UsageCharged: _charge,
     SubscriptionOpened: _opened,
     CycleStarted: _cycle_started,

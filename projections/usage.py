@@ -19,6 +19,7 @@ import msgspec
 
 from ledger.errors import LogInconsistent
 from ledger.log import StoredRecord, datetime_from_us, us_from_datetime
+from ledger.records import decode_event, is_compact
 from schemas.events import UsageCharged
 from schemas.read_models import UsagePage, UsageRow
 
@@ -104,8 +105,17 @@ def decode_cursor(cursor: str) -> tuple[int, int]:
 _ROW_DECODER: Final = msgspec.json.Decoder(UsageCharged)
 
 
+def _charged(data: bytes) -> UsageCharged:
+    if not is_compact(data):
+        return _ROW_DECODER.decode(data)
+    event = decode_event(data)
+    if not isinstance(event, UsageCharged):
+        raise LogInconsistent(f"a usage row from a {type(event).__name__}, not a charge")
+    return event
+
+
 def usage_row(record: StoredRecord) -> UsageRow:
-    charged = _ROW_DECODER.decode(record.data)
+    charged = _charged(record.data)
     return UsageRow(
         position=record.position,
         recorded_at=datetime_from_us(record.recorded_at_us),

@@ -890,7 +890,7 @@ def batch_state(
         with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=5)) as db:
             (hits,) = db.execute(
                 "SELECT count(*) FROM log WHERE instr(data, ?) > 0",
-                (f'"{event_id}"'.encode(),),
+                (event_id.encode(),),
             ).fetchone()
         return "appended, not acked" if hits else "not appended"
     except Exception as exc:  # only a diagnostic

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import msgspec
 import pytest
 from click.testing import CliRunner
 
@@ -149,17 +150,20 @@ def test_changing_one_byte_of_one_record_fails_the_audit_at_exactly_that_positio
 
 def test_a_charge_rewritten_with_its_hash_recomputed_still_fails_the_audit(cli, history, tmp_path):
     """Re-hashing the chain hides a tampered byte from the chain check, not from re-pricing."""
-    from ledger.log import record_hash
+    from ledger.log import EVENT_DECODER, EVENT_ENCODER, record_hash
+    from schemas.events import UsageCharged
 
     with sqlite3.connect(tmp_path / "ledger.sqlite3") as db:
         rows = db.execute(
             "SELECT position, recorded_at_us, data FROM log ORDER BY position"
         ).fetchall()
-        charge_at = next(p for p, _, d in rows if b'"usage.charged"' in d)
+        charge_at = next(p for p, _, d in rows if isinstance(EVENT_DECODER.decode(d), UsageCharged))
         prev = bytes(32)
         for position, recorded, data in rows:
             if position == charge_at:
-                data = data.replace(b'"credits_ucr":3180000', b'"credits_ucr":3170000')
+                charge = EVENT_DECODER.decode(data)
+                assert isinstance(charge, UsageCharged) and charge.credits_ucr == 3_180_000
+                data = EVENT_ENCODER.encode(msgspec.structs.replace(charge, credits_ucr=3_170_000))
             digest = record_hash(prev, position, recorded, data)
             db.execute(
                 "UPDATE log SET data = ?, prev_hash = ?, hash = ? WHERE position = ?",

@@ -10,11 +10,15 @@ from typing import Any
 
 import pytest
 
+from ledger.application import Ledger
 from ledger.audit import verify
+from ledger.clock import ManualClock
 from ledger.rate_card import load_rate_card
+from ledger.records import is_compact
 from ledger.stores.sqlite import SqliteEventStore
-from projections.balances import dump
+from projections.balances import Balances, apply, dump
 from projections.replay import balances_as_of
+from schemas.commands import AddSeat, OpenSubscription
 
 OLD_LOG = Path(__file__).parent / "data" / "log-v1"
 
@@ -53,3 +57,29 @@ def test_an_old_log_replays_to_the_balances_it_had(old_store: SqliteEventStore) 
     for position, expected in expected_by_position.items():
         actual = json.loads(dump(balances_as_of(old_store, int(position))))
         assert contains(actual, expected), f"balances differ at position {position}"
+
+
+def test_an_old_log_continued_in_the_compact_format_verifies_and_replays(
+    old_store: SqliteEventStore,
+) -> None:
+    head = old_store.head()
+    ledger = Ledger(old_store, load_rate_card(), ManualClock(head.recorded_at_us + 1))
+    outcome = ledger.execute([OpenSubscription("late-1"), AddSeat("late-1", "zoe", "standard")])
+    assert all(o.status == "applied" for o in outcome), outcome
+    records = list(old_store.read())
+    assert all(not is_compact(r.data) for r in records[: head.position])
+    assert all(is_compact(r.data) for r in records[head.position :])
+    assert len(records) > head.position
+
+    report = verify(old_store.read(), load_rate_card())
+    assert report.ok, report.failure
+    replayed = balances_as_of(old_store, old_store.head().position)
+    assert dump(replayed) == dump(ledger_balances(old_store))
+    assert ("late-1", "zoe") in replayed.seats
+
+
+def ledger_balances(store: SqliteEventStore) -> Balances:
+    balances = Balances()
+    for record in store.read():
+        apply(balances, record.event())
+    return balances

@@ -35,8 +35,10 @@ from ledger.state import evolve, initial_state
 from projections.balances import (
     Balances,
     ChargeView,
+    CompactChargeView,
     NotConserved,
     apply,
+    apply_data,
     assert_conserved,
     decode,
     dump,
@@ -403,14 +405,22 @@ def test_an_expiry_must_expire_exactly_what_was_left():
         apply(balances, PackExpired(SUB, "p1", ANCHOR + timedelta(days=28), PACK - 1))
 
 
-def test_a_charge_folds_the_same_from_its_light_view_as_from_the_full_event():
+@pytest.mark.parametrize(
+    ("encode", "view"),
+    [(EVENT_ENCODER.encode, CompactChargeView), (msgspec.json.encode, ChargeView)],
+    ids=["compact", "json"],
+)
+def test_a_charge_folds_the_same_from_its_light_view_as_from_the_full_event(encode, view):
     event = charged("s1", ("seat", "s1", 25_000), ("pack", "p1", 2), ("uncovered", "", 1))
-    light = decode(EVENT_ENCODER.encode(event))
-    assert isinstance(light, ChargeView)
+    light = decode(encode(event))
+    assert isinstance(light, view)
     full, viewed = fold(*opened(), seat("s1"), pack("p1")), fold(*opened(), seat("s1"), pack("p1"))
     apply(full, event)
     apply(viewed, light)
     assert dump(full) == dump(viewed)
+    data_folded = fold(*opened(), seat("s1"), pack("p1"))
+    assert apply_data(data_folded, encode(event)) is not None
+    assert dump(data_folded) == dump(full)
 
 
 def test_a_stored_record_is_folded_as_its_event():

@@ -33,6 +33,7 @@ from ledger.errors import ClockWentBackwards, ConcurrentAppend, DuplicateUsageKe
 from ledger.idempotency import payload_digest
 from ledger.leases import Fence, LeaseHolder
 from ledger.log import (
+    EVENT_DECODER,
     EVENT_ENCODER,
     GENESIS_HASH,
     MAX_APPEND_EVENTS,
@@ -107,9 +108,6 @@ def grant(seat_id: str = "seat-1", subscription_id: str = "sub-1") -> SeatQuotaG
         quota_ucr=25_000_000_000,
         lapsed_ucr=0,
     )
-
-
-_CHARGE_DECODER = msgspec.json.Decoder(UsageCharged)
 
 
 def charges(prefix: str, count: int) -> list[LogEvent]:
@@ -487,6 +485,16 @@ def test_read_gives_the_records_after_a_position_up_to_until(store: EventStore) 
     assert list(store.read(after=5, until=5)) == []
 
 
+def test_a_read_from_any_position_gives_each_record_the_previous_ones_hash(
+    store: EventStore,
+) -> None:
+    records = appended(store, charges("e", 10))
+    for after in (0, 1, 4, 9):
+        (first, *rest) = store.read(after=after, until=10)
+        assert first.prev_hash == (records[after - 1].hash if after else GENESIS_HASH)
+        assert [r.prev_hash for r in rest] == [r.hash for r in records[after:9]]
+
+
 def test_read_streams_a_log_longer_than_any_one_fetch(store: EventStore) -> None:
     for batch in range(5):
         appended(store, charges(f"b{batch}", 5_000))
@@ -502,7 +510,8 @@ def test_read_subscription_data_gives_one_subscriptions_records_up_to_until(
 
     def event_ids(sub: str, until: int) -> list[str]:
         chunks = store.read_subscription_data(sub, until)
-        return [_CHARGE_DECODER.decode(data).event_id for chunk in chunks for data in chunk]
+        events = [EVENT_DECODER.decode(data) for chunk in chunks for data in chunk]
+        return [event.event_id for event in events if isinstance(event, UsageCharged)]
 
     assert event_ids("sub-2", 12) == ["x0", "x3", "x6", "x9"]
     assert event_ids("sub-2", 6) == ["x0", "x3"]
@@ -706,7 +715,9 @@ def test_a_record_rewritten_with_a_consistent_hash_breaks_the_chain_at_the_next_
     store_factory: StoreFactory, ten_records: EventStore
 ) -> None:
     (third,) = ten_records.read(after=2, until=3)
-    forged = third.data.replace(b'"credits_ucr":3180000', b'"credits_ucr":1000000', 1)
+    event = third.event()
+    assert isinstance(event, UsageCharged)
+    forged = EVENT_ENCODER.encode(msgspec.structs.replace(event, credits_ucr=1_000_000))
     assert forged != third.data
     digest = record_hash(third.prev_hash, 3, third.recorded_at_us, forged)
     store_factory.rewrite_record(3, forged, digest)

@@ -61,6 +61,7 @@ from ledger.log import (
     EVENT_TYPE_TAG,
     GENESIS_HASH,
     READ_CHUNK_RECORDS,
+    STORED_PREV_HASH,
     Head,
     PriorCharge,
     StoredRecord,
@@ -68,6 +69,7 @@ from ledger.log import (
     charges_in,
     check_append_arguments,
     check_head,
+    linked_records,
 )
 from schemas.events import LogEvent
 
@@ -383,9 +385,12 @@ class PostgresEventStore:
 
         With no `until`, up to the head as it is when iteration starts.
         """
-        for rows in self._chunks(self._q.records, after, until):
-            for position, recorded_at_us, data, prev_hash, digest in rows:
-                yield StoredRecord(position, recorded_at_us, data, prev_hash, digest)
+        rows = (row for chunk in self._chunks(self._q.records, after, until) for row in chunk)
+        return linked_records(rows, self._hash_at_before)
+
+    def _hash_at_before(self, position: int) -> bytes:
+        rows = self._fetch(self._q.hash_at, (position - 1,))
+        return bytes(rows[0][0]) if rows else b""
 
     def read_event_data(self, after: int, until: int) -> Iterator[list[bytes]]:
         for rows in self._chunks(self._q.event_data, after, until):
@@ -576,6 +581,7 @@ class _Queries:
             "SELECT position, recorded_at_us, data, prev_hash, hash FROM {schema}.log"
             " WHERE position > %b AND position <= %b"
         )
+        self.hash_at = q("SELECT hash FROM {schema}.log WHERE position = %b")
         self.event_data = q(
             "SELECT position, data FROM {schema}.log WHERE position > %b AND position <= %b"
         )
@@ -669,7 +675,7 @@ def _record_columns(records: list[StoredRecord], events: Sequence[LogEvent]) -> 
         [record.recorded_at_us for record in records],
         [event.subscription_id for event in events],
         [EVENT_TYPE_TAG[type(event)] for event in events],
-        [record.prev_hash for record in records],
+        [STORED_PREV_HASH for _ in records],
         [record.hash for record in records],
         [record.data for record in records],
     ]

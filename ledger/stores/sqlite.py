@@ -40,16 +40,20 @@ from ledger.log import (
     EVENT_TYPE_TAG,
     GENESIS_HASH,
     READ_CHUNK_RECORDS,
+    STORED_PREV_HASH,
     Head,
     PriorCharge,
+    RecordRow,
     StoredRecord,
     chained,
     charges_in,
     check_append_arguments,
     check_head,
     datetime_from_us,
+    linked_records,
 )
-from schemas.events import LogEvent
+from ledger.records import decode_event, is_compact
+from schemas.events import LogEvent, UsageCharged
 
 SCHEMA_VERSION = 1
 
@@ -152,6 +156,15 @@ class _ChargeIdentity(msgspec.Struct, frozen=True):
 
 
 _IDENTITY_DECODER = msgspec.json.Decoder(_ChargeIdentity)
+
+
+def _charge_identity(data: bytes) -> _ChargeIdentity:
+    """Who a stored charge is: read straight from JSON records, from the event otherwise."""
+    if is_compact(data):
+        event = decode_event(data)
+        assert isinstance(event, UsageCharged), "the usage key index points at charges only"
+        return _ChargeIdentity(event.subscription_id, event.event_id, event.payload_digest)
+    return _IDENTITY_DECODER.decode(data)
 
 
 class SqliteEventStore:
@@ -277,10 +290,13 @@ class SqliteEventStore:
     def read(self, after: int = 0, until: int | None = None) -> Iterator[StoredRecord]:
         """Records with `after < position <= until`, in order, `READ_CHUNK_RECORDS` per query.
 
-        With no `until`, up to the head as it is when iteration starts.
+        With no `until`, up to the head as it is when called.
         """
         with self._lock:
             last = self._read_head().position if until is None else until
+        return linked_records(self._record_rows(after, last), self._hash_at_before)
+
+    def _record_rows(self, after: int, last: int) -> Iterator[RecordRow]:
         position = after
         while position < last:
             with self._lock:
@@ -289,9 +305,14 @@ class SqliteEventStore:
                 ).fetchall()
             if not rows:
                 return
-            for row_position, recorded_at_us, data, prev_hash, digest in rows:
-                yield StoredRecord(row_position, recorded_at_us, data, prev_hash, digest)
+            yield from rows
             position = rows[-1][0]
+
+    def _hash_at_before(self, position: int) -> bytes:
+        with self._lock:
+            row = self._db.execute("SELECT hash FROM log WHERE position = ?", (position - 1,))
+            found = row.fetchone()
+        return b"" if found is None else bytes(found[0])
 
     def read_event_data(self, after: int, until: int) -> Iterator[list[bytes]]:
         position = after
@@ -587,7 +608,7 @@ class SqliteEventStore:
                 f"SELECT position, data FROM log WHERE position IN ({_marks(len(chunk))})", chunk
             ).fetchall()
             for position, data in rows:
-                identities[position] = _IDENTITY_DECODER.decode(data)
+                identities[position] = _charge_identity(data)
         missing = positions - identities.keys()
         if missing:
             raise StoreError(f"the usage key index points at positions not in the log: {missing}")
@@ -631,7 +652,7 @@ def _log_rows(
             record.recorded_at_us,
             event.subscription_id,
             EVENT_TYPE_TAG[type(event)],
-            record.prev_hash,
+            STORED_PREV_HASH,
             record.hash,
             record.data,
         )

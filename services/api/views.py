@@ -10,6 +10,7 @@ import msgspec
 
 from ledger.log import StoredRecord
 from ledger.money import format_credits
+from ledger.records import event_json
 from projections.balances import (
     Balances,
     HoldRow,
@@ -455,7 +456,7 @@ def log_record_view(record: StoredRecord) -> LogRecordView:
         recorded_at=record.recorded_at,
         hash=record.hash.hex(),
         prev_hash=record.prev_hash.hex(),
-        event=msgspec.json.decode(record.data),
+        event=msgspec.json.decode(event_json(record.data)),
     )
 
 
