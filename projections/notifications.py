@@ -18,7 +18,7 @@ from typing import Any, Final
 
 from ledger.log import EVENT_DECODER, StoredRecord, datetime_from_us, us_from_datetime
 from ledger.money import format_credits
-from projections.balances import Balances, ChargeView, SeatKey, apply_data
+from projections.balances import Balances, ChargeView, CompactChargeView, SeatKey, apply_data
 from schemas.events import (
     HoldExpired,
     LogEvent,
@@ -135,7 +135,7 @@ class NotificationDeriver:
         return fired
 
     def _after_charge(
-        self, charge: ChargeView | UsageCharged, record: StoredRecord
+        self, charge: ChargeView | CompactChargeView | UsageCharged, record: StoredRecord
     ) -> list[Notification]:
         sub = charge.subscription_id
         fired = self._thresholds((sub, charge.seat_id), record)
