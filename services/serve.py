@@ -68,6 +68,7 @@ from services.running import (
     withdraw_service,
 )
 from services.write_channel import WriteChannelServer
+from services.writer import FastLane
 
 HEARTBEAT_FILE: Final = "serve.heartbeat"
 """Touched by every tick on the writer thread: a health check reads its age (compose.yaml)."""
@@ -93,6 +94,8 @@ class Worker:
     def __init__(self, settings: Settings, executor: ThreadPoolExecutor) -> None:
         self.settings = settings
         self.executor = executor
+        self.lane = FastLane(executor)
+        """The API's writes: on the same thread, ahead of the usage batches."""
         self.parts: Parts | None = None
         self.ledger: Ledger | None = None
 
@@ -155,7 +158,7 @@ class ApiSupervisor:
         context = multiprocessing.get_context("spawn")
         ours, theirs = context.Pipe()
         self._ready = context.Event()
-        WriteChannelServer(ours, self.worker.ledger, self.worker.executor).start()
+        WriteChannelServer(ours, self.worker.ledger, self.worker.lane).start()
         self._process = ApiProcess(self.settings, theirs, self._ready)
         self._process.start()
         theirs.close()  # the child has its own end now
@@ -307,6 +310,7 @@ async def _start_ingest(
             partition,
             consumer=default_consumer_name(),
             metrics=METRICS,
+            between_slices=worker.lane.run_waiting,
         )
         resources.callback(sink.close)
         await service.start()

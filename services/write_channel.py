@@ -1,8 +1,12 @@
-"""The HTTP API process's way to the single writer: admin commands go over a pipe to the
-serving process, whose writer thread decides and appends them (so the log keeps one writer).
+"""The HTTP API process's way to the single writer: commands (admin writes, holds) go over a
+pipe to the serving process, whose writer thread decides and appends them (so the log keeps
+one writer).
 
 One request at a time per pipe; each is a `(kind, payload)` tuple answered by `("ok", value)`
-or `("error", message)`. Commands and outcomes are msgspec Structs, which pickle.
+or `("error", message)`. Commands and outcomes are msgspec Structs, which pickle. The commands
+of every request that came in while the previous one was on its way go together as the next
+one: one trip and one append for all of them (a group commit), each still decided alone. On
+the serving side they run in the writer's `FastLane`, ahead of the usage batches.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ class WriteChannelError(RuntimeError):
 
 class WriteChannelServer:
     """In the serving process: a thread answering one API process's requests, running each
-    command batch on the writer thread (`executor`, the ledger's one thread)."""
+    command batch on the writer thread through `executor` (the ledger's one thread, or its
+    `FastLane`)."""
 
     def __init__(
         self,
@@ -79,6 +84,8 @@ class RemoteWriter:
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="write-channel")
         """The one thread that uses the connection: a request and its answer never interleave
         with another's."""
+        self._waiting: list[tuple[list[Command], asyncio.Future[list[Outcome]]]] = []
+        self._sending = False
 
     def _call(self, kind: str, payload: Any) -> Any:
         self._connection.send((kind, payload))
@@ -91,9 +98,36 @@ class RemoteWriter:
         return await asyncio.get_running_loop().run_in_executor(self._io, self._call, kind, payload)
 
     async def execute(self, commands: Sequence[Command]) -> list[Outcome]:
-        outcomes: list[Outcome] = await self._request(EXECUTE, list(commands))
+        answer: asyncio.Future[list[Outcome]] = asyncio.get_running_loop().create_future()
+        self._waiting.append((list(commands), answer))
+        if not self._sending:
+            self._sending = True
+            asyncio.get_running_loop().create_task(self._send_waiting())
+        outcomes = await answer
         await self._caught_up()
         return outcomes
+
+    async def _send_waiting(self) -> None:
+        """Send what waits as one request, until nothing does; answer each its own outcomes
+        (or the error that befell them all)."""
+        try:
+            while self._waiting:
+                group, self._waiting = self._waiting, []
+                commands = [command for asked, _ in group for command in asked]
+                try:
+                    outcomes: list[Outcome] = await self._request(EXECUTE, commands)
+                except Exception as error:
+                    for _, answer in group:
+                        if not answer.done():  # a request given up on is answered by no one
+                            answer.set_exception(error)
+                    continue
+                start = 0
+                for asked, answer in group:
+                    if not answer.done():
+                        answer.set_result(outcomes[start : start + len(asked)])
+                    start += len(asked)
+        finally:
+            self._sending = False
 
     def close(self) -> None:
         self._io.shutdown(wait=False)

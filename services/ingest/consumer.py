@@ -172,9 +172,12 @@ def open_partition_consumer(
     metrics: LedgerMetrics | None = None,
     lease: PartitionLease | None = None,
     fence: Fence | None = None,
+    between_slices: Callable[[], object] | None = None,
 ) -> tuple[IngestService, RedisDeadLetterSink]:
     """The consumer of one partition's stream as `settings` configure it (not started yet),
-    and its dead-letter sink, which the caller closes after stopping the consumer."""
+    and its dead-letter sink, which the caller closes after stopping the consumer.
+    `between_slices` runs on the writer thread between two slices of a batch (the API's
+    writes waiting in the `FastLane`)."""
     stream = settings.partition_stream(partition)
     sink = RedisDeadLetterSink.from_url(redis_url, stream, cluster=settings.redis_cluster)
     try:
@@ -186,6 +189,7 @@ def open_partition_consumer(
             partition=partition,
             partitions=settings.partitions,
             fence=fence,
+            between_slices=between_slices,
         )
         config = IngestConfig(
             stream=stream,

@@ -1,0 +1,184 @@
+"""Benchmark (not a test): latency of placing a hold
+(`POST /v1/subscriptions/{sub}/seats/{seat}/holds`) at a fixed request rate, against a real
+`ledger serve` while usage is published to its stream at a fixed event rate.
+
+    python bench/bench_holds.py [--rate 300] [--ingest-rate 10000] [--seconds 20]
+
+A hold is a write: it goes through the one writer of the log that also charges the usage
+batches, so it is the writer's fast path that is measured here. The load is open-loop, as in
+bench_authorization.py (whose ledger, publisher and percentiles this reuses): request i is due
+at start + i / rate, and its latency is counted from the instant it was due.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import random
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from bench_authorization import (
+    ADMIN_TOKEN,
+    CONNECTIONS,
+    LEDGER,
+    SEATS,
+    SUBSCRIPTIONS,
+    _wait_ready,
+    http_json,
+    percentile,
+    publish,
+    setup_jsonl,
+)
+
+from services.redis_server import EmbeddedRedis, free_loopback_port
+
+HOLD_CREDITS = "1.50"
+HOLD_TTL_S = 60
+
+
+async def _load(
+    port: int, token: str, rate: float, seconds: float
+) -> tuple[list[float], list[float], int]:
+    """Open-loop hold requests; (latencies from due time, from send time) in ms, and errors."""
+    total = int(rate * seconds)
+    rng = random.Random(13)
+    requests = []
+    for i in range(total):
+        sub = rng.randrange(SUBSCRIPTIONS)
+        path = f"/v1/subscriptions/sub-{sub}/seats/sub-{sub}-seat-{rng.randrange(SEATS)}/holds"
+        body = json.dumps({"hold_id": f"h-{i}", "credits": HOLD_CREDITS, "ttl_s": HOLD_TTL_S})
+        requests.append((path, body.encode()))
+    queue: asyncio.Queue[tuple[float, str, bytes] | None] = asyncio.Queue()
+    from_due: list[float] = []
+    from_send: list[float] = []
+    errors = 0
+    auth = f"Authorization: Bearer {token}"
+
+    async def connection() -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        while (item := await queue.get()) is not None:
+            due, path, body = item
+            sent = time.perf_counter()
+            head = (
+                f"POST {path} HTTP/1.1\r\nHost: bench\r\n{auth}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            )
+            writer.write(head.encode() + body)
+            answer = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in answer.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            await reader.readexactly(length)
+            done = time.perf_counter()
+            if not answer.startswith(b"HTTP/1.1 201"):
+                errors += 1
+            from_due.append((done - due) * 1_000)
+            from_send.append((done - sent) * 1_000)
+        writer.close()
+
+    workers = [asyncio.create_task(connection()) for _ in range(CONNECTIONS)]
+    started = time.perf_counter()
+    for i, (path, body) in enumerate(requests):
+        due = started + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        queue.put_nowait((due, path, body))
+    for _ in workers:
+        queue.put_nowait(None)
+    await asyncio.gather(*workers)
+    return from_due, from_send, errors
+
+
+def load(port: int, token: str, rate: float, seconds: float, out: str) -> None:
+    from_due, from_send, errors = asyncio.run(_load(port, token, rate, seconds))
+    Path(out).write_text(json.dumps({"due": from_due, "send": from_send, "errors": errors}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=float, default=300, help="hold requests/s")
+    parser.add_argument("--ingest-rate", type=float, default=10_000, help="usage events/s")
+    parser.add_argument("--seconds", type=float, default=20)
+    args = parser.parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="bench-holds-"))
+    embedded = EmbeddedRedis(folder / "redis")
+    embedded.start()
+    port = free_loopback_port()
+    stream = "bench.usage"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
+    env.update(
+        LEDGER_DATA_DIR=str(folder / "data"),
+        LEDGER_REDIS_URL=embedded.url,
+        LEDGER_USAGE_STREAM=stream,
+        LEDGER_PORT=str(port),
+        LEDGER_ADMIN_TOKEN=ADMIN_TOKEN,
+    )
+    subprocess.run([*LEDGER, "backfill", "-"], input=setup_jsonl(), text=True, env=env, check=True)
+    log_file = (folder / "serve.log").open("wb")
+    serve = subprocess.Popen([*LEDGER, "serve"], env=env, stdout=log_file, stderr=log_file)
+    try:
+        _wait_ready(port)
+        gateway = http_json(
+            port,
+            "POST",
+            "/v1/tokens",
+            {"role": "gateway", "subscription_ids": [f"sub-{s}" for s in range(SUBSCRIPTIONS)]},
+        )["token"]
+        context = multiprocessing.get_context("spawn")
+        published = context.Value("q", 0)
+        publisher = context.Process(
+            target=publish,
+            args=(embedded.url, stream, args.ingest_rate, args.seconds + 2, published),
+        )
+        publisher.start()
+        time.sleep(2)  # ingest reaches its steady rate before requests start
+        head_before = http_json(port, "GET", "/v1/audit/digest")["position"]
+        results = folder / "latencies.json"
+        loader = context.Process(
+            target=load, args=(port, gateway, args.rate, args.seconds, str(results))
+        )
+        started = time.perf_counter()
+        loader.start()
+        loader.join()
+        elapsed = time.perf_counter() - started
+        head_after = http_json(port, "GET", "/v1/audit/digest")["position"]
+        publisher.join()
+        measured = json.loads(results.read_text())
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(30)
+        embedded.stop()
+    report(args, published.value, measured, elapsed, (head_after - head_before) / elapsed)
+
+
+def report(
+    args: argparse.Namespace, published: int, measured: dict, elapsed: float, appended: float
+) -> None:
+    from_due, from_send = measured["due"], measured["send"]
+    print(
+        f"\nholds at {args.rate:,.0f} req/s for {args.seconds:g} s over {CONNECTIONS}"
+        f" connections, ingest published at {args.ingest_rate:,.0f} events/s"
+        f" ({published:,} events)"
+    )
+    print(f"{'latency (ms)':<28} {'p50':>7} {'p90':>7} {'p99':>7} {'p99.9':>7} {'max':>7}")
+    for name, values in (("from due time (open loop)", from_due), ("from send", from_send)):
+        row = [percentile(values, q) for q in (0.5, 0.9, 0.99, 0.999)] + [max(values)]
+        print(f"{name:<28} " + " ".join(f"{v:>7.2f}" for v in row))
+    print(
+        f"holds {len(from_due):,} ({len(from_due) / elapsed:,.0f}/s), errors"
+        f" {measured['errors']}; log appended {appended:,.0f} records/s meanwhile"
+    )
+
+
+if __name__ == "__main__":
+    main()
