@@ -29,10 +29,8 @@ from services.api.guards import ADMINS, requires
 from services.api.notifications import must_exist
 from services.api.problems import Problem
 from services.api.reads import Reads
-from services.notifier.urls import RefusedUrl, check_url
+from services.notifier.urls import MAX_URL_CHARS, URL_PATTERN, RefusedUrl, check_url
 
-MAX_URL_CHARS: Final = 2_048
-URL_PATTERN: Final = r"^[hH][tT][tT][pP][sS]?://[^\s/?#@]+(/[^\s]*)?$"
 SECRET_PREFIX: Final = "whsec_"
 SECRET_BYTES: Final = 32
 SECRET_PATTERN: Final = r"^whsec_[A-Za-z0-9+/]{32,88}={0,2}$"
@@ -55,7 +53,13 @@ assert set(EventType.__args__) == set(NOTIFICATION_TYPES)  # type: ignore[attr-d
 
 
 class WebhookBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    url: Annotated[str, msgspec.Meta(pattern=URL_PATTERN, max_length=MAX_URL_CHARS)]
+    url: Annotated[
+        str,
+        # The pattern is checked by `check_url`, so that a refusal states the rule.
+        msgspec.Meta(
+            max_length=MAX_URL_CHARS, extra_json_schema={"extra": {"pattern": URL_PATTERN}}
+        ),
+    ]
     event_types: Annotated[list[EventType], msgspec.Meta(max_length=len(NOTIFICATION_TYPES))] = []
     """The types this endpoint receives; empty or absent: every type."""
     secret: Annotated[str, msgspec.Meta(pattern=SECRET_PATTERN)] | None = None

@@ -6,10 +6,19 @@ host resolves to)."""
 from __future__ import annotations
 
 import ipaddress
-import socket
+import re
 from typing import Final
 from urllib.parse import urlsplit
 
+PORT_PATTERN: Final = (
+    r"(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})"
+)
+URL_PATTERN: Final = (
+    rf"^[hH][tT][tT][pP][sS]?://[A-Za-z0-9.-]{{1,253}}(:{PORT_PATTERN})?([/?][^\s#]*)?$"
+)
+"""An http(s) URL: a host name or IPv4 address, a port maybe, a path and query maybe; no
+credentials, fragment or spaces. (Its host is then checked against the address rules.)"""
+MAX_URL_CHARS: Final = 2_048
 ALLOWED_SCHEMES: Final = ("http", "https")
 METADATA_ADDRESSES: Final = (
     ipaddress.ip_network("169.254.0.0/16"),
@@ -20,7 +29,10 @@ METADATA_ADDRESSES: Final = (
 METADATA_HOSTS: Final = ("metadata.google.internal", "metadata")
 LOOPBACK_HOSTS: Final = ("localhost",)
 
-SCHEME_RULE: Final = "a webhook URL is http:// or https://"
+SCHEME_RULE: Final = (
+    "a webhook URL is http:// or https://, a host name or IPv4 address, a port maybe, a path"
+    " maybe (no credentials, fragment or spaces)"
+)
 METADATA_RULE: Final = (
     "a webhook URL never names a link-local or cloud metadata address"
     " (169.254.0.0/16, fe80::/10, fd00:ec2::254)"
@@ -35,27 +47,31 @@ class RefusedUrl(ValueError):
 
 
 def check_url(url: str, *, allow_private: bool) -> None:
-    """Refuse (`RefusedUrl`) a URL by its scheme and its host as written."""
+    """Refuse (`RefusedUrl`) a URL by its form and its host as written (a link-local or
+    metadata address is refused by that rule even where the form is wrong too)."""
     try:
         parts = urlsplit(url)
-        host = parts.hostname
-        parts.port  # noqa: B018 (raises on a port out of range)
+        host = (parts.hostname or "").lower().rstrip(".")
     except ValueError:
         raise RefusedUrl(SCHEME_RULE) from None
     if parts.scheme.lower() not in ALLOWED_SCHEMES or not host:
         raise RefusedUrl(SCHEME_RULE)
-    host = host.lower().rstrip(".")
     if host in METADATA_HOSTS:
         raise RefusedUrl(METADATA_RULE)
     if host in LOOPBACK_HOSTS or host.endswith(".localhost"):
         if not allow_private:
             raise RefusedUrl(PRIVATE_RULE)
-        return
+    elif (address := _address(host)) is not None:  # a name's are checked on each delivery
+        check_address(address, allow_private=allow_private)
+    if len(url) > MAX_URL_CHARS or re.fullmatch(URL_PATTERN, url) is None:
+        raise RefusedUrl(SCHEME_RULE)
+
+
+def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
-        address = ipaddress.ip_address(host)
+        return ipaddress.ip_address(host)
     except ValueError:
-        return  # a name: its addresses are checked before each delivery
-    check_address(address, allow_private=allow_private)
+        return None
 
 
 def check_address(
@@ -86,6 +102,3 @@ def check_resolved(host: str, infos: list[tuple[object, ...]], *, allow_private:
         check_address(
             ipaddress.ip_address(str(sockaddr[0]).split("%")[0]), allow_private=allow_private
         )
-
-
-RESOLVE_FAMILY: Final = socket.AF_UNSPEC
