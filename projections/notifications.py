@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Any, Final
 
-from ledger.log import EVENT_DECODER, StoredRecord, datetime_from_us, us_from_datetime
+from ledger.log import StoredRecord, datetime_from_us, us_from_datetime
 from ledger.money import format_credits
 from projections.balances import Balances, ChargeView, CompactChargeView, SeatKey, apply_data
 from schemas.events import (
@@ -126,7 +126,7 @@ class NotificationDeriver:
         self.position = position
         if charge is not None:
             return self._after_charge(charge, record)
-        event = EVENT_DECODER.decode(record.data)
+        event = record.event()
         fired = self._from_event(event, record)
         seat_id = getattr(event, "seat_id", None)
         if isinstance(seat_id, str):
