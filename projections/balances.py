@@ -330,7 +330,15 @@ def apply(balances: Balances, item: StoredRecord | ProjectedEvent) -> None:
 def apply_data(
     balances: Balances, data: bytes
 ) -> ChargeView | CompactChargeView | UsageCharged | None:
-    """Fold the event in a record's bytes; return it when it is a charge (for usage rows).
+    """Fold the event in a record's bytes; return it when it is a charge."""
+    event = fold_data(balances, data)
+    if isinstance(event, CompactChargeView | ChargeView | UsageCharged):
+        return event
+    return None
+
+
+def fold_data(balances: Balances, data: bytes) -> ProjectedEvent:
+    """Fold the event in a record's bytes and return it (for usage and history rows).
 
     The runner's hot path: `decode` and `apply` in one call, without the type dispatch.
     """
@@ -340,14 +348,15 @@ def apply_data(
             _charge(balances, found)
             return found
         _HANDLERS[type(found)](balances, found)
-        return found if type(found) is UsageCharged else None
+        event: ProjectedEvent = found
+        return event
     if data.startswith(_CHARGE_PREFIX):
         charge = _CHARGE_DECODER.decode(data)
         _charge(balances, charge)
         return charge
-    event = EVENT_DECODER.decode(data)
-    _HANDLERS[type(event)](balances, event)
-    return event if type(event) is UsageCharged else None
+    logged = EVENT_DECODER.decode(data)
+    _HANDLERS[type(logged)](balances, logged)
+    return logged
 
 
 def _charge(b: Balances, e: ChargeView | CompactChargeView | UsageCharged) -> None:

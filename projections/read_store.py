@@ -16,8 +16,9 @@ from typing import Any, Final, Protocol
 
 import msgspec
 
-from ledger.log import datetime_from_us, us_from_datetime
+from ledger.log import StoredRecord, datetime_from_us, us_from_datetime
 from projections.balances import Balances, Changes, HoldRow, PackRow, SeatRow, SubscriptionRow
+from projections.history import AdminIndexRow, HistoryPage, HistoryQuery
 from projections.usage import UsageIndexRow, UsageQuery
 from schemas.events import Allocation
 from schemas.read_models import SourceKind, UsagePage
@@ -41,6 +42,15 @@ class ReadModelReader(Protocol):
         """The log position the tables hold (0 before the first batch)."""
         ...
 
+    def history(self, query: HistoryQuery) -> HistoryPage:
+        """One page of a subscription's admin writes. Raises `InvalidHistoryQuery`."""
+        ...
+
+    def admin_record(self, subscription_id: str, type_: str, key: str) -> StoredRecord | None:
+        """The record of the admin write of this type (an event tag) about `key` (the id the
+        caller named it by), or None when the tables hold none."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -56,10 +66,12 @@ class ReadModelStore(Protocol):
         changes: Changes,
         usage_rows: Sequence[UsageIndexRow],
         name: str = DEFAULT_CHECKPOINT,
+        admin_rows: Sequence[AdminIndexRow] = (),
     ) -> None:
         """Upsert the changed balance rows (delete the holds forgotten), insert the new usage
-        rows and move the checkpoint from `after` to `position`, in one transaction. Raises
-        `CheckpointMoved` (and writes nothing) when the checkpoint is no longer `after`."""
+        and admin history rows and move the checkpoint from `after` to `position`, in one
+        transaction. Raises `CheckpointMoved` (and writes nothing) when the checkpoint is no
+        longer `after`."""
         ...
 
     def reset(self, name: str = DEFAULT_CHECKPOINT, *, drop_usage_indexes: bool = False) -> None:
@@ -78,6 +90,8 @@ class ReadModelStore(Protocol):
         ...
 
     def usage(self, query: UsageQuery) -> UsagePage: ...
+
+    def history(self, query: HistoryQuery) -> HistoryPage: ...
 
     def usage_index_rows(self) -> list[UsageIndexRow]:
         """Every usage index row in position order (for audits and tests; unbounded)."""

@@ -20,9 +20,17 @@ from typing import Final, Protocol
 
 from ledger.errors import LogInconsistent
 from ledger.log import Head, StoredRecord
-from projections.balances import Balances, apply_data, assert_conserved
+from projections.balances import (
+    Balances,
+    ChargeView,
+    CompactChargeView,
+    assert_conserved,
+    fold_data,
+)
+from projections.history import AdminIndexRow, admin_row
 from projections.read_store import CheckpointMoved, ReadModelStore
 from projections.usage import UsageIndexRow
+from schemas.events import ChargeReversed, UsageCharged
 
 DEFAULT_BATCH_EVENTS: Final = 10_000
 """Events folded and committed per transaction while catching up."""
@@ -87,12 +95,14 @@ class ProjectionRunner:
             while self._position < head:
                 until = min(self._position + batch_size, head)
                 with self._lock:
-                    usage_rows = self._fold(self._position, until)
+                    usage_rows, admin_rows = self._fold(self._position, until)
                     changes = self._balances.take_changes()
                     for sub in changes.subscriptions:
                         assert_conserved(self._balances, sub.subscription_id)
                     try:
-                        self._store.write_batch(self._position, until, changes, usage_rows)
+                        self._store.write_batch(
+                            self._position, until, changes, usage_rows, admin_rows=admin_rows
+                        )
                     except CheckpointMoved:
                         # Another runner wrote first: go on from what the tables now hold.
                         self._balances, self._position = self._load()
@@ -107,29 +117,36 @@ class ProjectionRunner:
             raise
         return self._position
 
-    def _fold(self, after: int, until: int) -> list[UsageIndexRow]:
+    def _fold(self, after: int, until: int) -> tuple[list[UsageIndexRow], list[AdminIndexRow]]:
+        """Fold the records in (after, until]: their usage rows (charges and reversals) and
+        admin history rows."""
         balances = self._balances
         usage_rows: list[UsageIndexRow] = []
+        admin_rows: list[AdminIndexRow] = []
         add_row = usage_rows.append
         count = position = 0
         for record in self._events.read(after=after, until=until):
             position = record.position
-            charge = apply_data(balances, record.data)
-            if charge is not None:
+            event = fold_data(balances, record.data)
+            if isinstance(event, CompactChargeView | ChargeView | UsageCharged | ChargeReversed):
                 add_row(
                     (
                         position,
                         record.recorded_at_us,
-                        charge.subscription_id,
-                        charge.seat_id,
-                        charge.model,
+                        event.subscription_id,
+                        event.seat_id,
+                        event.model,
                     )
                 )
+            if not isinstance(event, CompactChargeView | ChargeView):
+                admin = admin_row(position, record.recorded_at_us, event)
+                if admin is not None:
+                    admin_rows.append(admin)
             count += 1
         # Positions only ever increase, so `count` records ending at `until` leave no gap.
         if count != until - after or position != until:
             raise LogInconsistent(f"the log has a gap between positions {after} and {until}")
-        return usage_rows
+        return usage_rows, admin_rows
 
     def rebuild(
         self,

@@ -13,15 +13,15 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 import msgspec
 
 from ledger.errors import LogInconsistent
 from ledger.log import StoredRecord, datetime_from_us, us_from_datetime
-from ledger.records import decode_event, is_compact
-from schemas.events import UsageCharged
+from schemas.events import Allocation, ChargeReversed, Coefficients, Components, UsageCharged
 from schemas.read_models import UsagePage, UsageRow
+from schemas.usage import Usage
 
 MAX_PAGE_ROWS: Final = 1_000
 DEFAULT_PAGE_ROWS: Final = 100
@@ -102,20 +102,24 @@ def decode_cursor(cursor: str) -> tuple[int, int]:
     return int(recorded_at), int(position)
 
 
-_ROW_DECODER: Final = msgspec.json.Decoder(UsageCharged)
-
-
-def _charged(data: bytes) -> UsageCharged:
-    if not is_compact(data):
-        return _ROW_DECODER.decode(data)
-    event = decode_event(data)
-    if not isinstance(event, UsageCharged):
-        raise LogInconsistent(f"a usage row from a {type(event).__name__}, not a charge")
-    return event
+REVERSED_STATEMENT: Final = (
+    "SELECT charge_event_id, SUM(credits_ucr) FROM rm_admin"
+    " WHERE subscription_id = {m} AND charge_event_id IN ({marks}) AND position <= {m}"
+    " GROUP BY charge_event_id"
+)
+"""What the reversals of some charges gave back, as of a position (see projections/history)."""
+_NO_USAGE: Final = Usage()
+_NO_COMPONENTS: Final = Components()
+_NO_COEFFICIENTS: Final = Coefficients()
 
 
 def usage_row(record: StoredRecord) -> UsageRow:
-    charged = _charged(record.data)
+    event = record.event()
+    if isinstance(event, ChargeReversed):
+        return reversal_row(record, event)
+    if not isinstance(event, UsageCharged):
+        raise LogInconsistent(f"the usage index names position {record.position}, not a charge")
+    charged = event
     return UsageRow(
         position=record.position,
         recorded_at=datetime_from_us(record.recorded_at_us),
@@ -134,6 +138,52 @@ def usage_row(record: StoredRecord) -> UsageRow:
         request_id=charged.request_id,
         api_key_id=charged.api_key_id,
         gateway=charged.gateway,
+    )
+
+
+def reversal_row(record: StoredRecord, reversal: ChargeReversed) -> UsageRow:
+    recorded_at = datetime_from_us(record.recorded_at_us)
+    return UsageRow(
+        position=record.position,
+        recorded_at=recorded_at,
+        occurred_at=recorded_at,
+        event_id=reversal.reversal_id,
+        subscription_id=reversal.subscription_id,
+        seat_id=reversal.seat_id,
+        model=reversal.model,
+        product=None,
+        usage=_NO_USAGE,
+        components=_NO_COMPONENTS,
+        coefficients=_NO_COEFFICIENTS,
+        rate_card_version="",
+        credits_ucr=-reversal.credits_ucr,
+        allocation=tuple(
+            Allocation(part.source, part.id, -part.credits_ucr) for part in reversal.parts
+        ),
+        kind="reversal",
+        reverses=reversal.event_id,
+        reason=reversal.reason,
+    )
+
+
+def with_reversed(
+    fetch: Callable[[str, list[object]], Sequence[tuple[Any, ...]]],
+    rows: Sequence[UsageRow],
+    as_of_position: int,
+    marker: str = "?",
+) -> tuple[UsageRow, ...]:
+    """The rows, each charge with what its reversals gave back as of `as_of_position`."""
+    charges = [row.event_id for row in rows if row.kind == "charge"]
+    if not charges:
+        return tuple(rows)
+    statement = REVERSED_STATEMENT.format(m=marker, marks=", ".join([marker] * len(charges)))
+    params: list[object] = [rows[0].subscription_id, *charges, as_of_position]
+    reversed_ucr = {str(event_id): int(str(total)) for event_id, total in fetch(statement, params)}
+    return tuple(
+        msgspec.structs.replace(row, reversed_ucr=reversed_ucr[row.event_id])
+        if row.kind == "charge" and row.event_id in reversed_ucr
+        else row
+        for row in rows
     )
 
 
@@ -194,7 +244,7 @@ def fetch_records(events: RecordReader, positions: Sequence[int]) -> list[Stored
 
 
 def usage_page(
-    fetch: Callable[[str, list[object]], Sequence[tuple[int, int]]],
+    fetch: Callable[[str, list[object]], Sequence[tuple[Any, ...]]],
     events: RecordReader,
     query: UsageQuery,
     marker: str = "?",
@@ -209,4 +259,7 @@ def usage_page(
     records = fetch_records(events, [position for position, _ in page])
     rows = tuple(usage_row(record) for record in records)
     assert all(row.subscription_id == query.subscription_id for row in rows)
+    if rows:
+        as_of = query.as_of_position if query.as_of_position is not None else 2**63 - 1
+        rows = with_reversed(fetch, rows, as_of, marker)
     return UsagePage(items=rows, next_cursor=next_cursor)

@@ -81,8 +81,17 @@ class SubscriptionBalance(msgspec.Struct, frozen=True):
     """Seat quota lapsed at cycle end or forfeited on removal, plus pack credits expired."""
 
 
+UsageRowKind = Literal["charge", "reversal"]
+
+
 class UsageRow(msgspec.Struct, frozen=True):
-    """One charged request, as usage details show it."""
+    """One charged request, or one reversal of a charge, as usage details show them.
+
+    A reversal row has the reversal's id as `event_id`, the charge's in `reverses`, negative
+    `credits_ucr` and allocation parts (what went back to each source), no usage, components
+    or coefficients, and `product` None; a charge row says in `reversed_ucr` what its
+    reversals gave back so far.
+    """
 
     position: int
     recorded_at: datetime
@@ -93,7 +102,7 @@ class UsageRow(msgspec.Struct, frozen=True):
     subscription_id: str
     seat_id: str
     model: str
-    product: Product
+    product: Product | None
     usage: Usage
     components: Components
     coefficients: Coefficients
@@ -103,6 +112,13 @@ class UsageRow(msgspec.Struct, frozen=True):
     request_id: str | None = None
     api_key_id: str | None = None
     gateway: str | None = None
+    kind: UsageRowKind = "charge"
+    reverses: str | None = None
+    """A reversal row: the event id of the charge it reverses."""
+    reversed_ucr: int = 0
+    """A charge row: what its reversals (as of the page's position) gave back."""
+    reason: str | None = None
+    """A reversal row: why."""
 
 
 class UsagePage(msgspec.Struct, frozen=True):

@@ -32,7 +32,16 @@ from projections.notification_store import Webhook
 from projections.runner import ProjectionRunner
 from projections.stores.notifications_sqlite import SqliteNotificationStore
 from projections.stores.sqlite import SqliteReadModelStore
-from schemas.commands import AddSeat, BuyPack, Command, OpenSubscription, PlaceHold
+from schemas.commands import (
+    AddSeat,
+    AdjustSeat,
+    BuyPack,
+    Command,
+    GrantCredits,
+    OpenSubscription,
+    PlaceHold,
+    ReverseCharge,
+)
 from schemas.limits import ID_PATTERN, MAX_HOLD_TTL_S
 from schemas.usage import UsageEvent
 from services.api.app import create_app
@@ -59,13 +68,16 @@ class Tenant:
     event: str
     hold: str
     webhook: str
+    grant: str
+    adjustment: str
+    reversal: str
 
 
-OTHER: Final = Tenant("team-1", "alice", "p1", "e1", "h1", "wh-1")
+OTHER: Final = Tenant("team-1", "alice", "p1", "e1", "h1", "wh-1", "g1", "a1", "r1")
 """The other tenant of the first ledger: every request names these."""
-NOBODY: Final = Tenant("team-x", "xavier", "px", "ex", "hx", "wh-x")
+NOBODY: Final = Tenant("team-x", "xavier", "px", "ex", "hx", "wh-x", "gx", "ax", "rx")
 """The other tenant of the second ledger: no request names these."""
-MINE: Final = Tenant(OWN, "carol", "p2", "e2", "h2", "wh-2")
+MINE: Final = Tenant(OWN, "carol", "p2", "e2", "h2", "wh-2", "g2", "a2", "r2")
 
 NAMES_BY_PARAMETER: Final[dict[str, str]] = {
     "subscription_id": OTHER.sub,
@@ -79,6 +91,10 @@ NAMES_BY_PARAMETER: Final[dict[str, str]] = {
     "hold_id": OTHER.hold,
     "webhook": OTHER.webhook,
     "webhook_id": OTHER.webhook,
+    "grant": OTHER.grant,
+    "grant_id": OTHER.grant,
+    "adjustment_id": OTHER.adjustment,
+    "reversal_id": OTHER.reversal,
     "token_id": "tok_0123456789abcdef",  # tokens belong to no subscription
 }
 """The name a request gives each path, query or body parameter that is an id: what the other
@@ -109,7 +125,13 @@ def _tenant(tenant: Tenant) -> list[Command]:
         AddSeat(tenant.sub, tenant.seat, "standard"),
         BuyPack(tenant.sub, tenant.pack),
         PlaceHold(tenant.sub, tenant.seat, tenant.hold, 1_000_000, MAX_HOLD_TTL_S),
+        GrantCredits(tenant.sub, tenant.grant, 1_000_000, NOW, "goodwill"),
+        AdjustSeat(tenant.sub, tenant.seat, tenant.adjustment, 1_000_000, "goodwill"),
     ]
+
+
+def _reversal(tenant: Tenant) -> ReverseCharge:
+    return ReverseCharge(tenant.sub, tenant.event, tenant.reversal, "typo", 1_000_000)
 
 
 def _usage(tenant: Tenant) -> UsageEvent:
@@ -134,6 +156,8 @@ def _build(data_dir: Path, other: Tenant, tokens: TokenStore, executor: ThreadPo
     for commands in (_tenant(other), _tenant(MINE)):
         assert {o.status for o in ledger.execute(commands)} == {"applied"}
     assert {o.status for o in ledger.charge([_usage(other), _usage(MINE)])} == {"applied"}
+    reversals = ledger.execute([_reversal(other), _reversal(MINE)])
+    assert {o.status for o in reversals} == {"applied"}
     clock.set(us_from_datetime(NOW))
     runner = ProjectionRunner(store, read_store)
     runner.catch_up()

@@ -32,6 +32,7 @@ import psycopg
 from psycopg import sql
 
 from ledger.errors import StoreError
+from ledger.log import StoredRecord
 from ledger.stores.postgres import (
     DEFAULT_SCHEMA,
     advisory_lock_key,
@@ -41,6 +42,13 @@ from ledger.stores.postgres import (
     migration_lock_key,
 )
 from projections.balances import Balances, Changes
+from projections.history import (
+    AdminIndexRow,
+    HistoryPage,
+    HistoryQuery,
+    find_admin_record,
+    history_page,
+)
 from projections.read_store import (
     DEFAULT_CHECKPOINT,
     CheckpointMoved,
@@ -138,6 +146,28 @@ MIGRATIONS: Final[tuple[tuple[int, LiteralString], ...]] = (
             settled_by text,
             PRIMARY KEY (subscription_id, hold_id)
         ) WITH (fillfactor = 80);
+        """,
+    ),
+    (
+        3,
+        """
+        CREATE TABLE rm_admin (
+            position bigint PRIMARY KEY,
+            recorded_at_us bigint NOT NULL,
+            subscription_id text COLLATE "C" NOT NULL,
+            type text COLLATE "C" NOT NULL,
+            key text COLLATE "C" NOT NULL,
+            charge_event_id text COLLATE "C",
+            credits_ucr bigint
+        );
+        CREATE INDEX rm_admin_by_subscription ON rm_admin (subscription_id, position);
+        CREATE INDEX rm_admin_by_key ON rm_admin (subscription_id, type, key);
+        CREATE INDEX rm_admin_by_charge ON rm_admin (subscription_id, charge_event_id)
+            WHERE charge_event_id IS NOT NULL;
+        -- Usage rows of earlier releases lack reversals and nothing indexed admin writes:
+        -- the runner folds the log again from the start.
+        TRUNCATE rm_subscriptions, rm_seats, rm_packs, rm_grants, rm_holds, rm_usage;
+        UPDATE rm_checkpoints SET position = 0;
         """,
     ),
 )
@@ -238,6 +268,11 @@ _COPY_USAGE: Final = (
     " FROM STDIN (FORMAT BINARY)"
 )
 _USAGE_TYPES: Final = ("int8", "int8", "text", "text", "text")
+_INSERT_ADMIN: Final = (
+    "INSERT INTO rm_admin"
+    " (position, recorded_at_us, subscription_id, type, key, charge_event_id, credits_ucr)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s)"
+)
 _SELECT_SUBSCRIPTIONS: Final = (
     f"SELECT {', '.join(n for n, _ in _SUBSCRIPTION_COLUMNS)} FROM rm_subscriptions"
     " ORDER BY subscription_id"
@@ -396,7 +431,8 @@ class PostgresReadModelStore:
         def reset(db: Connection) -> None:
             with db.transaction():
                 db.execute(
-                    "TRUNCATE rm_subscriptions, rm_seats, rm_packs, rm_grants, rm_holds, rm_usage"
+                    "TRUNCATE rm_subscriptions, rm_seats, rm_packs, rm_grants, rm_holds, rm_usage,"
+                    " rm_admin"
                 )
                 if drop_usage_indexes:
                     for index in USAGE_INDEX_NAMES:
@@ -415,10 +451,11 @@ class PostgresReadModelStore:
         changes: Changes,
         usage_rows: Sequence[UsageIndexRow],
         name: str = DEFAULT_CHECKPOINT,
+        admin_rows: Sequence[AdminIndexRow] = (),
     ) -> None:
         """Upsert the changed balance rows, delete the holds forgotten, insert the new usage
-        rows and move the checkpoint from `after` to `position`; `CheckpointMoved` when another
-        writer moved it first."""
+        and admin history rows and move the checkpoint from `after` to `position`;
+        `CheckpointMoved` when another writer moved it first."""
         packs = [pack_values(p) for p in changes.packs if p.kind == "pack"]
         grants = [pack_values(p) for p in changes.packs if p.kind == "grant"]
         upserts = [
@@ -454,6 +491,8 @@ class PostgresReadModelStore:
                 with db.pipeline():
                     for statement, columns in upserts:
                         db.execute(statement, columns)
+                if admin_rows:
+                    db.cursor().executemany(_INSERT_ADMIN, admin_rows)
 
         with self._lock:
             self._call(write)
@@ -491,6 +530,15 @@ class PostgresReadModelStore:
                 return self._call(lambda db: db.execute(statement, params).fetchall())
 
         return usage_page(fetch, self._events, query, "%s")
+
+    def history(self, query: HistoryQuery) -> HistoryPage:
+        """One page of a subscription's admin writes. Raises `InvalidHistoryQuery`."""
+
+        def fetch(statement: str, params: list[object]) -> list[tuple[Any, ...]]:
+            with self._lock:
+                return self._call(lambda db: db.execute(statement, params).fetchall())
+
+        return history_page(fetch, self._events, query, "%s")
 
     def usage_index_rows(self) -> list[UsageIndexRow]:
         with self._lock:
@@ -556,6 +604,12 @@ class PostgresReadModelReader:
 
     def page(self, query: UsageQuery) -> UsagePage:
         return usage_page(self._fetch, self._events, query, "%s")
+
+    def history(self, query: HistoryQuery) -> HistoryPage:
+        return history_page(self._fetch, self._events, query, "%s")
+
+    def admin_record(self, subscription_id: str, type_: str, key: str) -> StoredRecord | None:
+        return find_admin_record(self._fetch, self._events, subscription_id, type_, key, "%s")
 
     def checkpoint(self, name: str = DEFAULT_CHECKPOINT) -> int:
         rows = self._fetch(_SELECT_CHECKPOINT, (name,))

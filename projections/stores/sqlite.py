@@ -18,7 +18,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Final
 
+from ledger.log import StoredRecord
 from projections.balances import Balances, Changes
+from projections.history import (
+    ADMIN_INDEXES_SQL,
+    ADMIN_TABLE_SQL,
+    INSERT_ADMIN_SQL,
+    AdminIndexRow,
+    HistoryPage,
+    HistoryQuery,
+    find_admin_record,
+    history_page,
+)
 from projections.read_store import (
     DEFAULT_CHECKPOINT,
     CheckpointMoved,
@@ -118,6 +129,7 @@ _TABLES_SQL: Final = (
     )
     """,
     USAGE_TABLE_SQL,
+    ADMIN_TABLE_SQL,
 )
 _ADDED_COLUMNS: Final = (
     ("rm_subscriptions", "voided_ucr INTEGER NOT NULL DEFAULT 0"),
@@ -133,6 +145,7 @@ _READ_MODEL_TABLES: Final = (
     "rm_grants",
     "rm_holds",
     "rm_usage",
+    "rm_admin",
 )
 _SELECT_CHECKPOINT: Final = "SELECT position FROM rm_checkpoints WHERE name = ?"
 
@@ -181,8 +194,19 @@ class SqliteReadModelStore:
         # loss, never corrupt; the checkpoint goes back with them.
         self._db.execute("PRAGMA synchronous = NORMAL")
         with self._transaction():
+            indexed_admin_writes = self._has_table("rm_admin")
             self._create_tables()
             self.create_usage_indexes()
+        if not indexed_admin_writes and self.checkpoint() > 0:
+            # A file of an earlier release: its usage rows lack reversals and it has no admin
+            # history; the runner folds the log again from the start.
+            self.reset()
+
+    def _has_table(self, table: str) -> bool:
+        found = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
+        ).fetchone()
+        return found is not None
 
     def close(self) -> None:
         self.unlock_writer()
@@ -225,6 +249,8 @@ class SqliteReadModelStore:
             present = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
             if column.split()[0] not in present:
                 self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+        for sql in ADMIN_INDEXES_SQL:
+            self._db.execute(sql)
 
     def create_usage_indexes(self) -> None:
         for sql in USAGE_INDEXES_SQL:
@@ -255,10 +281,11 @@ class SqliteReadModelStore:
         changes: Changes,
         usage_rows: Sequence[UsageIndexRow],
         name: str = DEFAULT_CHECKPOINT,
+        admin_rows: Sequence[AdminIndexRow] = (),
     ) -> None:
         """Upsert the changed balance rows, delete the holds forgotten, insert the new usage
-        rows and move the checkpoint from `after` to `position`; `CheckpointMoved` when another
-        writer moved it first."""
+        and admin history rows and move the checkpoint from `after` to `position`;
+        `CheckpointMoved` when another writer moved it first."""
         packs = [p for p in changes.packs if p.kind == "pack"]
         grants = [p for p in changes.packs if p.kind == "grant"]
         with self._transaction():
@@ -274,6 +301,7 @@ class SqliteReadModelStore:
                 changes.forgotten_holds,
             )
             db.executemany(INSERT_USAGE_SQL, usage_rows)
+            db.executemany(INSERT_ADMIN_SQL, admin_rows)
 
     def _move_checkpoint(self, name: str, after: int, position: int) -> None:
         """The compare-and-set that fences a writer that lost a race (no row yet counts as 0)."""
@@ -327,6 +355,10 @@ class SqliteReadModelStore:
         """One page of usage rows. Raises `InvalidUsageQuery` (bad limit or cursor)."""
         return usage_page(lambda s, p: self._db.execute(s, p).fetchall(), self._events, query)
 
+    def history(self, query: HistoryQuery) -> HistoryPage:
+        """One page of a subscription's admin writes. Raises `InvalidHistoryQuery`."""
+        return history_page(lambda s, p: self._db.execute(s, p).fetchall(), self._events, query)
+
     def usage_index_rows(self) -> list[UsageIndexRow]:
         """Every usage index row in position order (for audits and tests; unbounded)."""
         rows = self._db.execute(
@@ -363,6 +395,16 @@ class SqliteReadModelReader:
         with self._lock:
             db = self._connect()
             return usage_page(lambda s, p: db.execute(s, p).fetchall(), self._events, query)
+
+    def _fetch(self, statement: str, params: Sequence[object]) -> list[tuple[object, ...]]:
+        with self._lock:
+            return self._connect().execute(statement, params).fetchall()
+
+    def history(self, query: HistoryQuery) -> HistoryPage:
+        return history_page(self._fetch, self._events, query)
+
+    def admin_record(self, subscription_id: str, type_: str, key: str) -> StoredRecord | None:
+        return find_admin_record(self._fetch, self._events, subscription_id, type_, key)
 
     def checkpoint(self, name: str = DEFAULT_CHECKPOINT) -> int:
         with self._lock:

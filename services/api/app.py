@@ -31,6 +31,7 @@ from projections.read_store import ReadModelReader
 from projections.stores.notifications_sqlite import SqliteNotificationStore
 from services.api.audit import AuditController
 from services.api.clock import ClockController
+from services.api.corrections import CorrectionController, HistoryController
 from services.api.decoding import StrictJsonRequest
 from services.api.dependencies import provided
 from services.api.document import ClosedStructSchemaPlugin
@@ -67,6 +68,8 @@ V1_CONTROLLERS: Final = (
     ClockController,
     NotificationController,
     WebhookController,
+    CorrectionController,
+    HistoryController,
 )
 """The resources under /v1, each behind the bearer token guard."""
 

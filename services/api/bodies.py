@@ -12,10 +12,18 @@ from typing import Annotated, Any, Final
 import msgspec
 from litestar.params import HeaderParameter, PathParameter, QueryParameter
 
+from ledger.money import parse_credits
 from projections.replay import MAX_AS_OF_CHARS, POSITION_PREFIX
-from schemas.commands import Tier
+from schemas.commands import Reason, Tier
 from schemas.instants import instant_from_text
-from schemas.limits import ID_PATTERN, INSTANT_PATTERN, MAX_ID_CHARS, MAX_INSTANT_CHARS
+from schemas.limits import (
+    ID_PATTERN,
+    INSTANT_PATTERN,
+    MAX_ADMIN_CREDITS_UCR,
+    MAX_ID_CHARS,
+    MAX_INSTANT_CHARS,
+    MAX_REASON_CHARS,
+)
 from schemas.usage import PathId as BodyId
 from services.auth.tokens import MAX_SCOPE_SUBSCRIPTIONS, Role
 
@@ -142,6 +150,7 @@ class OpenSubscriptionBody(msgspec.Struct, frozen=True, forbid_unknown_fields=Tr
     subscription_id: BodyId
     anchor: InstantText | None = None
     """The billing anchor; the ledger clock's now when absent."""
+    reason: Reason | None = None
 
     def __post_init__(self) -> None:
         self.anchor_at()
@@ -153,15 +162,18 @@ class OpenSubscriptionBody(msgspec.Struct, frozen=True, forbid_unknown_fields=Tr
 class AddSeatBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     seat_id: BodyId
     tier: Tier
+    reason: Reason | None = None
 
 
 class ChangeTierBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     tier: Tier
+    reason: Reason | None = None
 
 
 class BuyPackBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     pack_id: BodyId | None = None
     """Generated when absent: derived from the Idempotency-Key header when one is sent."""
+    reason: Reason | None = None
 
 
 class ClockBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -182,3 +194,87 @@ def pack_id_for(subscription_id: str, idempotency_key: str | None) -> str:
         return PACK_ID_PREFIX + secrets.token_hex(PACK_ID_HEX_CHARS // 2)
     material = f"{subscription_id}\x00{idempotency_key}".encode()
     return PACK_ID_PREFIX + hashlib.sha256(material).hexdigest()[:PACK_ID_HEX_CHARS]
+
+
+# -- corrections ------------------------------------------------------------------------------
+
+MAX_CREDITS_TEXT_CHARS: Final = 20
+"""A sign, 12 integer digits, a point and 6 decimals."""
+_ABOVE_ZERO: Final = (
+    r"(0\.([1-9][0-9]{0,5}|0[1-9][0-9]{0,4}|00[1-9][0-9]{0,3}|000[1-9][0-9]{0,2}|0000[1-9][0-9]?"
+    r"|00000[1-9])|[1-9][0-9]{0,8}(\.[0-9]{1,6})?|1000000000(\.0{1,6})?)$"
+)
+"""0.000001 to 1000000000 as text, at most 6 decimals: exactly what `credits_of` accepts, so
+that a request the document allows is never refused for its amount."""
+AdminCredits = Annotated[
+    str, msgspec.Meta(pattern="^" + _ABOVE_ZERO, max_length=MAX_CREDITS_TEXT_CHARS)
+]
+"""Credits an admin gives (or gives back): a decimal string above 0, at most 1,000,000,000."""
+SignedAdminCredits = Annotated[
+    str, msgspec.Meta(pattern="^-?" + _ABOVE_ZERO, max_length=MAX_CREDITS_TEXT_CHARS)
+]
+"""Credits added (positive) to or taken (negative) from a seat: not 0, at most 1,000,000,000
+either way."""
+ReasonQuery = Annotated[
+    str | None,
+    QueryParameter(
+        min_length=1, max_length=MAX_REASON_CHARS, description="Why (kept in the log for good)"
+    ),
+]
+
+
+def credits_of(text: str, field: str, *, signed: bool = False) -> int:
+    """The micro-credits of a body's credits field, not 0 and within the admin bound; a
+    ValueError naming the field otherwise (msgspec names a field so)."""
+    amount_ucr = parse_credits(text)
+    if amount_ucr == 0 or abs(amount_ucr) > MAX_ADMIN_CREDITS_UCR:
+        bound = "-1000000000..1000000000, not 0" if signed else "0.000001..1000000000"
+        raise ValueError(f"credits must be within {bound} - at `$.{field}`")
+    return amount_ucr
+
+
+class AdjustmentBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    adjustment_id: BodyId
+    credits: SignedAdminCredits
+    """Added to the seat's quota this cycle; negative: taken from what it has left."""
+    reason: Reason
+
+    def __post_init__(self) -> None:
+        self.credits_ucr()
+
+    def credits_ucr(self) -> int:
+        return credits_of(self.credits, "credits", signed=True)
+
+
+class GrantBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    grant_id: BodyId
+    credits: AdminCredits
+    expires_at: InstantText
+    reason: Reason
+
+    def __post_init__(self) -> None:
+        self.credits_ucr()
+        self.expires_at_instant()
+
+    def credits_ucr(self) -> int:
+        return credits_of(self.credits, "credits")
+
+    def expires_at_instant(self) -> datetime:
+        return at_instant(self.expires_at, "expires_at")
+
+
+class ReversalBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    reversal_id: BodyId
+    reason: Reason
+    credits: AdminCredits | None = None
+    """All that is left of the charge when absent."""
+
+    def __post_init__(self) -> None:
+        self.credits_ucr()
+
+    def credits_ucr(self) -> int | None:
+        return None if self.credits is None else credits_of(self.credits, "credits")
+
+
+class VoidBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    reason: Reason

@@ -17,7 +17,8 @@ from services.api.guards import ADMINS, SUBSCRIPTION_READERS, requires
 from services.api.problems import again
 from services.api.reads import Reads
 from services.api.views import PackList, PackView, pack_view
-from services.api.writes import Writes, refused
+from services.api.writes import Writes, actor_of, refused
+from services.auth.tokens import Principal
 
 
 class PackController(V1Controller):
@@ -43,12 +44,14 @@ class PackController(V1Controller):
         self,
         reads: Injected[Reads],
         writes: Injected[Writes],
+        principal: Injected[Principal],
         sub: PathId,
         data: JSONBody[BuyPackBody | None] = None,
         idempotency_key: IdempotencyKey = None,
     ) -> Response[PackView]:
         pack_id = (data.pack_id if data is not None else None) or pack_id_for(sub, idempotency_key)
-        outcome = await writes.execute(BuyPack(sub, pack_id))
+        reason = None if data is None else data.reason
+        outcome = await writes.execute(BuyPack(sub, pack_id, actor_of(principal), reason))
         if outcome.status == "rejected":
             raise refused(outcome, sub)
         bought = any(isinstance(record.event(), PackPurchased) for record in outcome.records)

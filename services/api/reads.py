@@ -13,6 +13,7 @@ from typing import Final, TypeVar
 from ledger.clock import Clock
 from ledger.log import EPOCH, EventStore, StoredRecord, datetime_from_us
 from projections.balances import Balances
+from projections.history import HistoryPage, HistoryQuery
 from projections.live import BalanceSource
 from projections.read_store import ReadModelReader
 from projections.replay import (
@@ -125,6 +126,13 @@ class UsageReader:
 
     def page(self, query: UsageQuery) -> UsagePage:
         return self._reader.page(query)
+
+    def history(self, query: HistoryQuery) -> HistoryPage:
+        return self._reader.history(query)
+
+    def admin_record(self, subscription_id: str, type_: str, key: str) -> StoredRecord | None:
+        """The record of the admin write of this type about `key`, if the tables hold it."""
+        return self._reader.admin_record(subscription_id, type_, key)
 
     def checkpoint(self) -> int:
         """The log position the read model tables hold (0 before the first batch)."""

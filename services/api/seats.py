@@ -12,14 +12,15 @@ from ledger.application import Outcome
 from ledger.errors import SeatExists, SeatIsRemoved
 from projections.balances import seat_balance
 from schemas.commands import AddSeat, ChangeTier, RemoveSeat
-from services.api.bodies import AddSeatBody, AsOf, ChangeTierBody, PathId
+from services.api.bodies import AddSeatBody, AsOf, ChangeTierBody, PathId, ReasonQuery
 from services.api.controller import V1Controller
 from services.api.dependencies import Injected
 from services.api.guards import ADMINS, SEAT_READERS, requires
 from services.api.problems import Problem, again
 from services.api.reads import Reads
 from services.api.views import AuthorizationView, SeatView, authorization, seat_view
-from services.api.writes import Writes, refused
+from services.api.writes import Writes, actor_of, refused
+from services.auth.tokens import Principal
 
 
 class SeatController(V1Controller):
@@ -53,9 +54,14 @@ class SeatController(V1Controller):
         responses={HTTP_200_OK: again(SeatView, "The seat existed already with this tier")},
     )
     async def post_seat(
-        self, writes: Injected[Writes], sub: PathId, data: JSONBody[AddSeatBody]
+        self,
+        writes: Injected[Writes],
+        principal: Injected[Principal],
+        sub: PathId,
+        data: JSONBody[AddSeatBody],
     ) -> Response[SeatView]:
-        outcome = await writes.execute(AddSeat(sub, data.seat_id, data.tier))
+        command = AddSeat(sub, data.seat_id, data.tier, actor_of(principal), data.reason)
+        outcome = await writes.execute(command)
         if outcome.status == "rejected":
             _check_added_already(writes, sub, data, outcome)
             return Response(writes.seat(sub, data.seat_id), status_code=HTTP_200_OK)
@@ -67,9 +73,15 @@ class SeatController(V1Controller):
         guards=[requires(ADMINS)],
     )
     async def patch_seat(
-        self, writes: Injected[Writes], sub: PathId, seat: PathId, data: JSONBody[ChangeTierBody]
+        self,
+        writes: Injected[Writes],
+        principal: Injected[Principal],
+        sub: PathId,
+        seat: PathId,
+        data: JSONBody[ChangeTierBody],
     ) -> SeatView:
-        outcome = await writes.execute(ChangeTier(sub, seat, data.tier))
+        command = ChangeTier(sub, seat, data.tier, actor_of(principal), data.reason)
+        outcome = await writes.execute(command)
         if outcome.status == "rejected":
             raise refused(outcome, sub)
         return writes.seat(sub, seat)
@@ -80,8 +92,15 @@ class SeatController(V1Controller):
         summary="Remove a seat (its history stays; removing it again changes nothing)",
         guards=[requires(ADMINS)],
     )
-    async def delete_seat(self, writes: Injected[Writes], sub: PathId, seat: PathId) -> SeatView:
-        outcome = await writes.execute(RemoveSeat(sub, seat))
+    async def delete_seat(
+        self,
+        writes: Injected[Writes],
+        principal: Injected[Principal],
+        sub: PathId,
+        seat: PathId,
+        reason: ReasonQuery = None,
+    ) -> SeatView:
+        outcome = await writes.execute(RemoveSeat(sub, seat, actor_of(principal), reason))
         if outcome.status == "rejected":
             raise refused(outcome, sub)
         return writes.seat(sub, seat)

@@ -19,7 +19,8 @@ from services.api.guards import ADMINS, SUBSCRIPTION_READERS, requires
 from services.api.problems import Problem, again
 from services.api.reads import Reads
 from services.api.views import BillingView, OverviewView, billing_view, overview_view
-from services.api.writes import Writes, refused
+from services.api.writes import Writes, actor_of, refused
+from services.auth.tokens import Principal
 
 
 class SubscriptionController(V1Controller):
@@ -54,10 +55,14 @@ class SubscriptionController(V1Controller):
         responses={HTTP_200_OK: again(OverviewView, "The subscription existed already")},
     )
     async def post_subscription(
-        self, writes: Injected[Writes], data: JSONBody[OpenSubscriptionBody]
+        self,
+        writes: Injected[Writes],
+        principal: Injected[Principal],
+        data: JSONBody[OpenSubscriptionBody],
     ) -> Response[OverviewView]:
         sub = data.subscription_id
-        outcome = await writes.execute(OpenSubscription(sub, data.anchor_at()))
+        command = OpenSubscription(sub, data.anchor_at(), actor_of(principal), data.reason)
+        outcome = await writes.execute(command)
         created = outcome.status != "rejected"
         if not created:
             _check_opened_already(writes, data, outcome)

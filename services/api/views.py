@@ -145,7 +145,8 @@ class UsageRowView(msgspec.Struct, frozen=True):
     occurred_at: datetime
     seat_id: str
     model: str
-    product: str
+    product: str | None
+    """text / image; null on a reversal row."""
     usage: UsageCounts
     components: ComponentsView
     coefficients: CoefficientsView
@@ -155,6 +156,14 @@ class UsageRowView(msgspec.Struct, frozen=True):
     request_id: str | None
     api_key_id: str | None
     gateway: str | None
+    kind: str
+    """charge, or reversal: a row of its own, with negative credits and allocation."""
+    reverses: str | None
+    """A reversal row: the event id of the charge it gives back."""
+    reversed: str
+    """A charge row: what its reversals gave back so far ("0.00" on a reversal row)."""
+    reason: str | None
+    """A reversal row: why."""
 
 
 class UsagePageView(msgspec.Struct, frozen=True):
@@ -401,6 +410,10 @@ def usage_row_view(row: UsageRow) -> UsageRowView:
         request_id=row.request_id,
         api_key_id=row.api_key_id,
         gateway=row.gateway,
+        kind=row.kind,
+        reverses=row.reverses,
+        reversed=format_credits(row.reversed_ucr),
+        reason=row.reason,
     )
 
 

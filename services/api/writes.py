@@ -13,9 +13,11 @@ from ledger.money import format_credits
 from projections.balances import pack_balance, seat_balance
 from projections.live import BalanceSource
 from schemas.commands import Command
+from schemas.events import Actor
 from schemas.read_models import PackBalance
 from services.api.problems import REJECTION_PROBLEMS, Problem, no_subscription
 from services.api.views import OverviewView, SeatView, overview_view, seat_view
+from services.auth.tokens import Principal
 from services.writer import Writer
 
 
@@ -51,6 +53,11 @@ class Writes:
     def pack(self, sub: str, pack_id: str) -> PackBalance:
         with self.live.reading() as balances:
             return pack_balance(balances.packs[(sub, pack_id)])
+
+
+def actor_of(principal: Principal) -> Actor:
+    """Who asks for an admin write, as the log records it: the token's id and role."""
+    return Actor(principal.token_id, principal.role)
 
 
 def refused(outcome: Outcome, sub: str) -> Problem:
