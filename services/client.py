@@ -1,4 +1,5 @@
-"""A small typed publisher of usage events for Python gateways (the v1 usage stream contract).
+"""A small typed publisher of usage events for Python gateways (the v1 usage stream contract),
+and `HoldClient`, the gateway's holds over the HTTP API.
 
 It writes exactly what any gateway writes: `XADD <stream> * data <json>`, with the event
 encoded by msgspec. Synchronous (redis-py) and free of FastStream, so a gateway depends on
@@ -11,8 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from types import TracebackType
-from typing import Final
+from typing import Any, Final
 
+import httpx
 import msgspec
 import redis
 import redis.cluster
@@ -116,3 +118,117 @@ def redis_client(redis_url: str, *, cluster: bool = False) -> AnyRedis:
 def as_text(value: bytes | str) -> str:
     """A Redis reply as text: clients without `decode_responses` answer bytes."""
     return value.decode() if isinstance(value, bytes) else value
+
+
+# -- holds: credits reserved before serving (HTTP) ------------------------------------------
+
+HTTP_TIMEOUT_S: Final = 5.0
+
+
+class HeldPart(msgspec.Struct, frozen=True):
+    source: str
+    """`seat`, `pack` or `grant`."""
+    id: str
+    credits: str
+
+
+class Hold(msgspec.Struct, frozen=True):
+    """A hold as the ledger answers it (amounts are decimal strings, as on the wire)."""
+
+    hold_id: str
+    seat_id: str
+    status: str
+    """`active`, `settled`, `released` or `expired`."""
+    credits: str
+    allocation: list[HeldPart]
+    expires_at: str
+    settled_by: str | None = None
+
+
+class LedgerRefused(Exception):
+    """The ledger answered a problem (RFC 9457): its HTTP status, type slug and detail."""
+
+    def __init__(self, status: int, slug: str, detail: str, available: str | None) -> None:
+        super().__init__(f"{status} {slug}: {detail}")
+        self.status = status
+        self.slug = slug
+        self.detail = detail
+        self.available = available
+        """With `insufficient-credits`: what the seat could have held."""
+
+
+_HOLD_DECODER: Final = msgspec.json.Decoder(Hold)
+
+
+class HoldClient:
+    """A gateway's holds over the HTTP API, with a `gateway` token of the subscription.
+
+    Hold an estimate before serving a request, serve it, then publish its usage with the same
+    `hold_id` (`UsageEvent(..., hold_id=...)`): the charge settles the hold in the same append.
+    Release the hold when the request is not served; an unsettled hold expires after its TTL.
+    A retry of `hold` with the same id and amount answers the same hold."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        timeout_s: float = HTTP_TIMEOUT_S,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self._http = httpx.Client(
+            base_url=base_url.rstrip("/"),
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=timeout_s,
+            transport=transport,
+        )
+
+    def hold(
+        self, subscription_id: str, seat_id: str, hold_id: str, credits: str, ttl_s: int = 600
+    ) -> Hold:
+        """Hold `credits` (a decimal string, "2.50") for the seat; `LedgerRefused` with
+        `slug == "insufficient-credits"` and `available` when the seat cannot cover it."""
+        body = {"hold_id": hold_id, "credits": credits, "ttl_s": ttl_s}
+        return self._call("POST", _holds_path(subscription_id, seat_id), body)
+
+    def extend(self, subscription_id: str, seat_id: str, hold_id: str, ttl_s: int) -> Hold:
+        """The hold then expires `ttl_s` seconds from now."""
+        path = f"{_holds_path(subscription_id, seat_id)}/{hold_id}/extend"
+        return self._call("POST", path, {"ttl_s": ttl_s})
+
+    def release(self, subscription_id: str, seat_id: str, hold_id: str) -> Hold:
+        """Free what the hold holds (the request was not served); an ended hold stays as is."""
+        return self._call("DELETE", f"{_holds_path(subscription_id, seat_id)}/{hold_id}")
+
+    def get(self, subscription_id: str, seat_id: str, hold_id: str) -> Hold:
+        return self._call("GET", f"{_holds_path(subscription_id, seat_id)}/{hold_id}")
+
+    def _call(self, method: str, path: str, body: object = None) -> Hold:
+        reply = self._http.request(method, path, json=body)
+        if reply.status_code >= 400:
+            problem = _problem(reply)
+            slug = str(problem.get("type", "")).rsplit("/", 1)[-1] or "error"
+            detail = str(problem.get("detail", reply.text))
+            raise LedgerRefused(reply.status_code, slug, detail, problem.get("available"))
+        return _HOLD_DECODER.decode(reply.content)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> HoldClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+def _holds_path(subscription_id: str, seat_id: str) -> str:
+    return f"/v1/subscriptions/{subscription_id}/seats/{seat_id}/holds"
+
+
+def _problem(reply: httpx.Response) -> dict[str, Any]:
+    try:
+        problem = reply.json()
+    except ValueError:
+        return {}
+    return problem if isinstance(problem, dict) else {}
