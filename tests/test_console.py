@@ -761,3 +761,18 @@ def _all_usage(console: ConsoleServer, sub: str) -> list[dict[str, Any]]:
         if page["next_cursor"] is None:
             return rows
         params["cursor"] = page["next_cursor"]
+
+
+def test_the_seats_table_shows_what_holds_hold_and_what_is_available(
+    browser: Browser, clock_console: ConsoleServer
+) -> None:
+    console, driver = clock_console, browser.driver
+    hold = {"hold_id": "h1", "credits": "1000", "ttl_s": 3600}
+    console.ok("POST", "/v1/subscriptions/team-1/seats/alice/holds", hold)
+    sign_in(driver, console, ADMIN, "team-1")
+    seat = console.get("/v1/subscriptions/team-1/seats/alice")
+    assert (seat["held"], seat["available"]) == ("1000.00", "1202996.82")
+    assert cells(find(driver, '#seats-table tr[data-seat-id="alice"]'))[8:10] == [
+        "1,000.00",
+        "1,202,996.82",
+    ]

@@ -411,6 +411,8 @@ function renderSubscription() {
       el("td", { className: "num" }, credits(seat.pack_used)),
       el("td", { className: "num" }, credits(seat.uncovered)),
       el("td", { className: "status" }, statusBadge(seat.status)),
+      el("td", { className: "num" }, credits(seat.held)),
+      el("td", { className: "num" }, credits(seat.available)),
       actions);
     row.querySelector("[data-action=change-tier]")?.addEventListener("click", () => changeTier(seat));
     row.querySelector("[data-action=remove-seat]")?.addEventListener("click", () => removeSeat(seat));
@@ -418,7 +420,7 @@ function renderSubscription() {
   });
   $("seats-table").tBodies[0].replaceChildren(...seatRows);
   if (!seatRows.length) {
-    $("seats-table").tBodies[0].append(el("tr", {}, el("td", { colspan: "9" }, "No seats yet.")));
+    $("seats-table").tBodies[0].append(el("tr", {}, el("td", { colspan: "11" }, "No seats yet.")));
   }
   labelCells($("seats-table"));
 
