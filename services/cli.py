@@ -28,7 +28,7 @@ from projections.usage import UsageQuery
 from schemas.commands import AdminCommand, ChargeOnRecord, ChargeUsage, Command
 from schemas.read_models import UsageRow
 from schemas.usage import UsageEvent
-from services.bootstrap import Parts, bootstrap, make_clock
+from services.bootstrap import Parts, bootstrap, make_clock, open_notification_store
 from services.cli_errors import OneLineGroup, one_line_errors
 from services.config import ConfigError, Role, Settings, check_redis_url, parse_instant
 from services.publish import publish
@@ -159,6 +159,31 @@ def clock_advance(settings: Settings, duration: str) -> None:
 
 
 # --- replay ---------------------------------------------------------------------------------
+
+
+# --- notifications -------------------------------------------------------------------------
+
+
+@main.group()
+def notifications() -> None:
+    """The notifications the ledger derives from its log (stream, webhooks, feed)."""
+
+
+@notifications.command("rebuild")
+@click.pass_obj
+@one_line_errors
+def notifications_rebuild(settings: Settings) -> None:
+    """Derive every notification again from position 0 of the log.
+
+    Ids come from the log, so nothing already stored is stored, published or delivered again;
+    a running notifier starts over at once, a stopped one when `ledger serve` starts.
+    """
+    store = open_notification_store(settings)
+    try:
+        store.reset()
+    finally:
+        store.close()
+    click.echo("notifications: deriving again from position 0")
 
 
 @main.command()

@@ -88,6 +88,9 @@ class Notifier:
             until = min(after + batch_events, head)
             fired = self.deriver.fold(self._events.read(after=after, until=until))
         else:
+            if self._store.checkpoint() != after:  # `ledger notifications rebuild`
+                self._load()
+                return None
             until = after
             fired = self.deriver.due(self._clock.now_us())
             if not fired:
