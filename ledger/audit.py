@@ -32,7 +32,13 @@ from ledger.pricing import price
 from ledger.rate_card import RateCard
 from ledger.state import LedgerState, evolve, initial_state
 from schemas.commands import ChargeOnRecord
-from schemas.events import ChargeReversed, CycleStarted, UsageCharged
+from schemas.events import (
+    ADMIN_EVENTS,
+    CORRECTION_EVENTS,
+    ChargeReversed,
+    CycleStarted,
+    UsageCharged,
+)
 
 AUDIT_PROGRESS_EVERY_RECORDS = 10_000
 
@@ -49,6 +55,10 @@ class AuditReport(msgspec.Struct, frozen=True):
     records: int
     head_hash: str
     failure: AuditFailure | None = None
+    admin_writes: int = 0
+    """Records of admin writes checked (each names who asked, when the log recorded it)."""
+    corrections: int = 0
+    """Of which corrections: adjustments, grants, reversals, voids."""
 
     @property
     def ok(self) -> bool:
@@ -71,14 +81,22 @@ def verify(
         problem = auditor.problem(record, checked + 1, prev_hash, prev_time)
         if problem is not None:
             failure = AuditFailure(min(record.position, checked + 1), problem)
-            return AuditReport(checked, prev_hash.hex(), failure)
+            return AuditReport(checked, prev_hash.hex(), failure, *auditor.admin_counts)
         checked, prev_hash, prev_time = record.position, record.hash, record.recorded_at_us
         if on_progress is not None and checked % AUDIT_PROGRESS_EVERY_RECORDS == 0:
             on_progress(checked)
     problem = auditor.books.problem(auditor.state)
-    if problem is not None:
-        return AuditReport(checked, prev_hash.hex(), AuditFailure(checked, problem))
-    return AuditReport(checked, prev_hash.hex())
+    at_head = None if problem is None else AuditFailure(checked, problem)
+    return AuditReport(checked, prev_hash.hex(), at_head, *auditor.admin_counts)
+
+
+def _who_asked(event: object) -> str:
+    """Who asked for an admin write and why, for the audit's failure message."""
+    actor = getattr(event, "actor", None)
+    if actor is None:
+        return ""
+    reason = getattr(event, "reason", None)
+    return f" (asked by token {actor.token_id} ({actor.role}), reason: {reason!r})"
 
 
 class _Auditor:
@@ -90,6 +108,8 @@ class _Auditor:
         self.rate_card = rate_card
         self._lookup = charges
         self._seen: dict[tuple[str, str], ChargeOnRecord] = {}
+        self.admin_counts = [0, 0]
+        """Admin writes, and corrections among them, checked so far."""
 
     def problem(
         self, record: StoredRecord, expected_position: int, prev_hash: bytes, prev_time_us: int
@@ -113,7 +133,10 @@ class _Auditor:
         else:
             problem = event_problem(self.state, event, at, self._charge_of(event))
         if problem is not None:
-            return problem
+            return problem + _who_asked(event)
+        if isinstance(event, ADMIN_EVENTS):
+            self.admin_counts[0] += 1
+            self.admin_counts[1] += isinstance(event, CORRECTION_EVENTS)
         self.books.fold(self.state, event)
         try:
             evolve(self.state, event)

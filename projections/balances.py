@@ -885,6 +885,16 @@ def pack_balances(balances: Balances, subscription_id: str) -> list[PackBalance]
     return [pack_balance(pack) for pack in packs]
 
 
+def grant_balances(balances: Balances, subscription_id: str) -> list[PackBalance]:
+    """Every grant of the subscription, soonest expiry first (ties: when granted, then id)."""
+    grants = [
+        balances.grants[(subscription_id, grant_id)]
+        for grant_id in balances.grant_ids.get(subscription_id, ())
+    ]
+    grants.sort(key=lambda g: (g.expires_at, g.purchased_at, g.pack_id))
+    return [pack_balance(grant) for grant in grants]
+
+
 def overview(balances: Balances, subscription_id: str) -> Overview | None:
     """The subscription at a glance; None when the read model has no such subscription."""
     sub = balances.subscriptions.get(subscription_id)

@@ -18,6 +18,7 @@ import msgspec
 from ledger.log import StoredRecord
 from projections.usage import RecordReader, fetch_records
 from schemas.events import (
+    ADMIN_EVENTS,
     ChargeReversed,
     CreditsGranted,
     GrantVoided,
@@ -72,18 +73,7 @@ AdminEvent = (
     | PackVoided
     | GrantVoided
 )
-ADMIN_EVENT_TYPES: Final = (
-    SubscriptionOpened,
-    SeatAdded,
-    SeatTierChanged,
-    SeatRemoved,
-    PackPurchased,
-    SeatAdjusted,
-    CreditsGranted,
-    ChargeReversed,
-    PackVoided,
-    GrantVoided,
-)
+ADMIN_EVENT_TYPES: Final = ADMIN_EVENTS
 
 
 def event_type(event: LogEvent) -> str:

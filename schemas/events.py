@@ -5,7 +5,7 @@ upcaster; new fields only ever arrive with defaults.
 """
 
 from datetime import datetime
-from typing import Literal
+from typing import Final, Literal
 
 import msgspec
 
@@ -361,3 +361,15 @@ LogEvent = (
     | PackVoided
     | GrantVoided
 )
+
+CORRECTION_EVENTS: Final = (SeatAdjusted, CreditsGranted, ChargeReversed, PackVoided, GrantVoided)
+"""The corrections: each records who asked and why."""
+ADMIN_EVENTS: Final = (
+    SubscriptionOpened,
+    SeatAdded,
+    SeatTierChanged,
+    SeatRemoved,
+    PackPurchased,
+    *CORRECTION_EVENTS,
+)
+"""The admin writes: each records who asked (and, optional outside corrections, why)."""

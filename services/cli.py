@@ -31,6 +31,7 @@ from schemas.usage import UsageEvent
 from services.bootstrap import Parts, bootstrap, make_clock, open_notification_store
 from services.cli_errors import OneLineGroup, one_line_errors
 from services.config import ConfigError, Role, Settings, check_redis_url, parse_instant
+from services.export_log import write_admin_actions
 from services.publish import publish
 from services.simulate import simulate
 
@@ -281,7 +282,11 @@ def audit_verify(settings: Settings) -> None:
             err=True,
         )
         sys.exit(1)
-    click.echo(f"ok: {report.records} records, head hash {report.head_hash}")
+    click.echo(
+        f"ok: {report.records} records, head hash {report.head_hash}; {report.admin_writes}"
+        f" admin writes, {report.corrections} of them corrections (who asked and why:"
+        " ledger export log)"
+    )
 
 
 @audit.command("digest")
@@ -323,7 +328,14 @@ CSV_COLUMNS = (
     "pack_credits",
     "uncovered_credits",
     "allocation",
+    "grant_credits",
+    "kind",
+    "reverses",
+    "reversed_credits",
+    "reason",
 )
+"""A reversal is a row of its own (kind `reversal`, negative credits, the charge's event id in
+`reverses`); a charge row says what its reversals gave back in `reversed_credits`."""
 
 
 @export.command("usage")
@@ -368,6 +380,23 @@ def export_usage(
                     output.write(msgspec.json.encode(row).decode() + "\n")
 
 
+@export.command("log")
+@click.option(
+    "--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv", show_default=True
+)
+@click.option("--subscription", help="Only this subscription (default: all).")
+@click.option("--output", "-o", type=click.File("w"), default="-", help="File (default stdout).")
+@click.pass_obj
+@one_line_errors
+def export_log(settings: Settings, fmt: str, subscription: str | None, output: IO[str]) -> None:
+    """Export the admin writes (corrections included) with who asked and why, in log order."""
+    with opened(settings) as parts:
+        runner = parts.projections()
+        runner.catch_up()
+        subscription_ids = [subscription] if subscription else sorted(runner.balances.subscriptions)
+        write_admin_actions(parts.read_store, subscription_ids, fmt, output)
+
+
 def _all_usage(parts: Parts, query: UsageQuery) -> Iterator[UsageRow]:
     while True:
         page = parts.read_store.usage(query)
@@ -396,7 +425,7 @@ def _csv_row(row: UsageRow) -> list[object]:
         row.subscription_id,
         row.seat_id,
         row.model,
-        row.product,
+        row.product or "",
         u.input_tokens,
         u.cached_tokens,
         u.output_tokens,
@@ -409,6 +438,11 @@ def _csv_row(row: UsageRow) -> list[object]:
         format_credits(by_source["pack"]),
         format_credits(by_source["uncovered"]),
         allocation,
+        format_credits(by_source["grant"]),
+        row.kind,
+        row.reverses or "",
+        format_credits(row.reversed_ucr),
+        row.reason or "",
     ]
 
 

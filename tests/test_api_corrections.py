@@ -6,6 +6,7 @@ a viewer sees for its own subscription only."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -229,3 +230,43 @@ def test_usage_details_show_a_reversal_as_its_own_row_beside_the_charge_it_rever
     assert {row["reversed"] for row in before["items"]} == {"0.00"}
     other_viewer = api.token("viewer", ["team-2"])[1]
     expect_problem(api.get(f"{SUB}/usage", token=other_viewer), 404, "not-found")
+
+
+def test_billing_and_the_overview_account_for_grants_voids_and_reversals(api: Api) -> None:
+    def figures() -> tuple[Any, ...]:
+        billing = api.get(f"{SUB}/billing").json()
+        overview = api.get(f"{SUB}/overview").json()
+        return (
+            billing["total_credits"],
+            billing["remaining"],
+            overview["grants_remaining"],
+            overview["voided"],
+            overview["packs_remaining"],
+        )
+
+    total, remaining, *_ = figures()
+    assert figures()[2:] == ("0.00", "0.00", "564996.82")
+    grant = {"grant_id": "g-1", "credits": "50000", "expires_at": "2026-03-01T00:00:00Z"}
+    api.post(f"{SUB}/grants", grant | {"reason": "promised"})
+    assert figures() == (
+        _plus(total, "50000"),
+        _plus(remaining, "50000"),
+        "50000.00",
+        "0.00",
+        "564996.82",
+    )
+    api.post(f"{SUB}/packs/p2/void", {"reason": "refunded"})
+    assert figures() == (
+        _plus(total, "-575000"),  # p2's 625000 leave the total, the grant's 50000 stay
+        _plus(remaining, "-514996.82"),
+        "50000.00",
+        "564996.82",
+        "0.00",
+    )
+    # big-1 took all its 71000 from p1, which is still valid: they go back to it.
+    api.post(f"{SUB}/charges/big-1/reversals", {"reversal_id": "r-1", "reason": "dup"})
+    assert figures()[1] == _plus(remaining, "-443996.82")
+
+
+def _plus(credits: str, delta: str) -> str:
+    return f"{Decimal(credits) + Decimal(delta):.2f}"

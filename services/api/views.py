@@ -14,6 +14,7 @@ from ledger.records import event_json
 from projections.balances import (
     Balances,
     HoldRow,
+    grant_balances,
     held_ucr,
     overview,
     seat_spendable_ucr,
@@ -81,6 +82,10 @@ class OverviewView(msgspec.Struct, frozen=True):
     """What the subscription's active holds hold."""
     uncovered: str
     uncovered_total: str
+    grants_remaining: str
+    """What is left of the grants not expired nor voided."""
+    voided: str
+    """Credits removed by voids of packs and grants, all-time."""
 
 
 class NextExpiration(msgspec.Struct, frozen=True):
@@ -92,9 +97,11 @@ class NextExpiration(msgspec.Struct, frozen=True):
 class BillingView(msgspec.Struct, frozen=True):
     subscription_id: str
     total_credits: str
-    """Seat quotas of this cycle (seats not removed) plus the credits of packs not expired."""
+    """Seat quotas of this cycle (seats not removed) plus the credits of the packs and grants
+    neither expired nor voided."""
     remaining: str
-    """What is left of them: seat quota remaining plus pack remaining."""
+    """What is left of them: seat quota remaining plus what those packs and grants have left.
+    A reversal puts back what it returned; an adjustment changes the seat's quota."""
     held: str
     """What the subscription's active holds hold."""
     available: str
@@ -370,6 +377,10 @@ def overview_view(balances: Balances, sub: str, now: datetime) -> OverviewView:
         held=format_credits(held_ucr(balances, sub)),
         uncovered=format_credits(view.uncovered_ucr),
         uncovered_total=format_credits(view.uncovered_total_ucr),
+        grants_remaining=format_credits(
+            sum(g.remaining_ucr for g in grant_balances(balances, sub) if g.status == "active")
+        ),
+        voided=format_credits(balances.subscriptions[sub].voided_ucr),
     )
 
 
@@ -441,14 +452,21 @@ def billing_view(balances: Balances, sub: str, now: datetime) -> BillingView:
     """What the subscription bought and has left, and the next pack to expire."""
     view = overview(balances, sub)
     assert view is not None, f"subscription {sub!r} is in the balances"
-    live_packs = [p for p in view.packs if p.status != "expired"]
+    live_packs = [p for p in view.packs if p.status not in ("expired", "voided")]
     upcoming = [p for p in live_packs if p.status == "active" and p.expires_at > now]
+    live_grants = [
+        g for g in grant_balances(balances, sub) if g.status not in ("expired", "voided")
+    ]
+    granted = sum(g.credits_ucr for g in live_grants)
+    grants_remaining = sum(g.remaining_ucr for g in live_grants)
     seats_remaining = sum(s.remaining_ucr for s in view.seats if s.status != "removed")
     seats_spendable = sum(seat_spendable_ucr(balances.seats[(sub, s.seat_id)]) for s in view.seats)
     return BillingView(
         subscription_id=sub,
-        total_credits=format_credits(view.quota_total_ucr + sum(p.credits_ucr for p in live_packs)),
-        remaining=format_credits(seats_remaining + view.packs_remaining_ucr),
+        total_credits=format_credits(
+            view.quota_total_ucr + sum(p.credits_ucr for p in live_packs) + granted
+        ),
+        remaining=format_credits(seats_remaining + view.packs_remaining_ucr + grants_remaining),
         held=format_credits(held_ucr(balances, sub)),
         available=format_credits(seats_spendable + shared_available_ucr(balances, sub, now)),
         next_expiration=(
