@@ -112,7 +112,10 @@ def grant(sub: SubscriptionState, command: GrantCredits, at: datetime) -> list[L
 def reverse(sub: SubscriptionState, command: ReverseCharge) -> list[LogEvent]:
     prior = sub.reversals.get(command.reversal_id)
     if prior is not None:
-        if prior != (command.event_id, command.credits_ucr):
+        # The log keeps what was reversed; a retry without `credits` ("all that was left")
+        # asks for the same as the first request did.
+        asked = prior[1] if command.credits_ucr is None else command.credits_ucr
+        if prior != (command.event_id, asked):
             raise DuplicateConflict(
                 f"reversal {command.reversal_id!r} was made before with another charge or amount"
             )

@@ -107,6 +107,10 @@ def test_a_reversal_gives_back_last_taken_first_and_partial_ones_add_up(api: Api
         f"{SUB}/charges/big-9/reversals", {"reversal_id": "r-2", "reason": "double publish"}
     )
     assert rest.status_code == 201 and rest.json()["credits"] == "70000.00"
+    rest_again = api.post(
+        f"{SUB}/charges/big-9/reversals", {"reversal_id": "r-2", "reason": "double publish"}
+    )
+    assert rest_again.status_code == 200 and rest_again.json() == rest.json()
     more = {"reversal_id": "r-3", "credits": "0.01", "reason": "one more"}
     expect_problem(api.post(f"{SUB}/charges/big-9/reversals", more), 409, "invalid-command")
     unknown = {"reversal_id": "r-4", "reason": "no such charge"}

@@ -233,6 +233,13 @@ def test_a_reversal_again_is_a_no_op_and_another_body_is_a_conflict():
         when(state, reverse(on_record, "r1", 11), NOW)
 
 
+def test_a_reversal_of_all_that_is_left_again_is_a_no_op():
+    state = team()
+    on_record = charged(state, 100, "e1", NOW)
+    play(state, reverse(on_record, "r1", None), NOW)
+    assert when(state, reverse(on_record, "r1", None), NOW) == []
+
+
 def test_reversing_a_charge_the_log_does_not_hold_is_refused():
     with pytest.raises(UnknownCharge):
         when(team(), ReverseCharge(SUB, "nope", "r1", "why"), NOW)
