@@ -22,6 +22,7 @@ from ledger.clock import ManualClock, SharedManualClock
 from ledger.idempotency import payload_digest
 from ledger.log import datetime_from_us, find_charge, us_from_datetime
 from ledger.money import format_credits
+from ledger.rate_card import load_rate_card
 from projections.balances import Balances, overview
 from projections.replay import balances_as_of, resolve_as_of
 from projections.usage import UsageQuery
@@ -33,6 +34,9 @@ from services.cli_errors import OneLineGroup, one_line_errors
 from services.config import ConfigError, Role, Settings, check_redis_url, parse_instant
 from services.export_log import write_admin_actions
 from services.publish import publish
+from services.rerate import apply as apply_rerate
+from services.rerate import rerate_lines
+from services.rerate import table as rerate_table
 from services.simulate import simulate
 
 BACKFILL_BATCH_COMMANDS = 1_000
@@ -444,6 +448,52 @@ def _csv_row(row: UsageRow) -> list[object]:
         format_credits(row.reversed_ucr),
         row.reason or "",
     ]
+
+
+# --- rerate ---------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--from", "from_", required=True, help="RFC 3339; charges recorded at or after it.")
+@click.option("--to", required=True, help="RFC 3339; charges recorded before it.")
+@click.option(
+    "--rate-card",
+    "rate_card_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The rate card (TOML) the charges should have been priced under.",
+)
+@click.option("--apply", "apply_", is_flag=True, help="Make the corrections (default: dry run).")
+@click.pass_obj
+@one_line_errors
+def rerate(settings: Settings, from_: str, to: str, rate_card_path: Path, apply_: bool) -> None:
+    """Price the charges recorded in [--from, --to) again under --rate-card and print the
+    differences per seat and in total; with --apply, reverse each overcharge and take each
+    undercharge from its seat, reason rerate:<card version> (a second --apply writes nothing).
+    Refused corrections are listed on stderr (exit 3)."""
+    start, end = parse_instant(from_, "--from"), parse_instant(to, "--to")
+    if end <= start:
+        raise ConfigError("--to must be later than --from")
+    card = load_rate_card(rate_card_path)
+    with opened(settings) as parts:
+        lines = rerate_lines(parts.store, card, start, end)
+        for row in rerate_table(lines):
+            click.echo(row)
+        if not apply_:
+            click.echo("dry run: nothing written (--apply makes the corrections)")
+            return
+        applied = apply_rerate(parts.ledger(), lines)
+        parts.projections().catch_up()
+    for line, reason in applied.refused:
+        click.echo(
+            f"ledger: refused for {line.subscription_id}/{line.event_id}: {reason}", err=True
+        )
+    click.echo(
+        f"applied: {applied.written} corrections written, {applied.already} made before,"
+        f" {len(applied.refused)} refused"
+    )
+    if applied.refused:
+        sys.exit(3)
 
 
 # --- backfill -------------------------------------------------------------------------------

@@ -135,3 +135,161 @@ def test_export_usage_shows_a_reversal_beside_the_charge_it_reverses(cli: Any) -
         "e2",
         -1_000_000,
     )
+
+
+# -- ledger rerate ----------------------------------------------------------------------------
+
+QWEN = """
+[versions.models."qwen3.6-plus"]
+product = "text"
+input_per_1k = "0.2"
+cached_per_1k = "0.02"
+output_per_1k = "{output}"
+thinking_per_1k = "0.4"
+tool_call = "0.01"
+assumed = ["thinking_per_1k", "tool_call"]
+"""
+
+
+def card(*versions: tuple[str, str, str]) -> str:
+    """A rate card of qwen3.6-plus alone: (version, effective_from, output rate) each."""
+    return "".join(
+        f'[[versions]]\nversion = "{name}"\neffective_from = {start}\n' + QWEN.format(output=rate)
+        for name, start, rate in versions
+    )
+
+
+MISPRICED_HOUR = card(
+    ("v1", "2000-01-01T00:00:00Z", "1.2"),
+    ("v1-doubled", "2026-02-01T10:00:00Z", "2.4"),  # the mistake: output at twice the rate
+    ("v2", "2026-02-01T11:00:00Z", "1.2"),
+)
+FIXED = card(("fix-1", "2000-01-01T00:00:00Z", "1.2"))
+
+
+def charge_at(at: str, event_id: str, seat: str = "alice") -> dict[str, Any]:
+    return {"at": at, **USAGE, "seat_id": seat, "event_id": event_id}
+
+
+def mispriced_log() -> str:
+    return lines(
+        {"at": "2026-01-31T09:00:00Z", "type": "subscription.open", "subscription_id": "team-1"},
+        *(
+            {
+                "at": "2026-01-31T09:00:00Z",
+                "type": "seat.add",
+                "subscription_id": "team-1",
+                "seat_id": seat,
+                "tier": "standard",
+            }
+            for seat in ("alice", "bob")
+        ),
+        charge_at("2026-02-01T09:30:00Z", "before"),
+        charge_at("2026-02-01T10:15:00Z", "in-1"),
+        charge_at("2026-02-01T10:30:00Z", "in-2", "bob"),
+        charge_at("2026-02-01T10:45:00Z", "in-3"),
+        charge_at("2026-02-01T11:30:00Z", "after"),
+    )
+
+
+@pytest.fixture
+def mispriced(tmp_path: Path) -> Any:
+    """`ledger` over a data dir whose rate card doubled qwen3.6-plus's output rate for an hour,
+    with a log charged under it, and the card that should have priced it."""
+    (tmp_path / "ledger-card.toml").write_text(MISPRICED_HOUR)
+    (tmp_path / "fixed.toml").write_text(FIXED)
+    runner = CliRunner()
+    env = {
+        "LEDGER_RATE_CARD": str(tmp_path / "ledger-card.toml"),
+        "LEDGER_CLOCK": "manual",  # corrections are made on 2 February, in the same cycle
+        "LEDGER_CLOCK_START": "2026-02-02T00:00:00Z",
+    }
+
+    def run(*args: str, input: str | None = None) -> Any:
+        return runner.invoke(main, ["--data-dir", str(tmp_path), *args], input=input, env=env)
+
+    assert json.loads(run("backfill", "-", input=mispriced_log()).output)["rejected"] == 0
+    return run, str(tmp_path / "fixed.toml")
+
+
+HOUR = ("--from", "2026-02-01T10:00:00Z", "--to", "2026-02-01T11:00:00Z")
+
+
+def _head(run: Any) -> int:
+    position: int = json.loads(run("audit", "digest").output)["position"]
+    return position
+
+
+def test_rerate_shows_the_exact_difference_applies_it_once_and_the_audit_passes(
+    mispriced: Any,
+) -> None:
+    run, fixed = mispriced
+    dry = run("rerate", *HOUR, "--rate-card", fixed)
+    assert dry.exit_code == 0, dry.output
+    # 573 output tokens: 0.69 at 1.2 per 1K, 1.38 at 2.4; so 3.87 charged where 3.18 was due.
+    assert [row.split() for row in dry.output.splitlines()] == [
+        ["subscription", "seat", "charges", "charged", "rerated", "difference"],
+        ["team-1", "alice", "2", "7.74", "6.36", "-1.38"],
+        ["team-1", "bob", "1", "3.87", "3.18", "-0.69"],
+        ["total", "3", "11.61", "9.54", "-2.07"],
+        ["dry", "run:", "nothing", "written", "(--apply", "makes", "the", "corrections)"],
+    ]
+    head = _head(run)
+    applied = run("rerate", *HOUR, "--rate-card", fixed, "--apply")
+    assert applied.exit_code == 0, applied.output
+    assert applied.output.splitlines()[-1] == (
+        "applied: 3 corrections written, 0 made before, 0 refused"
+    )
+    assert _head(run) == head + 3
+    assert run("audit", "verify").exit_code == 0
+    again = run("rerate", *HOUR, "--rate-card", fixed, "--apply")
+    assert again.output.splitlines()[-1] == (
+        "applied: 0 corrections written, 3 made before, 0 refused"
+    )
+    assert _head(run) == head + 3
+    usage = list(csv.DictReader(io.StringIO(run("export", "usage").output)))
+    reversals = {r["reverses"]: (r["credits"], r["reason"]) for r in usage if r["reverses"]}
+    assert reversals == {e: ("-0.69", "rerate:fix-1") for e in ("in-1", "in-2", "in-3")}
+    charged = {r["event_id"]: r["reversed_credits"] for r in usage if r["kind"] == "charge"}
+    assert charged == {
+        "before": "0.00",
+        "in-1": "0.69",
+        "in-2": "0.69",
+        "in-3": "0.69",
+        "after": "0.00",
+    }
+
+
+def test_rerate_takes_an_undercharge_from_the_seat_and_reports_what_is_refused(
+    mispriced: Any, tmp_path: Path
+) -> None:
+    run, _ = mispriced
+    (tmp_path / "dearer.toml").write_text(card(("dear-1", "2000-01-01T00:00:00Z", "12")))
+    dearer = str(tmp_path / "dearer.toml")
+    before = ("--from", "2026-02-01T09:00:00Z", "--to", "2026-02-01T10:00:00Z")
+    applied = run("rerate", *before, "--rate-card", dearer, "--apply")
+    assert applied.exit_code == 0, applied.output
+    log = list(csv.DictReader(io.StringIO(run("export", "log").output)))
+    [taken] = [row for row in log if row["type"] == "seat.adjusted"]
+    # 573 output tokens at 12 per 1K: 6.88 where 0.69 was charged.
+    assert (taken["seat_id"], taken["credits"], taken["reason"]) == (
+        "alice",
+        "-6.19",
+        "rerate:dear-1",
+    )
+    assert taken["id"].startswith("rerate-")
+    (tmp_path / "absurd.toml").write_text(card(("absurd-1", "2000-01-01T00:00:00Z", "100000")))
+    refused = run("rerate", *HOUR, "--rate-card", str(tmp_path / "absurd.toml"), "--apply")
+    assert refused.exit_code == 3
+    assert "refused for team-1/in-1" in refused.stderr
+    assert run("audit", "verify").exit_code == 0
+    bad = run(
+        "rerate",
+        "--from",
+        "2026-02-01T11:00:00Z",
+        "--to",
+        "2026-02-01T10:00:00Z",
+        "--rate-card",
+        dearer,
+    )
+    assert bad.exit_code == 2 and "--to must be later" in bad.stderr
