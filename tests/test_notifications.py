@@ -200,3 +200,22 @@ def _through_a_cycle(service: Service, stream: str, receiver: Receiver) -> None:
     receiver.wait_for(lambda got: len(got) >= len(expected))
     assert _summary(receiver.verified(hook["secret"])) == expected
     assert receiver.ids() == [n["notification_id"] for n in listed]
+    _check_metrics(service, len(expected))
+
+
+def _check_metrics(service: Service, delivered: int) -> None:
+    """Notifications by type, deliveries by outcome and their lag, in one /metrics."""
+    text = eventually(
+        lambda: service.api.get("/metrics").body,
+        lambda body: f'ledger_webhook_deliveries_total{{outcome="delivered"}} {delivered}.0'
+        in body,
+        "the deliveries counted",
+    )
+    values = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert values['ledger_notifications_total{type="seat.threshold_reached"}'] == 4
+    assert values['ledger_notifications_total{type="seat.suspended"}'] == 1
+    assert values["ledger_webhook_delivery_lag_seconds_count"] == delivered
