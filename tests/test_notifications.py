@@ -207,8 +207,9 @@ def _check_metrics(service: Service, delivered: int) -> None:
     """Notifications by type, deliveries by outcome and their lag, in one /metrics."""
     text = eventually(
         lambda: service.api.get("/metrics").body,
-        lambda body: f'ledger_webhook_deliveries_total{{outcome="delivered"}} {delivered}.0'
-        in body,
+        lambda body: (
+            f'ledger_webhook_deliveries_total{{outcome="delivered"}} {delivered}.0' in body
+        ),
         "the deliveries counted",
     )
     values = {
