@@ -26,6 +26,7 @@ from ledger.idempotency import UsageKey, payload_digest, usage_key
 from ledger.leases import Fence
 from ledger.log import EventStore, StoredRecord, charge_on_record, recorded_instant
 from ledger.rate_card import RateCard
+from ledger.snapshots import SnapshotStore, decode_state, newest_valid
 from ledger.state import (
     LedgerState,
     SubscriptionState,
@@ -58,7 +59,15 @@ class Outcome(msgspec.Struct, frozen=True):
 
 
 class Ledger:
-    def __init__(self, store: EventStore, rate_card: RateCard, clock: Clock) -> None:
+    def __init__(
+        self,
+        store: EventStore,
+        rate_card: RateCard,
+        clock: Clock,
+        snapshots: SnapshotStore | None = None,
+    ) -> None:
+        """The writer over `store`, its state folded from the newest valid of `snapshots` (when
+        given) and the records after it, or from the whole log."""
         self.store = store
         self.rate_card = rate_card
         self.clock = clock
@@ -68,6 +77,11 @@ class Ledger:
         """The recorded time of the record at `position`."""
         self.concurrent_appends = 0
         """Appends refused because another writer appended first (each was decided again)."""
+        if snapshots is not None:
+            start = newest_valid(snapshots, store, lambda found: decode_state(found.state))
+            if start is not None:
+                self.state, self.position = start.value, start.position
+                self.recorded_at_us = start.recorded_at_us
         self.catch_up()
 
     def catch_up(self) -> int:

@@ -194,9 +194,12 @@ class EventStore(Protocol):
         list: for replays, which need neither hashes nor times."""
         ...
 
-    def read_subscription_data(self, subscription_id: str, until: int) -> Iterator[list[bytes]]:
-        """The event bytes of one subscription's records at positions `<= until`, in order, a
-        chunk per list (an index leads to them: the cost is that subscription's records)."""
+    def read_subscription_data(
+        self, subscription_id: str, until: int, after: int = 0
+    ) -> Iterator[list[bytes]]:
+        """The event bytes of one subscription's records at `after < position <= until`, in
+        order, a chunk per list (an index leads to them: the cost is that subscription's
+        records)."""
         ...
 
     def head(self) -> Head: ...

@@ -9,8 +9,13 @@ from ledger.clock import Clock, SharedManualClock, SystemClock
 from ledger.leases import LeaseStore
 from ledger.log import EventStore, us_from_datetime
 from ledger.rate_card import RateCard, load_rate_card
-from ledger.stores.postgres import IDLE_IN_TRANSACTION_TIMEOUT_MS, PostgresEventStore
-from ledger.stores.sqlite import SqliteEventStore
+from ledger.snapshots import SnapshotStore
+from ledger.stores.postgres import (
+    IDLE_IN_TRANSACTION_TIMEOUT_MS,
+    PostgresEventStore,
+    PostgresSnapshotStore,
+)
+from ledger.stores.sqlite import SqliteEventStore, SqliteSnapshotStore
 from projections.notification_store import SqlNotificationStore
 from projections.read_store import ReadModelReader, ReadModelStore
 from projections.runner import ProjectionRunner
@@ -108,14 +113,17 @@ class Parts:
     read_store: ReadModelStore
     rate_card: RateCard
     clock: Clock
+    snapshots: SnapshotStore
 
     def ledger(self) -> Ledger:
-        return Ledger(self.store, self.rate_card, self.clock)
+        """The writer, started from the newest valid snapshot and the records after it."""
+        return Ledger(self.store, self.rate_card, self.clock, self.snapshots)
 
     def projections(self) -> ProjectionRunner:
         return ProjectionRunner(self.store, self.read_store)
 
     def close(self) -> None:
+        self.snapshots.close()
         self.read_store.close()
         self.store.close()
 
@@ -124,5 +132,19 @@ def bootstrap(settings: Settings, clock: Clock | None = None) -> Parts:
     rate_card = load_rate_card(settings.rate_card)
     store = open_event_store(settings)
     return Parts(
-        settings, store, open_read_store(settings, store), rate_card, clock or make_clock(settings)
+        settings,
+        store,
+        open_read_store(settings, store),
+        rate_card,
+        clock or make_clock(settings),
+        open_snapshot_store(settings),
     )
+
+
+def open_snapshot_store(settings: Settings) -> SnapshotStore:
+    """Snapshots: a SQLite file beside the log's, or the `snapshots` table of its PostgreSQL
+    schema (the log's store, opened first, creates it)."""
+    url = settings.postgres_url()
+    if url is not None:
+        return PostgresSnapshotStore(url, schema=settings.database_schema)
+    return SqliteSnapshotStore(settings.snapshot_path())

@@ -23,8 +23,10 @@ from ledger.idempotency import payload_digest
 from ledger.log import datetime_from_us, find_charge, us_from_datetime
 from ledger.money import format_credits
 from ledger.rate_card import load_rate_card
+from ledger.snapshots import problem_with
 from projections.balances import Balances, overview
 from projections.replay import balances_as_of, resolve_as_of
+from projections.snapshots import SNAPSHOTS_KEPT, create_snapshot, prune
 from projections.usage import UsageQuery
 from schemas.commands import AdminCommand, ChargeOnRecord, ChargeUsage, Command
 from schemas.read_models import UsageRow
@@ -301,6 +303,55 @@ def audit_digest(settings: Settings) -> None:
     with opened(settings) as parts:
         head = parts.store.head()
     click.echo(msgspec.json.encode({"position": head.position, "hash": head.hash.hex()}))
+
+
+# --- snapshots ------------------------------------------------------------------------------
+
+
+@main.group()
+def snapshot() -> None:
+    """Snapshots of the writer's state and the balances: derived, so deleting them costs time
+    only (a start then folds more of the log)."""
+
+
+@snapshot.command("show")
+@click.pass_obj
+@one_line_errors
+def snapshot_show(settings: Settings) -> None:
+    """List the snapshots, newest first, each with whether a start may use it and why not."""
+    with opened(settings) as parts:
+        infos = parts.snapshots.infos()
+        for info in infos:
+            stored = parts.snapshots.load(info.position)
+            problem = "gone" if stored is None else problem_with(stored, parts.store)[0]
+            created = datetime_from_us(info.created_at_us).isoformat(timespec="seconds")
+            click.echo(
+                f"position {info.position}  created {created}  {info.size_bytes} bytes"
+                f"  format {info.format}  {'valid' if problem is None else 'skipped: ' + problem}"
+            )
+    if not infos:
+        click.echo("no snapshots")
+
+
+@snapshot.command("create")
+@click.pass_obj
+@one_line_errors
+def snapshot_create(settings: Settings) -> None:
+    """Save a snapshot at the head (from the newest valid one and the records after it)."""
+    with opened(settings) as parts:
+        info = create_snapshot(parts.snapshots, parts.store)
+    click.echo(f"snapshot at position {info.position}: {info.size_bytes} bytes")
+
+
+@snapshot.command("prune")
+@click.option("--keep", type=click.IntRange(min=1), default=SNAPSHOTS_KEPT, show_default=True)
+@click.pass_obj
+@one_line_errors
+def snapshot_prune(settings: Settings, keep: int) -> None:
+    """Delete all but the newest snapshots."""
+    with opened(settings) as parts:
+        gone = prune(parts.snapshots, keep)
+    click.echo(f"deleted {len(gone)} snapshot(s)" + (f": {gone}" if gone else ""))
 
 
 # --- export ---------------------------------------------------------------------------------

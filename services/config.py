@@ -12,6 +12,7 @@ from typing import Literal, get_args
 
 from ledger.leases import LEASE_TTL_MS, MIN_LEASE_TTL_MS
 from ledger.partitions import MAX_PARTITIONS, PartitionError, partition_stream
+from projections.snapshots import SNAPSHOT_EVERY_RECORDS, SNAPSHOT_EVERY_SECONDS
 from schemas.instants import InstantOutOfRange, bounded_utc
 
 ClockKind = Literal["system", "manual"]
@@ -85,6 +86,10 @@ class Settings:
     webhook_timeout_s: int = WEBHOOK_TIMEOUT_S
     webhook_retry_base_ms: int = WEBHOOK_RETRY_BASE_MS
     webhook_retry_window_s: int = WEBHOOK_RETRY_WINDOW_S
+    snapshot_every_records: int = SNAPSHOT_EVERY_RECORDS
+    """LEDGER_SNAPSHOT_EVERY_RECORDS: records after which the projector saves a snapshot."""
+    snapshot_every_seconds: int = SNAPSHOT_EVERY_SECONDS
+    """LEDGER_SNAPSHOT_EVERY_SECONDS: seconds after which it saves one if the log moved."""
     log_format: LogFormat | None = None
     """LEDGER_LOG_FORMAT: `json` or `console`; None (unset) renders for a person when stderr is
     a terminal and as JSON lines otherwise."""
@@ -137,6 +142,12 @@ class Settings:
                 env, "LEDGER_USAGE_RETENTION_S", USAGE_RETENTION_S, 0, MAX_USAGE_RETENTION_S
             ),
             log_format=log_format,  # type: ignore[arg-type]
+            snapshot_every_records=_int_in(
+                env, "LEDGER_SNAPSHOT_EVERY_RECORDS", SNAPSHOT_EVERY_RECORDS, 1, 10**9
+            ),
+            snapshot_every_seconds=_int_in(
+                env, "LEDGER_SNAPSHOT_EVERY_SECONDS", SNAPSHOT_EVERY_SECONDS, 1, 366 * 86_400
+            ),
             notification_stream=env.get("LEDGER_NOTIFICATION_STREAM")
             or DEFAULT_NOTIFICATION_STREAM,
             notification_stream_maxlen=_int_in(
@@ -201,6 +212,11 @@ class Settings:
     def notifications_path(self) -> Path:
         """The notification tables' SQLite file, beside the log's (with the log in SQLite)."""
         return self.sqlite_path().with_name(NOTIFICATIONS_FILE)
+
+    def snapshot_path(self) -> Path:
+        """The snapshots' SQLite file, beside the log's (with the log in SQLite)."""
+        log = self.sqlite_path()
+        return log.with_name(log.stem + ".snapshots" + log.suffix)
 
     def read_model_path(self) -> Path:
         """The read models' SQLite file: beside the log's, derived and disposable (used only

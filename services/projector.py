@@ -22,7 +22,8 @@ import structlog
 
 from projections.read_store import ReadModelStore
 from projections.runner import ProjectionRunner
-from services.bootstrap import open_event_store, open_read_store
+from projections.snapshots import Snapshotter
+from services.bootstrap import open_event_store, open_read_store, open_snapshot_store
 from services.children import ChildProcess, die_with_parent
 from services.config import Settings
 from services.logs import configure_logging
@@ -59,19 +60,38 @@ def run_projector(settings: Settings, parent_pid: int) -> None:
     die_with_parent()
     store = open_event_store(settings)
     read_store = open_read_store(settings, store)
+    snapshots = open_snapshot_store(settings)
     try:
         if not _lock_writer(read_store, wanted):
             return
         runner = ProjectionRunner(store, read_store)  # loads the tables once they are its own
+        snapshotter = Snapshotter(
+            snapshots,
+            store,
+            every_records=settings.snapshot_every_records,
+            every_seconds=settings.snapshot_every_seconds,
+        )
         log.info("projector.started", position=runner.position)
         while wanted():
             before = runner.position
             if runner.catch_up(batch_size=CATCH_UP_BATCH_EVENTS) - before < CATCH_UP_BATCH_EVENTS:
                 time.sleep(POLL_INTERVAL_S)
+            _snapshot_if_due(snapshotter, runner)
         log.info("projector.stopped", position=runner.position)
     finally:
+        snapshots.close()
         read_store.close()
         store.close()
+
+
+def _snapshot_if_due(snapshotter: Snapshotter, runner: ProjectionRunner) -> None:
+    """Save a snapshot of the writer's state and the runner's balances when one is due. The
+    runner folds only on this thread, so its balances stand still here."""
+    if snapshotter.due(runner.position):
+        started = time.monotonic()
+        info = snapshotter.take(runner.balances, runner.position)
+        took_ms = round((time.monotonic() - started) * 1000)
+        log.info("snapshot.saved", position=info.position, bytes=info.size_bytes, ms=took_ms)
 
 
 def _lock_writer(read_store: ReadModelStore, wanted: Callable[[], bool]) -> bool:

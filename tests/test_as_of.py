@@ -21,6 +21,7 @@ from ledger.log import us_from_datetime
 from ledger.stores.sqlite import SqliteEventStore
 from projections.balances import Balances
 from projections.replay import balances_as_of, subscription_as_of
+from projections.snapshots import SubscriptionHistory
 from services.api import reads as api_reads
 from services.as_of import AS_OF_QUEUE_DEPTH, AS_OF_WORKERS, AsOfBusy, AsOfPool
 from tests.support.api_app import Api, expect_problem, open_api
@@ -46,7 +47,8 @@ def rows_of(balances: Balances, sub: str) -> Any:
         "ids": [
             index.get(sub) for index in (balances.seat_ids, balances.pack_ids, balances.grant_ids)
         ],
-        "ended_holds": list(balances.ended_holds.get(sub, ())),
+        "ended_holds": sorted(balances.ended_holds.get(sub, ())),
+        "active_holds": sorted(balances.active_holds.get(sub, ())),
     }
 
 
@@ -150,14 +152,14 @@ def test_past_the_bound_as_of_answers_503_while_current_reads_answer(
 ) -> None:
     release = threading.Event()
     started = threading.Semaphore(0)
-    fold = api_reads.subscription_as_of
+    fold = SubscriptionHistory.balances
 
     def slow_fold(*args: Any) -> Balances:
         started.release()
         release.wait(timeout=30)
         return fold(*args)
 
-    monkeypatch.setattr(api_reads, "subscription_as_of", slow_fold)
+    monkeypatch.setattr(SubscriptionHistory, "balances", slow_fold)
     bound = AS_OF_WORKERS + AS_OF_QUEUE_DEPTH
     overview = "/v1/subscriptions/team-1/overview"
     with ThreadPoolExecutor(max_workers=bound) as clients:

@@ -216,3 +216,21 @@ def test_the_installed_entry_point_runs(tmp_path):
         check=True,
     )
     assert json.loads(result.stdout) == {"position": 0, "hash": "00" * 32}
+
+
+def test_snapshots_are_created_shown_with_their_validity_and_pruned(cli, history, tmp_path):
+    assert cli("snapshot", "show").stdout == "no snapshots\n"
+    created = cli("snapshot", "create")
+    assert created.exit_code == 0, created.output
+    assert created.stdout.startswith("snapshot at position 7: ")
+    assert "position 7 " in cli("snapshot", "show").stdout
+    assert cli("snapshot", "show").stdout.rstrip().endswith("valid")
+    with sqlite3.connect(tmp_path / "ledger.snapshots.sqlite3") as db:
+        db.execute("UPDATE snapshots SET state = substr(state, 1, 10)")
+    assert "skipped: its checksum does not match" in cli("snapshot", "show").stdout
+    again = cli("snapshot", "create")
+    assert again.exit_code == 0, again.output
+    assert cli("replay").exit_code == 0
+    pruned = cli("snapshot", "prune", "--keep", "1")
+    assert (pruned.exit_code, pruned.stdout) == (0, "deleted 0 snapshot(s)\n")
+    assert cli("snapshot", "prune", "--keep", "0").exit_code == 2

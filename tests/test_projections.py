@@ -143,8 +143,10 @@ class ListEventStore:
         for first in range(0, len(data), 500):
             yield data[first : first + 500]
 
-    def read_subscription_data(self, subscription_id: str, until: int) -> Iterator[list[bytes]]:
-        records = self._records()[:until]
+    def read_subscription_data(
+        self, subscription_id: str, until: int, after: int = 0
+    ) -> Iterator[list[bytes]]:
+        records = self._records()[after:until]
         yield [r.data for r in records if r.event().subscription_id == subscription_id]
 
     def head(self) -> Head:

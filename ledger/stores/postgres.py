@@ -71,6 +71,7 @@ from ledger.log import (
     check_head,
     linked_records,
 )
+from ledger.snapshots import SnapshotInfo, StoredSnapshot
 from schemas.events import LogEvent
 
 DEFAULT_SCHEMA = "public"
@@ -164,6 +165,20 @@ MIGRATIONS: tuple[tuple[int, LiteralString], ...] = (
         """,
     ),
     (3, "CREATE INDEX log_subscription ON {schema}.log (subscription_id, position);"),
+    (
+        4,
+        """
+        CREATE TABLE {schema}.snapshots (
+            position bigint PRIMARY KEY,
+            head_hash bytea NOT NULL,
+            format integer NOT NULL,
+            checksum bytea NOT NULL,
+            created_at_us bigint NOT NULL,
+            state bytea NOT NULL,
+            balances bytea NOT NULL
+        );
+        """,
+    ),
 )
 """(version, SQL) in order; `{schema}` is the store's schema. Append new ones, never edit."""
 
@@ -396,8 +411,10 @@ class PostgresEventStore:
         for rows in self._chunks(self._q.event_data, after, until):
             yield [data for (_, data) in rows]
 
-    def read_subscription_data(self, subscription_id: str, until: int) -> Iterator[list[bytes]]:
-        position = 0
+    def read_subscription_data(
+        self, subscription_id: str, until: int, after: int = 0
+    ) -> Iterator[list[bytes]]:
+        position = after
         while True:
             rows = self._fetch(
                 self._q.subscription_data, (subscription_id, position, until, READ_CHUNK_RECORDS)
@@ -559,9 +576,15 @@ class _Queries:
     """Every statement of the store, qualified with its schema once."""
 
     def __init__(self, schema: sql.Identifier) -> None:
-        def q(text: LiteralString) -> sql.Composed:
-            return sql.SQL(text).format(schema=schema)
+        self._schema = schema
+        self._log_statements()
+        self._lease_statements()
 
+    def _q(self, text: LiteralString) -> sql.Composed:
+        return sql.SQL(text).format(schema=self._schema)
+
+    def _log_statements(self) -> None:
+        q = self._q
         self.lock = q("SELECT pg_advisory_xact_lock(%b)")
         self.head = q(
             "SELECT position, hash, recorded_at_us FROM {schema}.log ORDER BY position DESC LIMIT 1"
@@ -597,6 +620,13 @@ class _Queries:
             ' ON k.subscription_id = wanted.subscription_id COLLATE "C"'
             ' AND k.event_id = wanted.event_id COLLATE "C"'
         )
+        self.position_at = q(
+            "SELECT position FROM {schema}.log WHERE recorded_at_us <= %b"
+            " ORDER BY recorded_at_us DESC, position DESC LIMIT 1"
+        )
+
+    def _lease_statements(self) -> None:
+        q = self._q
         self.fence = q(
             "SELECT owner, token, expires_at > clock_timestamp()"
             " FROM {schema}.leases WHERE partition = %b"
@@ -652,10 +682,6 @@ class _Queries:
         self.holders = q(
             "SELECT partition, owner, token, expires_at > clock_timestamp() FROM {schema}.leases"
         )
-        self.position_at = q(
-            "SELECT position FROM {schema}.log WHERE recorded_at_us <= %b"
-            " ORDER BY recorded_at_us DESC, position DESC LIMIT 1"
-        )
 
 
 def _first(row: tuple[Any, ...]) -> Any:
@@ -690,3 +716,67 @@ def _key_columns(
         [digest for _, _, digest in charges],
         [records[index].position for index, _, _ in charges],
     ]
+
+
+class PostgresSnapshotStore:
+    """Snapshots in the `snapshots` table of the log's schema (created by the log's migrations:
+    open the `PostgresEventStore` first)."""
+
+    def __init__(self, url: str, *, schema: str = DEFAULT_SCHEMA) -> None:
+        check_schema_name(schema)
+        self._url = url
+        self._lock = threading.Lock()
+        table = sql.Identifier(schema, "snapshots")
+        info = sql.SQL(
+            "position, head_hash, format, checksum, created_at_us, length(state) + length(balances)"
+        )
+        self._save = sql.SQL(
+            "INSERT INTO {} (position, head_hash, format, checksum, created_at_us, state, balances)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (position) DO UPDATE SET"
+            " head_hash = excluded.head_hash, format = excluded.format,"
+            " checksum = excluded.checksum, created_at_us = excluded.created_at_us,"
+            " state = excluded.state, balances = excluded.balances"
+        ).format(table)
+        self._infos = sql.SQL("SELECT {} FROM {} ORDER BY position DESC").format(info, table)
+        self._load = sql.SQL("SELECT {}, state, balances FROM {} WHERE position = %s").format(
+            info, table
+        )
+        self._delete = sql.SQL("DELETE FROM {} WHERE position = %s").format(table)
+        self._db = connect(url, {})
+
+    def save(self, snapshot: StoredSnapshot) -> None:
+        i = snapshot.info
+        row = (i.position, i.head_hash, i.format, i.checksum, i.created_at_us)
+        self._run(self._save, (*row, snapshot.state, snapshot.balances))
+
+    def infos(self) -> list[SnapshotInfo]:
+        return [_snapshot_info(row) for row in self._run(self._infos, ())]
+
+    def load(self, position: int) -> StoredSnapshot | None:
+        rows = self._run(self._load, (position,))
+        if not rows:
+            return None
+        row = rows[0]
+        return StoredSnapshot(_snapshot_info(row[:6]), bytes(row[6]), bytes(row[7]))
+
+    def delete(self, position: int) -> None:
+        self._run(self._delete, (position,))
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _run(self, query: sql.Composed, params: Sequence[Any]) -> list[Any]:
+        with self._lock:
+            try:
+                if self._db.broken:
+                    self._db = connect(self._url, {})
+                cursor = self._db.execute(query, params)
+                return cursor.fetchall() if cursor.description is not None else []
+            except psycopg.Error as error:
+                raise StoreError(f"snapshot query failed: {error}") from error
+
+
+def _snapshot_info(row: Sequence[Any]) -> SnapshotInfo:
+    position, head_hash, fmt, digest, created_at_us, size = row
+    return SnapshotInfo(position, bytes(head_hash), fmt, bytes(digest), created_at_us, size)

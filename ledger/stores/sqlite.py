@@ -53,6 +53,7 @@ from ledger.log import (
     linked_records,
 )
 from ledger.records import decode_event, is_compact
+from ledger.snapshots import SnapshotInfo, StoredSnapshot
 from schemas.events import LogEvent, UsageCharged
 
 SCHEMA_VERSION = 1
@@ -326,8 +327,10 @@ class SqliteEventStore:
             yield [data for (data,) in rows]
             position += len(rows)  # positions are gap-free
 
-    def read_subscription_data(self, subscription_id: str, until: int) -> Iterator[list[bytes]]:
-        position = 0
+    def read_subscription_data(
+        self, subscription_id: str, until: int, after: int = 0
+    ) -> Iterator[list[bytes]]:
+        position = after
         while True:
             with self._lock:
                 rows = self._db.execute(
@@ -669,3 +672,76 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 
 def _marks(count: int) -> str:
     return ", ".join(["?"] * count)
+
+
+_SNAPSHOT_SCHEMA = """
+CREATE TABLE IF NOT EXISTS snapshots (
+    position INTEGER PRIMARY KEY,
+    head_hash BLOB NOT NULL,
+    format INTEGER NOT NULL,
+    checksum BLOB NOT NULL,
+    created_at_us INTEGER NOT NULL,
+    state BLOB NOT NULL,
+    balances BLOB NOT NULL
+)
+"""
+_SNAPSHOT_INFO = (
+    "position, head_hash, format, checksum, created_at_us, length(state) + length(balances)"
+)
+
+
+class SqliteSnapshotStore:
+    """Snapshots in a SQLite file of their own beside the log's (`snapshot_path`): derived,
+    disposable, and never holding the log's write lock."""
+
+    def __init__(self, path: str | Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(
+            path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+        )
+        self._db.execute(_SNAPSHOT_SCHEMA)
+
+    def save(self, snapshot: StoredSnapshot) -> None:
+        info = snapshot.info
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO snapshots"
+                " (position, head_hash, format, checksum, created_at_us, state, balances)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    info.position,
+                    info.head_hash,
+                    info.format,
+                    info.checksum,
+                    info.created_at_us,
+                    snapshot.state,
+                    snapshot.balances,
+                ),
+            )
+
+    def infos(self) -> list[SnapshotInfo]:
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_SNAPSHOT_INFO} FROM snapshots ORDER BY position DESC"
+            ).fetchall()
+        return [SnapshotInfo(*row) for row in rows]
+
+    def load(self, position: int) -> StoredSnapshot | None:
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {_SNAPSHOT_INFO}, state, balances FROM snapshots WHERE position = ?",
+                (position,),
+            ).fetchone()
+        if row is None:
+            return None
+        return StoredSnapshot(SnapshotInfo(*row[:6]), row[6], row[7])
+
+    def delete(self, position: int) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM snapshots WHERE position = ?", (position,))
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -25,6 +25,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from ledger.clock import Clock
 from ledger.log import EventStore
+from ledger.snapshots import SnapshotStore
 from projections.live import BalanceSource
 from projections.notification_store import SqlNotificationStore
 from projections.read_store import ReadModelReader
@@ -87,6 +88,7 @@ def create_app(
     metrics_token: str | None = None,
     notices: SqlNotificationStore | None = None,
     allow_private_webhooks: bool = False,
+    snapshots: SnapshotStore | None = None,
     debug: bool = False,
 ) -> Litestar:
     """The API over these parts. Handlers run on the event loop's thread, one at a time.
@@ -98,9 +100,10 @@ def create_app(
     `metrics_token`, `GET /metrics` needs `Authorization: Bearer <metrics_token>`. `notices`
     holds the notifications and webhook endpoints (an empty one in memory when not given);
     `allow_private_webhooks` lets webhook URLs name private and loopback addresses.
+    `snapshots` are where reads of the past (`as_of`) start from (the log's start without).
     """
     usage = UsageReader(read_models)
-    reads = Reads(events, runner, clock)
+    reads = Reads(events, runner, clock, snapshots)
     parts: dict[str, Any] = {
         "events": events,
         "reads": reads,
@@ -156,4 +159,5 @@ def app_from_parts(
         writer=writer,
         metrics=metrics,
         metrics_token=parts.settings.metrics_token,
+        snapshots=parts.snapshots,
     )

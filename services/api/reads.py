@@ -12,6 +12,7 @@ from typing import Final, TypeVar
 
 from ledger.clock import Clock
 from ledger.log import EPOCH, EventStore, StoredRecord, datetime_from_us
+from ledger.snapshots import SnapshotStore
 from projections.balances import Balances
 from projections.history import HistoryPage, HistoryQuery
 from projections.live import BalanceSource
@@ -21,8 +22,8 @@ from projections.replay import (
     AsOfBeyondHead,
     InvalidAsOf,
     resolve_as_of,
-    subscription_as_of,
 )
+from projections.snapshots import SubscriptionHistory
 from projections.usage import UsageQuery
 from schemas.instants import instant_from_text
 from schemas.read_models import UsagePage
@@ -60,12 +61,17 @@ class Reads:
     """
 
     def __init__(
-        self, events: EventStore, live: BalanceSource, clock: Clock, past: AsOfPool | None = None
+        self,
+        events: EventStore,
+        live: BalanceSource,
+        clock: Clock,
+        snapshots: SnapshotStore | None = None,
     ) -> None:
         self.events = events
         self.live = live
         self.clock = clock
-        self.past = AsOfPool() if past is None else past
+        self.past = AsOfPool()
+        self.history = SubscriptionHistory(events, snapshots)
 
     def now(self) -> datetime:
         return datetime_from_us(self.clock.now_us())
@@ -107,7 +113,7 @@ class Reads:
         if instant is None:
             record = record_at(self.events, position)
             instant = EPOCH if record is None else record.recorded_at
-        return subscription_as_of(self.events, sub, position), instant
+        return self.history.balances(sub, position), instant
 
     async def _in_pool(self, work: Callable[[], T]) -> T:
         try:
