@@ -326,7 +326,7 @@ async function refresh({ resetUsage = false } = {}) {
     renderSubscription();
     renderBillingSummary();
     fillFilterOptions();
-    await Promise.all([loadChart(), loadUsagePage(resetUsage)]);
+    await Promise.all([loadChart(), loadUsagePage(resetUsage), loadHistory()]);
     setStatus(
       state.asOf
         ? `Showing the ledger as it was at ${fmtTime(state.asOf)} UTC.`
@@ -490,7 +490,10 @@ async function loadChart() {
   }
   const filter = { from: overview.cycle_start, to: overview.cycle_end };
   const { rows, truncated } = await fetchAllUsage(filter, MAX_CHART_ROWS);
-  state.chartRows = rows;
+  // What each charge deducted net of its reversals; reversal rows add nothing more.
+  state.chartRows = rows.filter((row) => row.kind !== "reversal").map((row) => ({
+    ...row, credits: fromUcr(toUcr(row.credits) - toUcr(row.reversed ?? "0")),
+  }));
   state.chartTruncated = truncated;
   fillFilterOptions();
   drawChart();
@@ -566,14 +569,14 @@ async function loadUsagePage(reset) {
 function renderUsage() {
   const { rows, index, next } = state.usage;
   $("usage-table").tBodies[0].replaceChildren(...rows.map((row) => el("tr",
-    { "data-event-id": row.event_id },
+    { "data-event-id": row.event_id, className: row.kind === "reversal" ? "reversal" : null },
     el("td", {}, timeEl(row.recorded_at)),
     el("td", {}, row.seat_id),
     el("td", {}, row.product),
     el("td", { className: "model" }, row.model),
     el("td", { className: "usage" }, usageText(row)),
     el("td", { className: "coefficients", title: `rate card ${row.rate_card_version}` }, coefficientText(row)),
-    el("td", { className: "num credits" }, row.credits),
+    el("td", { className: "num credits" }, creditsText(row)),
     el("td", { className: "allocation" }, allocationText(row.allocation)))));
   labelCells($("usage-table"));
   $("usage-empty").hidden = rows.length > 0;
@@ -667,9 +670,14 @@ function adminAction({ title, text, extra = null, request, describe }) {
   $("confirm-form").onsubmit = async (event) => {
     event.preventDefault();
     if (key === null) {
+      try {
+        pending = request();
+      } catch (invalid) {
+        error.textContent = invalid.message; // what was typed is refused before anything is sent
+        return;
+      }
       key = newIdempotencyKey();
-      pending = request();
-      for (const input of $("confirm-extra").querySelectorAll("input, select")) input.disabled = true;
+      for (const input of $("confirm-extra").querySelectorAll("input, select, textarea")) input.disabled = true;
     }
     ok.disabled = true;
     cancel.disabled = true;
@@ -690,7 +698,7 @@ function adminAction({ title, text, extra = null, request, describe }) {
         error.textContent = `Refused: ${failure.message}`;
         ok.textContent = "Confirm";
         key = null;
-        for (const input of $("confirm-extra").querySelectorAll("input, select")) input.disabled = false;
+        for (const input of $("confirm-extra").querySelectorAll("input, select, textarea")) input.disabled = false;
       }
       ok.disabled = false;
       cancel.disabled = false;
@@ -779,6 +787,180 @@ function buyPack() {
   });
 }
 
+// -- corrections and the history of admin actions --------------------------------------------
+
+const HISTORY_MAX_ROWS = 1000;
+const HISTORY_LABELS = {
+  "subscription.opened": "Subscription opened",
+  "seat.added": "Seat added",
+  "seat.tier_changed": "Tier changed",
+  "seat.removed": "Seat removed",
+  "pack.purchased": "Pack bought",
+  "seat.adjusted": "Seat adjusted",
+  "grant.issued": "Credits granted",
+  "usage.reversed": "Charge reversed",
+  "pack.voided": "Pack voided",
+  "grant.voided": "Grant voided",
+};
+const CREDITS_TEXT = /^-?\d{1,10}(\.\d{1,6})?$/;
+
+/** A charge row's credits, with what its reversals gave back; a reversal row's, negative. */
+function creditsText(row) {
+  if (row.kind === "reversal") return `${row.credits} (reverses ${row.reverses})`;
+  if (row.reversed && !isZero(row.reversed)) return `${row.credits} (${row.reversed} reversed)`;
+  return row.credits;
+}
+
+async function loadHistory() {
+  const items = [];
+  let after = 0;
+  do {
+    const page = await api(subPath("/history"), { params: { ...asOfParams(), after, limit: 1000 } });
+    items.push(...page.items);
+    after = page.next_after;
+  } while (after !== null && items.length < HISTORY_MAX_ROWS);
+  renderHistory(items);
+}
+
+function historyAbout(entry) {
+  if (entry.type === "usage.reversed") return `${entry.id} of charge ${entry.event_id} (seat ${entry.seat_id})`;
+  if (entry.type === "seat.adjusted") return `${entry.id} on seat ${entry.seat_id}`;
+  if (entry.type === "grant.issued") return `${entry.id}, expires ${fmtTime(entry.expires_at)} UTC`;
+  return entry.id;
+}
+
+function renderHistory(items) {
+  const rows = [...items].reverse().map((entry) => el("tr",
+    { "data-type": entry.type, "data-id": entry.id, "data-position": String(entry.position) },
+    el("td", {}, timeEl(entry.recorded_at)),
+    el("td", {}, HISTORY_LABELS[entry.type] || entry.type),
+    el("th", { scope: "row" }, historyAbout(entry)),
+    el("td", { className: "num" }, entry.credits === null ? "" : credits(entry.credits)),
+    el("td", { className: "actor" }, entry.actor ? `${entry.actor.token_id} (${entry.actor.role})` : "—"),
+    el("td", { className: "reason" }, entry.reason ?? "")));
+  $("history-table").tBodies[0].replaceChildren(...rows);
+  $("history-empty").hidden = rows.length > 0;
+  labelCells($("history-table"));
+}
+
+/** A labelled input of the confirmation dialog. */
+function field(id, label, attributes = {}) {
+  const input = el(attributes.tag || "input", { id, spellcheck: "false", ...attributes, tag: null });
+  return [el("label", { for: id }, label), input];
+}
+
+function reasonField() {
+  return field("confirm-reason", "Reason (required, kept in the log)", {
+    tag: "textarea", maxlength: "500", "aria-required": "true", rows: "2",
+  });
+}
+
+/** The value of a dialog input, refused (before anything is sent) when it does not fit. */
+function typed(id, pattern, message) {
+  const value = $(id).value.trim();
+  if (!pattern.test(value)) {
+    $(id).focus();
+    throw new Error(message);
+  }
+  return value;
+}
+
+const reasonTyped = () => typed("confirm-reason", /^[\s\S]{1,500}$/, "Give a reason: 1 to 500 characters.");
+const newCorrectionId = (prefix) => `${prefix}-${newIdempotencyKey()}`;
+const correctionDone = (result) =>
+  `${HISTORY_LABELS[result.type] || result.type}: ${historyAbout(result)}` +
+  (result.credits === null ? "" : `, ${credits(result.credits)} credits`) +
+  ` — by ${result.actor?.token_id ?? "?"}, reason: ${result.reason}.`;
+
+function adjustSeat() {
+  const seats = state.data.overview.seats.filter((s) => s.status !== "removed");
+  const select = el("select", { id: "confirm-seat" },
+    ...seats.map((s) => el("option", { value: s.seat_id }, `${s.seat_id} (${credits(s.remaining)} left)`)));
+  const extra = el("div", { className: "dialog-fields" },
+    el("label", { for: "confirm-seat" }, "Seat"), select,
+    ...field("confirm-credits", "Credits (negative takes them away)", { inputmode: "decimal" }),
+    ...reasonField());
+  adminAction({
+    title: "Adjust a seat's quota",
+    text: "Add credits to (or take them from) a seat's quota for the current cycle. Taking more than it has left is refused.",
+    extra,
+    request: () => {
+      const amount = typed("confirm-credits", CREDITS_TEXT, "Credits: a number like 500 or -20.5.");
+      return {
+        method: "POST",
+        path: subPath(`/seats/${encodeURIComponent(select.value)}/adjustments`),
+        body: { adjustment_id: newCorrectionId("adj"), credits: amount, reason: reasonTyped() },
+      };
+    },
+    describe: correctionDone,
+  });
+}
+
+function grantCredits() {
+  const extra = el("div", { className: "dialog-fields" },
+    ...field("confirm-credits", "Credits", { inputmode: "decimal" }),
+    ...field("confirm-expires", "Expires (UTC)", { type: "datetime-local", step: "1" }),
+    ...reasonField());
+  adminAction({
+    title: "Grant credits",
+    text: `Give ${state.sub} shared credits, valid from now until they expire, spent like packs (soonest expiring first).`,
+    extra,
+    request: () => {
+      const amount = typed("confirm-credits", CREDITS_TEXT, "Credits: a number like 50000.");
+      const expires = localInputToRfc3339(typed("confirm-expires", /^.+$/, "Choose when the credits expire."));
+      return {
+        method: "POST",
+        path: subPath("/grants"),
+        body: { grant_id: newCorrectionId("grant"), credits: amount, expires_at: expires, reason: reasonTyped() },
+      };
+    },
+    describe: correctionDone,
+  });
+}
+
+function reverseCharge(eventId = "") {
+  const extra = el("div", { className: "dialog-fields" },
+    ...field("confirm-event", "Charge (event ID)", { value: eventId, maxlength: "128" }),
+    ...field("confirm-credits", "Credits (empty: all that is left of it)", { inputmode: "decimal" }),
+    ...reasonField());
+  adminAction({
+    title: "Reverse a charge",
+    text: "Give back a charge, all of it or part: the credits return to where they came from, last taken first.",
+    extra,
+    request: () => {
+      const event = typed("confirm-event", /^[A-Za-z0-9._:@-]{1,128}$/, "Give the charge's event ID.");
+      const amount = $("confirm-credits").value.trim();
+      const body = { reversal_id: newCorrectionId("rev"), reason: reasonTyped() };
+      if (amount) body.credits = typed("confirm-credits", CREDITS_TEXT, "Credits: a number like 3.18, or empty.");
+      return { method: "POST", path: subPath(`/charges/${encodeURIComponent(event)}/reversals`), body };
+    },
+    describe: correctionDone,
+  });
+}
+
+function voidSource() {
+  const kind = el("select", { id: "confirm-kind" },
+    el("option", { value: "packs" }, "Pack"), el("option", { value: "grants" }, "Grant"));
+  const extra = el("div", { className: "dialog-fields" },
+    el("label", { for: "confirm-kind" }, "Void a"), kind,
+    ...field("confirm-source", "Pack or grant ID", { maxlength: "128" }),
+    ...reasonField());
+  adminAction({
+    title: "Void a pack or grant",
+    text: "What it has left is removed and recorded as voided (say, its payment was refunded). Active holds on it shrink.",
+    extra,
+    request: () => {
+      const id = typed("confirm-source", /^[A-Za-z0-9._:@-]{1,128}$/, "Give the pack's or grant's ID.");
+      return {
+        method: "POST",
+        path: subPath(`/${kind.value}/${encodeURIComponent(id)}/void`),
+        body: { reason: reasonTyped() },
+      };
+    },
+    describe: correctionDone,
+  });
+}
+
 // -- pages and time travel -------------------------------------------------------------------
 
 function currentPage() {
@@ -819,6 +1001,10 @@ function start() {
   $("as-of-clear").addEventListener("click", onAsOfClear);
   $("add-seat-form").addEventListener("submit", onAddSeat);
   $("buy-pack").addEventListener("click", buyPack);
+  $("correct-adjust").addEventListener("click", adjustSeat);
+  $("correct-grant").addEventListener("click", grantCredits);
+  $("correct-reverse").addEventListener("click", () => reverseCharge());
+  $("correct-void").addEventListener("click", voidSource);
   $("usage-filter").addEventListener("submit", async (event) => {
     event.preventDefault();
     state.usage.filter = readFilter();
