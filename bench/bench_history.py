@@ -1,0 +1,194 @@
+"""Benchmark (not a test): what history costs on a large SQLite log, with snapshots.
+
+    python bench/bench_history.py [--records 100000 1000000] [--snapshot-every 100000]
+
+For each size, appends usage through the ledger's own writer (idempotency look-up, decide, one
+append per batch of 1,000) in a fresh folder, taking a snapshot every `--snapshot-every`
+records as the projector would, then measures: the writer's start from the newest snapshot
+(and from nothing, up to 1M), one subscription `as_of` at random positions (p50/p99, from the
+nearest snapshot), a full replay and a full audit (records/s), and bytes per charge on disk (the
+log's file: records, their subscription index and the idempotency index).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sqlite3
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from ledger.application import Ledger
+from ledger.audit import verify
+from ledger.clock import ManualClock
+from ledger.log import find_charge, us_from_datetime
+from ledger.rate_card import RateCard, load_rate_card
+from ledger.stores.sqlite import SqliteEventStore, SqliteSnapshotStore
+from projections.replay import balances_as_of
+from projections.snapshots import SubscriptionHistory, create_snapshot
+from schemas.commands import AddSeat, BuyPack, OpenSubscription
+from schemas.usage import UsageEvent
+
+MODELS = ("qwen3.6-plus", "glm-5", "MiniMax-M2.5", "deepseek-v3.2")
+START = datetime(2026, 5, 1, tzinfo=UTC)
+SUBSCRIPTIONS = 100
+SEATS_PER_SUBSCRIPTION = 5
+BATCH = 1_000
+AS_OF_SAMPLES = 200
+FULL_START_MAX_RECORDS = 1_000_000
+
+
+def usage_batches(events: int, rng: random.Random) -> Iterator[tuple[datetime, list[UsageEvent]]]:
+    now = START
+    for first in range(0, events, BATCH):
+        now += timedelta(milliseconds=50)
+        items = []
+        for _ in range(min(BATCH, events - first)):
+            sub = rng.randrange(SUBSCRIPTIONS)
+            items.append(
+                UsageEvent(
+                    event_id=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+                    subscription_id=f"sub-{sub}",
+                    seat_id=f"seat-{rng.randrange(SEATS_PER_SUBSCRIPTION)}",
+                    model=rng.choice(MODELS),
+                    occurred_at=now,
+                    input_tokens=int(rng.paretovariate(1.2) * 2_000),
+                    cached_tokens=int(rng.paretovariate(1.5) * 10_000),
+                    output_tokens=int(rng.paretovariate(1.3) * 300),
+                    tool_calls=rng.choice((0, 0, 1)),
+                    thinking=rng.random() < 0.3,
+                )
+            )
+        yield now, items
+
+
+def build(folder: Path, records: int, snapshot_every: int, rate_card: RateCard) -> float:
+    """Append `records` charges (after the set-up); the seconds the appends took."""
+    rng = random.Random(2026)
+    clock = ManualClock(us_from_datetime(START))
+    store = SqliteEventStore(folder / "ledger.sqlite3")
+    snapshots = SqliteSnapshotStore(folder / "ledger.snapshots.sqlite3")
+    ledger = Ledger(store, rate_card, clock)
+    setup: list[OpenSubscription | AddSeat | BuyPack] = []
+    for sub in range(SUBSCRIPTIONS):
+        setup.append(OpenSubscription(f"sub-{sub}"))
+        setup += [
+            AddSeat(f"sub-{sub}", f"seat-{s}", "premium") for s in range(SEATS_PER_SUBSCRIPTION)
+        ]
+        setup.append(BuyPack(f"sub-{sub}", f"sub-{sub}-pack"))
+    ledger.execute(setup)
+    appending = 0.0
+    last_snapshot = 0
+    for now, items in usage_batches(records, rng):
+        clock.set(us_from_datetime(now))
+        started = time.perf_counter()
+        ledger.charge(items)
+        appending += time.perf_counter() - started
+        if ledger.position - last_snapshot >= snapshot_every:
+            last_snapshot = create_snapshot(snapshots, store).position
+    snapshots.close()
+    store.close()
+    return appending
+
+
+def bytes_per_charge(path: Path, charges: int) -> tuple[float, dict[str, float]]:
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        try:
+            rows = db.execute("SELECT name, sum(pgsize) FROM dbstat GROUP BY name").fetchall()
+        except sqlite3.OperationalError:  # SQLite built without dbstat
+            rows = []
+    parts = {name: size / charges for name, size in rows if size / charges >= 1}
+    return path.stat().st_size / charges, parts
+
+
+def percentile(samples: list[float], fraction: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def measure(folder: Path, records: int, rate_card: RateCard) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    store = SqliteEventStore(folder / "ledger.sqlite3")
+    snapshots = SqliteSnapshotStore(folder / "ledger.snapshots.sqlite3")
+    head = store.head().position
+    clock = ManualClock(store.head().recorded_at_us)
+
+    started = time.perf_counter()
+    Ledger(store, rate_card, clock, snapshots)
+    rows.append(("writer start from the newest snapshot", f"{time.perf_counter() - started:.3f} s"))
+    if head <= FULL_START_MAX_RECORDS:
+        started = time.perf_counter()
+        Ledger(store, rate_card, clock)
+        rows.append(("writer start from nothing", f"{time.perf_counter() - started:.3f} s"))
+
+    rng = random.Random(7)
+    history = SubscriptionHistory(store, snapshots)
+    took_ms = []
+    for _ in range(AS_OF_SAMPLES):
+        sub, position = f"sub-{rng.randrange(SUBSCRIPTIONS)}", rng.randrange(1, head + 1)
+        started = time.perf_counter()
+        history.balances(sub, position)
+        took_ms.append((time.perf_counter() - started) * 1000)
+    rows.append(
+        (
+            f"as_of, one subscription, {AS_OF_SAMPLES} random positions",
+            f"p50 {statistics.median(took_ms):.1f} ms, p99 {percentile(took_ms, 0.99):.1f} ms",
+        )
+    )
+
+    started = time.perf_counter()
+    balances_as_of(store, head)
+    rows.append(
+        (
+            "replay (all records, in memory)",
+            f"{head / (time.perf_counter() - started):,.0f} records/s",
+        )
+    )
+
+    started = time.perf_counter()
+    report = verify(store.read(), rate_card, charges=lambda s, e: find_charge(store, s, e))
+    assert report.ok, report.failure
+    rows.append(
+        (
+            "audit verify (chain + re-derivation)",
+            f"{head / (time.perf_counter() - started):,.0f} records/s",
+        )
+    )
+    snapshots.close()
+    store.close()
+
+    per_charge, parts = bytes_per_charge(folder / "ledger.sqlite3", records)
+    detail = ", ".join(f"{name} {size:.0f}" for name, size in sorted(parts.items()))
+    rows.append(("bytes per charge (log file)", f"{per_charge:.0f} B ({detail})"))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--snapshot-every", type=int, default=100_000)
+    parser.add_argument("--dir", type=Path, default=None, help="Where the SQLite files go.")
+    args = parser.parse_args()
+    rate_card = load_rate_card()
+    for records in args.records:
+        folder = (args.dir or Path(tempfile.mkdtemp(prefix="bench-history-"))) / str(records)
+        folder.mkdir(parents=True, exist_ok=True)
+        appending = build(folder, records, args.snapshot_every, rate_card)
+        rows = [("append through the writer", f"{records / appending:,.0f} charges/s")]
+        rows += measure(folder, records, rate_card)
+        print(
+            f"\n{records:,} charges, {SUBSCRIPTIONS} subscriptions x {SEATS_PER_SUBSCRIPTION}"
+            f" seats, a snapshot every {args.snapshot_every:,} records"
+        )
+        for name, figure in rows:
+            print(f"  {name:<52} {figure}")
+
+
+if __name__ == "__main__":
+    main()
