@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgspec
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -15,10 +16,12 @@ from ledger.clock import ManualClock
 from ledger.log import find_charge, us_from_datetime
 from ledger.stores.sqlite import SqliteEventStore
 from projections.balances import assert_conserved, dump
+from projections.history import MAX_HISTORY_ROWS, HistoryQuery
 from projections.live import LiveBalances
 from projections.replay import balances_as_of
 from projections.runner import ProjectionRunner
 from projections.stores.sqlite import SqliteReadModelStore
+from projections.usage import MAX_PAGE_ROWS, UsageQuery
 from schemas.events import ChargeReversed, UsageCharged
 from tests.test_properties import PROPERTY_SETTINGS, RATE_CARD, as_command
 from tests.workload import START, Workload
@@ -84,3 +87,39 @@ def test_holds_and_corrections_keep_the_books_and_replay_equals_live(workload, t
             key = (event.subscription_id, event.event_id)
             reversed_ucr[key] = reversed_ucr.get(key, 0) + event.credits_ucr
     assert all(amount <= charged[key] for key, amount in reversed_ucr.items())
+    check_usage_and_history_rows(store, read_store, folder, reversed_ucr)
+
+
+def check_usage_and_history_rows(
+    store: SqliteEventStore,
+    read_store: SqliteReadModelStore,
+    folder: Path,
+    reversed_ucr: dict[tuple[str, str], int],
+) -> None:
+    """The usage and history indexes folded batch by batch are what a rebuild folds, and each
+    charge row's `reversed` is the sum of its reversals."""
+    rebuilt = SqliteReadModelStore(folder / "rebuilt.sqlite3", store)
+    ProjectionRunner(store, rebuilt).catch_up()
+    assert rebuilt.usage_index_rows() == read_store.usage_index_rows()
+    for sub in read_store.load_balances().subscriptions:
+        assert _history(rebuilt, sub) == _history(read_store, sub)
+        query = UsageQuery(sub, limit=MAX_PAGE_ROWS)
+        while True:
+            page = read_store.usage(query)
+            for row in page.items:
+                if row.kind == "charge":
+                    assert row.reversed_ucr == reversed_ucr.get((sub, row.event_id), 0)
+            if page.next_cursor is None:
+                break
+            query = msgspec.structs.replace(query, cursor=page.next_cursor)
+    rebuilt.close()
+
+
+def _history(read_store: SqliteReadModelStore, sub: str) -> list[int]:
+    positions: list[int] = []
+    after: int | None = 0
+    while after is not None:
+        page = read_store.history(HistoryQuery(sub, after, limit=MAX_HISTORY_ROWS))
+        positions += [record.position for record in page.items]
+        after = page.next_after
+    return positions
