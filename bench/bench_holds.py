@@ -3,11 +3,17 @@
 `ledger serve` while usage is published to its stream at a fixed event rate.
 
     python bench/bench_holds.py [--rate 300] [--ingest-rate 10000] [--seconds 20]
+    python bench/bench_holds.py --writer-only [--slice 100] [--seconds 20]
 
 A hold is a write: it goes through the one writer of the log that also charges the usage
 batches, so it is the writer's fast path that is measured here. The load is open-loop, as in
 bench_authorization.py (whose ledger, publisher and percentiles this reuses): request i is due
 at start + i / rate, and its latency is counted from the instant it was due.
+
+`--writer-only` measures the writer thread alone, in this process, with no HTTP, pipe or
+Redis: usage batches of 1,000 go through the ingest processor at `--ingest-rate` while holds
+are submitted to the `FastLane` at `--rate`; a hold's latency runs from its due time to its
+append. `--slice 1000` is the writer without slices (a hold waits for the whole batch).
 """
 
 from __future__ import annotations
@@ -21,7 +27,9 @@ import random
 import signal
 import subprocess
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bench_authorization import (
@@ -37,7 +45,14 @@ from bench_authorization import (
     setup_jsonl,
 )
 
+from ledger.application import Ledger
+from ledger.clock import SystemClock
+from ledger.rate_card import load_rate_card
+from ledger.stores.sqlite import SqliteEventStore
+from schemas.commands import AddSeat, BuyPack, Command, OpenSubscription, PlaceHold
+from services.ingest.processor import SLICE_EVENTS, IngestProcessor
 from services.redis_server import EmbeddedRedis, free_loopback_port
+from services.writer import FastLane
 
 HOLD_CREDITS = "1.50"
 HOLD_TTL_S = 60
@@ -109,7 +124,12 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=300, help="hold requests/s")
     parser.add_argument("--ingest-rate", type=float, default=10_000, help="usage events/s")
     parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--writer-only", action="store_true", help="the writer thread alone")
+    parser.add_argument("--slice", type=int, default=SLICE_EVENTS, help="events per append")
     args = parser.parse_args()
+    if args.writer_only:
+        writer_only(args)
+        return
     folder = Path(tempfile.mkdtemp(prefix="bench-holds-"))
     embedded = EmbeddedRedis(folder / "redis")
     embedded.start()
@@ -178,6 +198,99 @@ def report(
         f"holds {len(from_due):,} ({len(from_due) / elapsed:,.0f}/s), errors"
         f" {measured['errors']}; log appended {appended:,.0f} records/s meanwhile"
     )
+
+
+INGEST_BATCH = 1_000
+
+
+class _NoLetters:
+    def write(self, letters: object) -> None:
+        pass
+
+
+def _open_ledger(folder: Path) -> Ledger:
+    ledger = Ledger(SqliteEventStore(folder / "ledger.sqlite3"), load_rate_card(), SystemClock())
+    for sub in range(SUBSCRIPTIONS):
+        commands: list[Command] = [OpenSubscription(f"sub-{sub}")]
+        commands += [AddSeat(f"sub-{sub}", f"sub-{sub}-seat-{n}", "premium") for n in range(SEATS)]
+        commands.append(BuyPack(f"sub-{sub}", "p-1"))
+        ledger.execute(commands)
+    return ledger
+
+
+def _batches(count: int) -> list[list[tuple[str, dict[bytes, bytes]]]]:
+    rng = random.Random(3)
+    batches = []
+    for b in range(count):
+        entries = []
+        for i in range(INGEST_BATCH):
+            sub = rng.randrange(SUBSCRIPTIONS)
+            event = {
+                "event_id": f"e-{b}-{i}",
+                "subscription_id": f"sub-{sub}",
+                "seat_id": f"sub-{sub}-seat-{rng.randrange(SEATS)}",
+                "model": "qwen3.6-plus",
+                "input_tokens": rng.randrange(100, 5_000),
+                "output_tokens": rng.randrange(10, 1_000),
+                "occurred_at": "2026-03-01T09:00:00Z",
+            }
+            entries.append((f"{b}-{i}", {b"data": json.dumps(event).encode()}))
+        batches.append(entries)
+    return batches
+
+
+def writer_only(args: argparse.Namespace) -> None:
+    folder = Path(tempfile.mkdtemp(prefix="bench-holds-writer-"))
+    writer = ThreadPoolExecutor(max_workers=1)
+    ledger = writer.submit(_open_ledger, folder).result()
+    lane = FastLane(ledger, writer)
+    processor = IngestProcessor(
+        ledger, None, _NoLetters(), between_slices=lane.run_waiting, slice_events=args.slice
+    )
+    batches = _batches(int(args.ingest_rate * args.seconds / INGEST_BATCH) + 1)
+    latencies: list[float] = []
+    started = time.perf_counter()
+
+    def ingest() -> None:
+        for n, batch in enumerate(batches):
+            delay = started + n * INGEST_BATCH / args.ingest_rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            writer.submit(processor.process, batch).result()
+
+    feeder = threading.Thread(target=ingest)
+    feeder.start()
+    rng = random.Random(13)
+    pending = []
+    for i in range(int(args.rate * args.seconds)):
+        due = started + i / args.rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        sub = rng.randrange(SUBSCRIPTIONS)
+        hold = PlaceHold(
+            f"sub-{sub}", f"sub-{sub}-seat-{rng.randrange(SEATS)}", f"h-{i}", 1_500_000
+        )
+        future = lane.submit([hold])
+        future.add_done_callback(
+            lambda _, due=due: latencies.append((time.perf_counter() - due) * 1_000)
+        )
+        pending.append(future)
+    for future in pending:
+        assert future.result()[0].status == "applied"
+    feeder.join()
+    elapsed = time.perf_counter() - started
+    writer.submit(ledger.store.close).result()
+    writer.shutdown()
+    print(
+        f"\nwriter only: holds at {args.rate:,.0f}/s for {args.seconds:g} s while batches of"
+        f" {INGEST_BATCH:,} usage events are charged at {args.ingest_rate:,.0f} events/s,"
+        f" {args.slice} events per append"
+    )
+    print(f"{'latency (ms)':<28} {'p50':>7} {'p90':>7} {'p99':>7} {'p99.9':>7} {'max':>7}")
+    row = [percentile(latencies, q) for q in (0.5, 0.9, 0.99, 0.999)] + [max(latencies)]
+    print(f"{'from due time':<28} " + " ".join(f"{v:>7.2f}" for v in row))
+    print(f"usage charged {len(batches) * INGEST_BATCH / elapsed:,.0f} events/s")
 
 
 if __name__ == "__main__":

@@ -94,10 +94,10 @@ class Worker:
     def __init__(self, settings: Settings, executor: ThreadPoolExecutor) -> None:
         self.settings = settings
         self.executor = executor
-        self.lane = FastLane(executor)
-        """The API's writes: on the same thread, ahead of the usage batches."""
         self.parts: Parts | None = None
         self.ledger: Ledger | None = None
+        self.lane: FastLane | None = None
+        """The API's writes: on the same thread, ahead of the usage batches."""
 
     def open(self) -> None:
         """Runs on the worker thread: SQLite connections belong to the thread that made them."""
@@ -109,6 +109,7 @@ class Worker:
         )
         self.parts = bootstrap(self.settings)
         self.ledger = self.parts.ledger()
+        self.lane = FastLane(self.ledger, self.executor)
 
     def tick(self, fence: Fence | None = None) -> int:
         """Append what fell due (under `fence` when given)."""
@@ -154,11 +155,11 @@ class ApiSupervisor:
         )
 
     def _spawn(self) -> None:
-        assert self.worker.ledger is not None
+        assert self.worker.lane is not None
         context = multiprocessing.get_context("spawn")
         ours, theirs = context.Pipe()
         self._ready = context.Event()
-        WriteChannelServer(ours, self.worker.ledger, self.worker.lane).start()
+        WriteChannelServer(ours, self.worker.lane).start()
         self._process = ApiProcess(self.settings, theirs, self._ready)
         self._process.start()
         theirs.close()  # the child has its own end now
@@ -286,7 +287,7 @@ async def _start_ingest(
 ) -> Ingest:
     if settings.role == "api":
         return Ingest()
-    assert redis_url is not None and worker.ledger is not None
+    assert redis_url is not None and worker.ledger is not None and worker.lane is not None
     if settings.role == "ingest":
         keeper = PartitionKeeper(
             leases=open_lease_store(settings),

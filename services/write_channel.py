@@ -14,14 +14,15 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from typing import Any, Final
 
 import structlog
 
-from ledger.application import Ledger, Outcome
+from ledger.application import Outcome
 from schemas.commands import Command
+from services.writer import FastLane
 
 EXECUTE: Final = "execute"
 
@@ -34,18 +35,11 @@ class WriteChannelError(RuntimeError):
 
 class WriteChannelServer:
     """In the serving process: a thread answering one API process's requests, running each
-    command batch on the writer thread through `executor` (the ledger's one thread, or its
-    `FastLane`)."""
+    command batch on the writer thread through its `FastLane`."""
 
-    def __init__(
-        self,
-        connection: Connection,
-        ledger: Ledger,
-        executor: Executor,
-    ) -> None:
+    def __init__(self, connection: Connection, lane: FastLane) -> None:
         self._connection = connection
-        self._ledger = ledger
-        self._executor = executor
+        self._lane = lane
         self._thread = threading.Thread(target=self._serve, name="write-channel", daemon=True)
 
     def start(self) -> None:
@@ -69,7 +63,7 @@ class WriteChannelServer:
 
     def _answer(self, kind: str, payload: Any) -> Any:
         if kind == EXECUTE:
-            return self._executor.submit(self._ledger.execute, payload).result()
+            return self._lane.submit(payload).result()
         raise WriteChannelError(f"unknown request {kind!r}")
 
 

@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Executor, Future
-from typing import Any, Protocol
+from typing import Protocol
 
 from ledger.application import Ledger, Outcome
 from projections.live import BalanceSource
@@ -62,40 +61,49 @@ class LedgerWriter:
         return outcomes
 
 
-class FastLane(Executor):
-    """An `Executor` whose work runs on `writer`'s one thread ahead of what is queued there.
+class FastLane:
+    """Commands someone waits on (the API's writes, a gateway's holds), decided on the writer
+    thread ahead of the usage batches queued there.
 
-    `submit` queues the work here and a task on `writer` that runs it when its turn comes; a
-    usage batch in progress on that thread runs it sooner, between two of its slices
-    (`run_waiting`). Either way it runs on the writer thread, one at a time, once."""
+    `submit` queues the commands here and a task on `writer` that runs them when its turn
+    comes; a usage batch in progress on that thread runs them sooner, between two of its
+    slices (`run_waiting`). Whatever waits then goes in one `Ledger.execute`: one append for
+    all of it (a group commit), each command still decided alone, on the state the ones before
+    it left."""
 
-    def __init__(self, writer: Executor) -> None:
+    def __init__(self, ledger: Ledger, writer: Executor) -> None:
+        self._ledger = ledger
         self._writer = writer
         self._lock = threading.Lock()
-        self._waiting: deque[tuple[Future[Any], Callable[[], Any]]] = deque()
+        self._waiting: list[tuple[Future[list[Outcome]], list[Command]]] = []
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        future: Future[Any] = Future()
+    def submit(self, commands: Sequence[Command]) -> Future[list[Outcome]]:
+        """The outcomes of `commands`, once decided and appended (or the error that befell
+        the group they were decided in)."""
+        future: Future[list[Outcome]] = Future()
         with self._lock:
-            self._waiting.append((future, lambda: fn(*args, **kwargs)))
+            self._waiting.append((future, list(commands)))
         self._writer.submit(self.run_waiting)
         return future
 
     def run_waiting(self) -> int:
-        """On the writer thread: run every waiting write, in order; how many ran."""
-        ran = 0
-        while True:
-            with self._lock:
-                if not self._waiting:
-                    return ran
-                future, work = self._waiting.popleft()
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                future.set_result(work())
-            except BaseException as error:  # the waiting caller gets it, as from `submit`
+        """On the writer thread: decide and append every waiting command, in the order they
+        came, in one append; how many callers were answered."""
+        with self._lock:
+            group, self._waiting = self._waiting, []
+        group = [
+            (future, asked) for future, asked in group if future.set_running_or_notify_cancel()
+        ]
+        if not group:
+            return 0
+        try:
+            outcomes = self._ledger.execute([command for _, asked in group for command in asked])
+        except BaseException as error:  # every caller of the group gets it, as from `submit`
+            for future, _ in group:
                 future.set_exception(error)
-            ran += 1
-
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """The writer's executor is shut down by its owner; nothing of its own to stop."""
+            return len(group)
+        start = 0
+        for future, asked in group:
+            future.set_result(outcomes[start : start + len(asked)])
+            start += len(asked)
+        return len(group)

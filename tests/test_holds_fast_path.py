@@ -75,22 +75,22 @@ class SlowLedger:
         return outcomes
 
 
-def test_a_hold_submitted_during_a_usage_batch_is_appended_between_two_slices(
+def test_holds_submitted_during_a_usage_batch_are_appended_together_between_two_slices(
     tmp_path: Path,
 ) -> None:
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer") as writer:
         store, ledger = writer.submit(_ledger, tmp_path).result()
-        lane = FastLane(writer)
+        lane = FastLane(ledger, writer)
         slow = SlowLedger(ledger)
         processor = IngestProcessor(
             slow, None, NoLetters(), between_slices=lane.run_waiting, slice_events=SLICE
         )
         batch = writer.submit(processor.process, _entries(BATCH))
         assert slow.first_slice.wait(10)
-        hold = lane.submit(ledger.execute, [PlaceHold("s", "a", "h1", 1_000_000)])
+        holds = [lane.submit([PlaceHold("s", "a", f"h{n}", 1_000_000)]) for n in range(5)]
         slow.hold_submitted.set()
-        [placed] = hold.result(10)
-        assert not batch.done(), "the hold did not wait for the whole batch"
+        placed = [hold.result(10)[0] for hold in holds]
+        assert not batch.done(), "the holds did not wait for the whole batch"
         assert batch.result(10).applied == BATCH
         kinds = writer.submit(
             lambda: [type(r.event()).__name__ for r in store.read(after=0)]
@@ -99,8 +99,11 @@ def test_a_hold_submitted_during_a_usage_batch_is_appended_between_two_slices(
     assert slow.slices == [SLICE] * (BATCH // SLICE)
     hold_at = kinds.index("HoldPlaced")
     assert kinds[:hold_at].count("UsageCharged") == SLICE  # after the first slice, before the rest
+    assert kinds[hold_at : hold_at + 5] == ["HoldPlaced"] * 5
     assert kinds[hold_at:].count("UsageCharged") == BATCH - SLICE
-    assert placed.records[0].position == hold_at + 1
+    records = [outcome.records[0] for outcome in placed]
+    assert [r.position for r in records] == list(range(hold_at + 1, hold_at + 6))
+    assert len({r.recorded_at_us for r in records}) == 1  # one append for the five
 
 
 def test_a_batch_smaller_than_a_slice_is_one_append(tmp_path: Path) -> None:
@@ -128,7 +131,7 @@ def test_writes_waiting_in_the_api_process_go_to_the_writer_in_one_trip(tmp_path
                 return ledger.execute(commands)
 
         ours, theirs = Pipe()
-        WriteChannelServer(ours, Counting(), FastLane(writer)).start()  # type: ignore[arg-type]
+        WriteChannelServer(ours, FastLane(Counting(), writer)).start()  # type: ignore[arg-type]
 
         async def caught_up() -> int:
             return 0
