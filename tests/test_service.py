@@ -129,7 +129,12 @@ def test_two_subscriptions_with_the_same_seat_ids_keep_four_balances(service: Se
 def test_suspension_and_resume_show_in_the_authorization_check(service: Service) -> None:
     service.open("susp", {"carol": "standard"})
     path = "/v1/subscriptions/susp/seats/carol/authorization"
-    assert service.ok("GET", path) == {"allowed": True, "available": "25000.00", "held": "0.00", "reason": "ok"}
+    assert service.ok("GET", path) == {
+        "allowed": True,
+        "available": "25000.00",
+        "held": "0.00",
+        "reason": "ok",
+    }
     service.publish_max("susp", "carol")  # 71,000: 25,000 from the seat, 46,000 uncovered
     check = eventually(
         lambda: service.ok("GET", path), lambda body: not body["allowed"], "the suspension"
