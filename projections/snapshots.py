@@ -115,6 +115,20 @@ def create_snapshot(snapshots: SnapshotStore, events: EventStore) -> SnapshotInf
     return save_snapshot(snapshots, events, position, state, balances)
 
 
+def balances_from_snapshot(
+    snapshots: SnapshotStore, events: EventStore, position: int
+) -> tuple[Balances, int]:
+    """The balances as of `position`: the newest valid snapshot at or before it, then the
+    records after it; with the snapshot's position (0 when none served)."""
+    start = newest_valid(snapshots, events, lambda s: decode_balances(s.balances), position)
+    balances, after = (Balances(), 0) if start is None else (start.value, start.position)
+    for chunk in events.read_event_data(after, position):
+        for data in chunk:
+            apply_data(balances, data)
+    balances.forget_changes()
+    return balances, after
+
+
 def prune(snapshots: SnapshotStore, keep: int = SNAPSHOTS_KEPT) -> list[int]:
     """Delete all but the newest `keep` snapshots; the positions deleted."""
     if keep < 1:

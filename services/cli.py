@@ -26,7 +26,12 @@ from ledger.rate_card import load_rate_card
 from ledger.snapshots import problem_with
 from projections.balances import Balances, overview
 from projections.replay import balances_as_of, resolve_as_of
-from projections.snapshots import SNAPSHOTS_KEPT, create_snapshot, prune
+from projections.snapshots import (
+    SNAPSHOTS_KEPT,
+    balances_from_snapshot,
+    create_snapshot,
+    prune,
+)
 from projections.usage import UsageQuery
 from schemas.commands import AdminCommand, ChargeOnRecord, ChargeUsage, Command
 from schemas.read_models import UsageRow
@@ -196,13 +201,21 @@ def notifications_rebuild(settings: Settings) -> None:
 @main.command()
 @click.option("--until", "until", help="An RFC 3339 instant or position:N (default: the head).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON overview per subscription.")
+@click.option(
+    "--from-snapshot",
+    is_flag=True,
+    help="Start from the newest valid snapshot at or before that point (default: position 0).",
+)
 @click.pass_obj
 @one_line_errors
-def replay(settings: Settings, until: str | None, as_json: bool) -> None:
+def replay(settings: Settings, until: str | None, as_json: bool, from_snapshot: bool) -> None:
     """Replay the log up to a point and print every subscription's balances as of then."""
     with opened(settings) as parts:
         position = resolve_as_of(parts.store, until) if until else parts.store.head().position
-        balances = _replay_with_progress(parts, position)
+        if from_snapshot:
+            balances, _ = balances_from_snapshot(parts.snapshots, parts.store, position)
+        else:
+            balances = _replay_with_progress(parts, position)
         _print_balances(balances, position, as_json)
 
 

@@ -230,7 +230,10 @@ def test_snapshots_are_created_shown_with_their_validity_and_pruned(cli, history
     assert "skipped: its checksum does not match" in cli("snapshot", "show").stdout
     again = cli("snapshot", "create")
     assert again.exit_code == 0, again.output
-    assert cli("replay").exit_code == 0
+    for until in ("position:7", "position:5"):
+        full = cli("replay", "--json", "--until", until)
+        assert full.exit_code == 0, full.output
+        assert cli("replay", "--json", "--from-snapshot", "--until", until).stdout == full.stdout
     pruned = cli("snapshot", "prune", "--keep", "1")
     assert (pruned.exit_code, pruned.stdout) == (0, "deleted 0 snapshot(s)\n")
     assert cli("snapshot", "prune", "--keep", "0").exit_code == 2

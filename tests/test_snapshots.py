@@ -21,6 +21,7 @@ from ledger.stores.postgres import PostgresEventStore, PostgresSnapshotStore
 from ledger.stores.sqlite import SqliteEventStore, SqliteSnapshotStore
 from projections.balances import dump
 from projections.replay import balances_as_of
+from projections.runner import ProjectionRunner
 from projections.snapshots import (
     Snapshotter,
     SubscriptionHistory,
@@ -29,6 +30,8 @@ from projections.snapshots import (
     encode_balances,
     prune,
 )
+from projections.stores.sqlite import SqliteReadModelStore
+from services.projector import _snapshot_if_due
 from tests.test_as_of import rows_of
 from tests.test_properties import RATE_CARD, as_command
 from tests.workload import START, Workload
@@ -243,3 +246,22 @@ def test_a_snapshot_store_keeps_saves_lists_newest_first_and_deletes(
     assert snapshot_store.load(20) == _snapshot(20, state=b"other")
     snapshot_store.delete(50)
     assert [i.position for i in snapshot_store.infos()] == [20, 5]
+
+
+def test_the_projector_saves_a_snapshot_of_its_balances_once_one_is_due(
+    history: History, tmp_path: Path
+) -> None:
+    for position in history.taken:
+        history.snapshots.delete(position)
+    read_store = SqliteReadModelStore(tmp_path / "rm.sqlite3", history.store)
+    runner = ProjectionRunner(history.store, read_store)
+    runner.catch_up()
+    snapshotter = Snapshotter(history.snapshots, history.store, every_records=10**6)
+    _snapshot_if_due(snapshotter, runner)
+    assert history.snapshots.infos() == []
+    snapshotter = Snapshotter(history.snapshots, history.store, every_records=500)
+    _snapshot_if_due(snapshotter, runner)
+    (info,) = history.snapshots.infos()
+    assert info.position == history.store.head().position
+    assert history.restarted().state == history.ledger.state
+    read_store.close()
