@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -261,12 +261,22 @@ def populate(server: ConsoleServer, *, with_bob: bool = True) -> None:
 
 @contextmanager
 def console_server(
-    work_dir: Path, redis_url: str, *, with_bob: bool = True
+    work_dir: Path,
+    redis_url: str,
+    *,
+    with_bob: bool = True,
+    env_overrides: Mapping[str, str] | None = None,
 ) -> Iterator[ConsoleServer]:
     """A `ledger serve` on a manual clock from `ANCHOR`, fed by `populate`, with a viewer token
     scoped to team-1 and an auditor token made through `POST /v1/tokens`."""
     running = contextmanager(start_service)
-    with running(work_dir, redis_url, admin_token=ADMIN, clock_start=rfc3339(ANCHOR)) as serve:
+    with running(
+        work_dir,
+        redis_url,
+        admin_token=ADMIN,
+        clock_start=rfc3339(ANCHOR),
+        env_overrides=env_overrides,
+    ) as serve:
         server = ConsoleServer(serve)
         populate(server, with_bob=with_bob)
         server.viewer_token = server.token("viewer", ["team-1"])

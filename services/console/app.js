@@ -3,6 +3,7 @@
 
 import { PALETTE, renderStackedBars } from "./chart.js";
 import { fromUcr, groupCredits, isZero, sumCredits, toUcr } from "./money.js";
+import { initNotifications, loadNotifications } from "./notifications.js";
 
 const SESSION_KEY = "credits-ledger-console";
 const USAGE_PAGE_ROWS = 25;
@@ -326,7 +327,9 @@ async function refresh({ resetUsage = false } = {}) {
     renderSubscription();
     renderBillingSummary();
     fillFilterOptions();
-    await Promise.all([loadChart(), loadUsagePage(resetUsage), loadHistory()]);
+    await Promise.all([
+      loadChart(), loadUsagePage(resetUsage), loadHistory(), loadNotifications(),
+    ]);
     setStatus(
       state.asOf
         ? `Showing the ledger as it was at ${fmtTime(state.asOf)} UTC.`
@@ -963,20 +966,23 @@ function voidSource() {
 
 // -- pages and time travel -------------------------------------------------------------------
 
+const PAGE_TITLES = { subscription: "Subscription", billing: "Billing", notifications: "Notifications" };
+
 function currentPage() {
-  return location.hash === "#/billing" ? "billing" : "subscription";
+  const page = location.hash.replace("#/", "");
+  return page in PAGE_TITLES ? page : "subscription";
 }
 
 function showPage() {
   const page = currentPage();
-  $("subscription-page").hidden = page !== "subscription";
-  $("billing-page").hidden = page !== "billing";
+  for (const name of Object.keys(PAGE_TITLES)) $(`${name}-page`).hidden = page !== name;
   for (const link of document.querySelectorAll("#nav a")) {
     if (link.dataset.page === page) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
   }
-  document.title = `${page === "billing" ? "Billing" : "Subscription"} · Credits ledger console`;
+  document.title = `${PAGE_TITLES[page]} · Credits ledger console`;
   if (page === "billing" && state.data) drawChart();
+  if (page === "notifications" && state.data) loadNotifications();
 }
 
 async function onAsOf(event) {
@@ -1031,6 +1037,10 @@ function start() {
     resizeTimer = setTimeout(() => state.data && !$("billing-page").hidden && drawChart(), RESIZE_SETTLE_MS);
   });
   setInterval(tickCountdowns, COUNTDOWN_TICK_MS);
+  initNotifications({
+    $, el, api, subPath, fmtTime, timeEl, statusBadge,
+    isAdmin: () => state.me?.role === "admin",
+  });
 
   const saved = JSON.parse(sessionStorage.getItem(SESSION_KEY) || "null");
   if (saved?.token && saved?.sub) {
