@@ -134,14 +134,14 @@ class _Auditor:
             problem = event_problem(self.state, event, at, self._charge_of(event))
         if problem is not None:
             return problem + _who_asked(event)
-        if isinstance(event, ADMIN_EVENTS):
-            self.admin_counts[0] += 1
-            self.admin_counts[1] += isinstance(event, CORRECTION_EVENTS)
         self.books.fold(self.state, event)
         try:
             evolve(self.state, event)
         except LogInconsistent as error:
-            return f"event does not follow from the log before it: {error}"
+            return f"event does not follow from the log before it: {error}{_who_asked(event)}"
+        if isinstance(event, ADMIN_EVENTS):
+            self.admin_counts[0] += 1
+            self.admin_counts[1] += isinstance(event, CORRECTION_EVENTS)
         return None
 
     def _charge_of(self, event: object) -> ChargeOnRecord | None:

@@ -9,8 +9,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from ledger.application import Ledger
+from ledger.audit import verify
 from ledger.clock import ManualClock
-from ledger.log import us_from_datetime
+from ledger.log import find_charge, us_from_datetime
 from ledger.rate_card import load_rate_card
 from ledger.stores.sqlite import SqliteEventStore
 from projections.history import HistoryQuery
@@ -26,7 +27,7 @@ from schemas.commands import (
     ReverseCharge,
     VoidPack,
 )
-from schemas.events import Actor
+from schemas.events import Actor, PackVoided
 from schemas.usage import UsageEvent
 from tests.test_projections import OpenReadStore, open_read_store  # noqa: F401 (a fixture)
 
@@ -146,3 +147,17 @@ def test_a_read_store_of_an_earlier_release_is_folded_again_from_the_start(
         assert len(store.history(HistoryQuery("team-1")).items) == 8
     finally:
         store.close()
+
+
+def test_an_audit_failure_at_a_correction_names_who_asked_and_why(tmp_path: Path) -> None:
+    store = _log(tmp_path / "ledger.sqlite3")
+    report = verify(store.read(), load_rate_card(), charges=lambda s, e: find_charge(store, s, e))
+    assert report.ok and (report.admin_writes, report.corrections) == (11, 5)
+    head = store.head()
+    forged = PackVoided("team-2", "p1", 1, ADMIN, "refunded, they say")  # p1 had more left
+    store.append([forged], head.recorded_at_us)
+    failed = verify(store.read(), load_rate_card(), charges=lambda s, e: find_charge(store, s, e))
+    assert failed.failure is not None and failed.failure.position == head.position + 1
+    assert failed.failure.reason.endswith(
+        "(asked by token tok_admin (admin), reason: 'refunded, they say')"
+    )
