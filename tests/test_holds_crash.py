@@ -25,9 +25,12 @@ CLAIM_IDLE_MS: Final = 500
 Publish = Callable[[dict[str, Any]], object]
 
 
-@pytest.fixture
-def serve(tmp_path: Path, redis_url: str) -> Iterator[tuple[ServeProcesses, HttpClient, Publish]]:
-    """`ledger serve` on a manual clock, its API as admin, and a gateway's XADD to its stream."""
+@pytest.fixture(params=["sqlite", "postgres"])
+def serve(
+    request: pytest.FixtureRequest, tmp_path: Path, redis_url: str
+) -> Iterator[tuple[ServeProcesses, HttpClient, Publish]]:
+    """`ledger serve` on a manual clock (SQLite, or PostgreSQL), its API as admin, and a
+    gateway's XADD to its stream."""
     stream = f"holds-crash.{uuid.uuid4().hex[:8]}.usage"
     env = ledger_env(
         data_dir=tmp_path / "data",
@@ -37,6 +40,11 @@ def serve(tmp_path: Path, redis_url: str) -> Iterator[tuple[ServeProcesses, Http
         claim_idle_ms=CLAIM_IDLE_MS,
     )
     env.update(LEDGER_CLOCK="manual", LEDGER_CLOCK_START="2026-03-01T09:00:00Z")
+    if request.param == "postgres":
+        env.update(
+            LEDGER_DATABASE_URL=request.getfixturevalue("postgres_url"),
+            LEDGER_DATABASE_SCHEMA=request.getfixturevalue("postgres_schema"),
+        )
     processes = ServeProcesses(env, tmp_path)
     client = redis.Redis.from_url(redis_url)
     api = HttpClient(f"http://127.0.0.1:{env['LEDGER_PORT']}", ADMIN)
@@ -118,6 +126,8 @@ def test_a_hold_that_expires_while_the_ledger_is_down_is_expired_after_the_resta
     _ok(api, "POST", HOLDS, {"hold_id": "h1", "credits": "10", "ttl_s": 60})
     _restart(processes, api)
     assert _ok(api, "GET", f"{HOLDS}/h1")["status"] == "active"
+    seat = _ok(api, "GET", "/v1/subscriptions/crash/seats/alice")
+    assert (seat["held"], seat["available"]) == ("10.00", "24990.00")
     _ok(api, "POST", "/v1/clock", {"now": "2026-03-01T09:02:00Z"})
     eventually(
         lambda: _ok(api, "GET", f"{HOLDS}/h1")["status"],
