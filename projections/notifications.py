@@ -59,6 +59,25 @@ class _Warning:
         )
 
 
+class _SeatMark:
+    """The thresholds a seat crossed in its cycle, and from which amount spent the lowest one
+    not crossed yet is reached (under these settings and this quota)."""
+
+    __slots__ = ("crossed", "cycle", "next_ucr", "quota_ucr", "settings", "used_ucr")
+
+    def __init__(self, cycle: int) -> None:
+        self.cycle = cycle
+        self.crossed: set[int] = set()
+        self.settings: NotificationSettings | None = None
+        self.used_ucr = self.quota_ucr = self.next_ucr = 0
+
+    def remember(self, settings: NotificationSettings, used_ucr: int, quota_ucr: int) -> None:
+        self.settings, self.used_ucr, self.quota_ucr = settings, used_ucr, quota_ucr
+        ahead = [p for p in settings.thresholds_percent if p not in self.crossed]
+        # The least amount spent at which `used * 100 >= percent * quota` holds.
+        self.next_ucr = -(-min(ahead) * quota_ucr // 100) if ahead else 1 << 62
+
+
 class NotificationDeriver:
     """Folds records into its own balances and says which notifications each one fires."""
 
@@ -66,8 +85,8 @@ class NotificationDeriver:
         self.balances = Balances()
         self.position = 0
         self._settings_of = settings_of or (lambda _sub: DEFAULT_SETTINGS)
-        self._crossed: dict[SeatKey, tuple[int, set[int]]] = {}
-        """Per seat: its cycle and the thresholds (percent) crossed in it."""
+        self._marks: dict[SeatKey, _SeatMark] = {}
+        """Per seat: the thresholds crossed in its cycle."""
         self._low: set[str] = set()
         """The subscriptions below their low-credits amount."""
         self._warnings: list[_Warning] = []
@@ -78,8 +97,10 @@ class NotificationDeriver:
     def fold(self, records: Iterable[StoredRecord]) -> list[Notification]:
         """Fold `records` (the next ones of the log, in order); what they fire, in order."""
         fired: list[Notification] = []
+        warnings = self._warnings
         for record in records:
-            fired += self.due(record.recorded_at_us)
+            if warnings and warnings[0].due_us <= record.recorded_at_us:
+                fired += self.due(record.recorded_at_us)
             fired += self._fold_one(record)
         self.balances.forget_changes()
         return fired
@@ -188,16 +209,25 @@ class NotificationDeriver:
         seat = self.balances.seats.get(key)
         if seat is None or seat.quota_ucr <= 0:
             return []
-        cycle, crossed = self._crossed.get(key, (seat.cycle, set()))
-        if cycle != seat.cycle:
-            crossed = set()
-        self._crossed[key] = (seat.cycle, crossed)
+        settings = self._settings_of(key[0])
+        mark = self._marks.get(key)
         used, quota = seat.used_ucr, seat.quota_ucr
+        if (
+            mark is not None
+            and mark.cycle == seat.cycle
+            and mark.quota_ucr == quota
+            and mark.settings is settings
+            and mark.used_ucr <= used < mark.next_ucr
+        ):
+            mark.used_ucr = used  # the hot path: more spent, no threshold reached
+            return []
+        if mark is None or mark.cycle != seat.cycle:
+            mark = self._marks[key] = _SeatMark(seat.cycle)
         fired = []
-        for percent in self._settings_of(key[0]).thresholds_percent:
+        for percent in settings.thresholds_percent:
             reached = used * 100 >= percent * quota
-            if reached and percent not in crossed:
-                crossed.add(percent)
+            if reached and percent not in mark.crossed:
+                mark.crossed.add(percent)
                 data = {
                     "seat_id": key[1],
                     "threshold_percent": percent,
@@ -208,7 +238,8 @@ class NotificationDeriver:
                 detail = f"{key[1]}:{percent}"
                 fired.append(self._notice("seat.threshold_reached", key[0], record, data, detail))
             elif not reached:
-                crossed.discard(percent)
+                mark.crossed.discard(percent)
+        mark.remember(settings, used, quota)
         return fired
 
     def _credits_low(self, sub: str, record: StoredRecord) -> list[Notification]:

@@ -19,7 +19,7 @@ from ledger.rate_card import load_rate_card
 from ledger.stores.sqlite import SqliteEventStore
 from projections.notifications import NotificationDeriver
 from projections.stores.notifications_sqlite import SqliteNotificationStore
-from schemas.commands import AddSeat, BuyPack, OpenSubscription
+from schemas.commands import AddSeat, BuyPack, OpenSubscription, PlaceHold
 from schemas.notifications import NotificationSettings
 from schemas.usage import UsageEvent
 from services.notifier.deriving import Notifier
@@ -220,3 +220,31 @@ def _check_metrics(service: Service, delivered: int) -> None:
     assert values['ledger_notifications_total{type="seat.threshold_reached"}'] == 4
     assert values['ledger_notifications_total{type="seat.suspended"}'] == 1
     assert values["ledger_webhook_delivery_lag_seconds_count"] == delivered
+
+
+def test_a_pack_used_up_and_a_hold_left_to_expire_notify_once_each(
+    ledger: tuple[Ledger, SqliteEventStore, ManualClock],
+) -> None:
+    book, store, clock = ledger
+    setup = [
+        OpenSubscription("team", ANCHOR),
+        AddSeat("team", "alice", "standard"),
+        AddSeat("team", "bob", "standard"),
+        BuyPack("team", "p1"),
+    ]
+    assert {o.status for o in book.execute(setup)} == {"applied"}
+    most = {"input_tokens": 50_000_000, "cached_tokens": 50_000_000, "output_tokens": 50_000_000}
+    for n in range(10):  # 10 x 71,000: alice's 25,000, then all of p1's 625,000, then uncovered
+        clock.advance(1_000_000)
+        [outcome] = book.charge([_usage(f"big-{n}", ANCHOR, most)])
+        assert outcome.status == "applied"
+    [held] = book.execute([PlaceHold("team", "bob", "h1", 1_000_000_000, ttl_s=60)])
+    assert held.status == "applied"
+    clock.advance(61_000_000)
+    book.tick()
+    fired = NotificationDeriver().fold(store.read())
+    kinds = [n.type for n in fired if n.type in ("pack.exhausted", "hold.expired")]
+    assert kinds == ["pack.exhausted", "hold.expired"]
+    exhausted, expired = (n for n in fired if n.type in kinds)
+    assert exhausted.data == {"pack_id": "p1", "kind": "pack", "seat_id": "alice"}
+    assert expired.data == {"seat_id": "bob", "hold_id": "h1", "released": "1000.00"}
