@@ -966,16 +966,9 @@ def seat_spendable_ucr(row: SeatRow) -> int:
     return max(0, row.remaining_ucr - row.held_ucr)
 
 
-def active_holds(balances: Balances, subscription_id: str) -> list[HoldRow]:
-    """The subscription's active holds, by hold id."""
-    ids = sorted(balances.active_holds.get(subscription_id, ()))
-    return [balances.holds[(subscription_id, hold_id)] for hold_id in ids]
-
-
 def held_ucr(balances: Balances, subscription_id: str, seat_id: str | None = None) -> int:
     """What the active holds of the subscription (of one seat, given `seat_id`) hold."""
-    return sum(
-        hold.credits_ucr
-        for hold in active_holds(balances, subscription_id)
-        if seat_id is None or hold.seat_id == seat_id
+    holds = (
+        balances.holds[(subscription_id, h)] for h in balances.active_holds.get(subscription_id, ())
     )
+    return sum(hold.credits_ucr for hold in holds if seat_id is None or hold.seat_id == seat_id)
