@@ -16,6 +16,7 @@ from tests.test_console import (  # noqa: F401 (fixtures)
     browser,
     cells,
     console,
+    download_csv,
     find,
     find_all,
     go,
@@ -101,6 +102,11 @@ def test_an_admin_corrects_with_a_reason_and_the_history_shows_who_and_why(
     assert len(reversal) == 1 and reversal[0]["credits"].startswith("-")
     [charge] = [r for r in usage_rows(driver) if r["event_id"] == "e9-1"]
     assert charge["credits"].endswith("reversed)")
+    downloaded = {row["event_id"]: row for row in download_csv(browser)}
+    [reversal_id] = [e for e, row in downloaded.items() if row["kind"] == "reversal"]
+    assert downloaded[reversal_id]["reverses"] == "e9-1"
+    assert downloaded[reversal_id]["reason"] == "published twice"
+    assert downloaded["e9-1"]["reversed"] == downloaded["e9-1"]["credits"]
     go(driver, "subscription")
 
     find(driver, "#correct-void").click()

@@ -22,7 +22,7 @@ const CSV_COLUMNS = [
   "recorded_at", "event_id", "occurred_at", "seat_id", "product", "model",
   "input_tokens", "cached_tokens", "output_tokens", "thinking", "tool_calls", "images",
   "input_per_1k", "cached_per_1k", "output_per_1k", "thinking_per_1k", "tool_call", "image",
-  "rate_card_version", "credits", "allocation",
+  "rate_card_version", "credits", "allocation", "kind", "reverses", "reversed", "reason",
 ];
 
 const state = {
@@ -621,6 +621,7 @@ function csvRow(row) {
     u.input_tokens, u.cached_tokens, u.output_tokens, u.thinking, u.tool_calls, u.images,
     k.input_per_1k, k.cached_per_1k, k.output_per_1k, k.thinking_per_1k, k.tool_call, k.image,
     row.rate_card_version, row.credits, allocation,
+    row.kind ?? "charge", row.reverses, row.reversed ?? "0.00", row.reason,
   ].map(csvCell).join(",");
 }
 
