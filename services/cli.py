@@ -574,7 +574,9 @@ def backfill(settings: Settings, source: IO[bytes], batch: int) -> None:
     """Append commands from a JSONL file (- for stdin) through the decider.
 
     Each line is a usage event (the v1 event a gateway publishes), or an admin command with a
-    "type" of subscription.open, seat.add, seat.change_tier, seat.remove or pack.buy. A line
+    "type" of subscription.open, seat.add, seat.change_tier, seat.remove, pack.buy, or a
+    correction: seat.adjust, grant.issue, usage.reverse, pack.void, grant.void (amounts in
+    micro-credits, `credits_ucr`; a reason; optionally an actor {token_id, role}). A line
     may carry "at" (RFC 3339): the ledger clock is then a manual clock moved to it (never
     backwards), so history can be written with the times it happened. Refused lines are
     reported on stderr as JSON; the summary goes to stdout.
