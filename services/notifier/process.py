@@ -30,8 +30,6 @@ from services.notifier.stream import StreamPublisher
 POLL_INTERVAL_S: Final = 0.01
 """Seconds between two looks at the log when the last found nothing new."""
 WRITER_LOCK_POLL_S: Final = 0.5
-NOTIFIER_NICENESS: Final = 5
-"""Added to the notifier's nice value: the HTTP API and the writer come first."""
 
 log = structlog.get_logger("ledger.notifier")
 
@@ -47,7 +45,8 @@ def run_notifier(settings: Settings, parent_pid: int, redis_url: str | None) -> 
         return not stopping.is_set() and os.getppid() == parent_pid
 
     configure_logging(settings.log_format)
-    os.nice(NOTIFIER_NICENESS)
+    # No lower priority (unlike the projector): a gateway learns of a suspension through here,
+    # and on a busy machine a niced notifier fell seconds behind.
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     die_with_parent()
