@@ -136,3 +136,17 @@ def test_a_viewer_sees_the_history_but_no_correction_actions(
     assert not find(driver, "#correct-adjust").is_displayed()
     actions = [row[1] for row in history(driver)]
     assert "Pack bought" in actions and "Subscription opened" in actions
+
+
+def test_a_correction_retried_against_ledger_serve_answers_the_same(
+    console: ConsoleServer,  # noqa: F811
+) -> None:
+    """The retry's answer comes from the projector's history index, in another process."""
+    console.open("team-10", {"finn": "standard"})
+    path = "/v1/subscriptions/team-10/seats/finn/adjustments"
+    body = {"adjustment_id": "a-10", "credits": "-1.5", "reason": "typo"}
+    first = console.request("POST", path, body)
+    again = console.request("POST", path, body)
+    assert (first.status, again.status) == (201, 200)
+    assert again.body == first.body and first.body["credits"] == "-1.50"
+    assert console.request("POST", path, body | {"reason": "other"}).status == 409
