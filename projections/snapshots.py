@@ -129,6 +129,20 @@ def balances_from_snapshot(
     return balances, after
 
 
+def further_along(
+    snapshots: SnapshotStore, events: EventStore, balances: Balances, position: int
+) -> tuple[Balances, int]:
+    """Where to start following the log: `balances` at `position` (a read store's tables), or
+    the newest valid snapshot's balances when it is further along (after a projector that
+    lagged, a start then folds less of the log)."""
+    if not any(info.position > position for info in snapshots.infos()):
+        return balances, position
+    found = newest_valid(snapshots, events, lambda s: decode_balances(s.balances))
+    if found is None or found.position <= position:
+        return balances, position
+    return found.value, found.position
+
+
 def prune(snapshots: SnapshotStore, keep: int = SNAPSHOTS_KEPT) -> list[int]:
     """Delete all but the newest `keep` snapshots; the positions deleted."""
     if keep < 1:

@@ -28,6 +28,7 @@ import uvloop
 
 from ledger.log import EventStore
 from projections.live import LiveBalances
+from projections.snapshots import further_along
 from services.api.app import create_app
 from services.bootstrap import (
     make_clock,
@@ -35,6 +36,7 @@ from services.bootstrap import (
     open_notification_store,
     open_read_model_reader,
     open_read_store,
+    open_snapshot_store,
     open_token_store,
 )
 from services.children import ChildProcess, die_with_parent
@@ -67,9 +69,11 @@ class Follower:
     def _open(self) -> None:
         events = open_event_store(self.settings)
         read_store = open_read_store(self.settings, events)
+        snapshots = open_snapshot_store(self.settings)
         try:
-            balances, position = read_store.snapshot()
+            balances, position = further_along(snapshots, events, *read_store.snapshot())
         finally:
+            snapshots.close()
             read_store.close()
         self._events = events
         self._live = LiveBalances(events, balances, position)
@@ -110,6 +114,7 @@ async def _serve(settings: Settings, connection: Connection, ready: Event) -> No
     events = open_event_store(settings)
     writer = RemoteWriter(connection, follower.catch_up)
     notices = open_notification_store(settings)
+    snapshots = open_snapshot_store(settings)
     app = create_app(
         events=events,
         read_models=open_read_model_reader(settings, events),
@@ -120,6 +125,7 @@ async def _serve(settings: Settings, connection: Connection, ready: Event) -> No
         metrics_token=settings.metrics_token,
         notices=notices,
         allow_private_webhooks=settings.webhook_allow_private,
+        snapshots=snapshots,
     )
     server = uvicorn.Server(
         uvicorn.Config(
@@ -143,6 +149,7 @@ async def _serve(settings: Settings, connection: Connection, ready: Event) -> No
                 await task
         writer.close()
         notices.close()
+        snapshots.close()
         events.close()
         tokens.close()
         follower.close()

@@ -20,6 +20,7 @@ from ledger.snapshots import SNAPSHOT_FORMAT, SnapshotStore, StoredSnapshot, che
 from ledger.stores.postgres import PostgresEventStore, PostgresSnapshotStore
 from ledger.stores.sqlite import SqliteEventStore, SqliteSnapshotStore
 from projections.balances import dump
+from projections.live import LiveBalances
 from projections.replay import balances_as_of
 from projections.runner import ProjectionRunner
 from projections.snapshots import (
@@ -28,6 +29,7 @@ from projections.snapshots import (
     create_snapshot,
     decode_balances,
     encode_balances,
+    further_along,
     prune,
 )
 from projections.stores.sqlite import SqliteReadModelStore
@@ -290,3 +292,21 @@ def test_a_start_from_a_snapshot_in_postgresql_equals_a_start_from_nothing(
         store.close()
         with psycopg.connect(postgres_url, autocommit=True) as db:
             db.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+def test_live_balances_start_from_a_snapshot_further_along_than_the_read_models(
+    history: History, tmp_path: Path
+) -> None:
+    read_store = SqliteReadModelStore(tmp_path / "rm.sqlite3", history.store)
+    behind, at = read_store.snapshot()
+    assert at == 0
+    balances, position = further_along(history.snapshots, history.store, behind, at)
+    assert position == history.taken[-1]
+    live = LiveBalances(history.store, balances, position)
+    live.catch_up()
+    assert dump(live.balances) == dump(balances_as_of(history.store, history.store.head().position))
+
+    ProjectionRunner(history.store, read_store).catch_up()
+    ahead, at = read_store.snapshot()
+    assert further_along(history.snapshots, history.store, ahead, at) == (ahead, at)
+    read_store.close()
