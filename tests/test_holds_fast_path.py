@@ -120,6 +120,17 @@ def test_a_batch_smaller_than_a_slice_is_one_append(tmp_path: Path) -> None:
     assert (slow.slices, calls) == ([SLICE], [])
 
 
+def test_without_writes_to_run_between_slices_a_batch_is_one_append(tmp_path: Path) -> None:
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        store, ledger = writer.submit(_ledger, tmp_path).result()
+        slow = SlowLedger(ledger)
+        slow.hold_submitted.set()
+        processor = IngestProcessor(slow, None, NoLetters(), slice_events=SLICE)
+        assert writer.submit(processor.process, _entries(BATCH)).result().applied == BATCH
+        writer.submit(store.close).result()
+    assert slow.slices == [BATCH]
+
+
 def test_writes_waiting_in_the_api_process_go_to_the_writer_in_one_trip(tmp_path: Path) -> None:
     with ThreadPoolExecutor(max_workers=1) as writer:
         store, ledger = writer.submit(_ledger, tmp_path).result()
