@@ -1,23 +1,31 @@
 """Benchmark (not a test): what history costs on a large SQLite log, with snapshots.
 
     python bench/bench_history.py [--records 100000 1000000] [--snapshot-every 100000]
+        [--serve-restarts 3]
 
 For each size, appends usage through the ledger's own writer (idempotency look-up, decide, one
 append per batch of 1,000) in a fresh folder, taking a snapshot every `--snapshot-every`
 records as the projector would, then measures: the writer's start from the newest snapshot
 (and from nothing, up to 1M), one subscription `as_of` at random positions (p50/p99, from the
 nearest snapshot), a full replay and a full audit (records/s), and bytes per charge on disk (the
-log's file: records, their subscription index and the idempotency index).
+log's file: records, their subscription index and the idempotency index). With
+`--serve-restarts N`, also starts `ledger serve` on that folder N times (its private Redis, the
+system clock) and times each from launch to a 200 from `/readyz`, then stops it.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
+import signal
 import sqlite3
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -33,6 +41,7 @@ from projections.replay import balances_as_of
 from projections.snapshots import SubscriptionHistory, create_snapshot
 from schemas.commands import AddSeat, BuyPack, OpenSubscription
 from schemas.usage import UsageEvent
+from services.redis_server import free_loopback_port
 
 MODELS = ("qwen3.6-plus", "glm-5", "MiniMax-M2.5", "deepseek-v3.2")
 START = datetime(2026, 5, 1, tzinfo=UTC)
@@ -169,11 +178,36 @@ def measure(folder: Path, records: int, rate_card: RateCard) -> list[tuple[str, 
     return rows
 
 
+def restart_to_ready(folder: Path) -> float:
+    """Seconds from launching `ledger serve` on `folder` to its first ready answer."""
+    port = free_loopback_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
+    env.update(LEDGER_DATA_DIR=str(folder), LEDGER_PORT=str(port), LEDGER_ADMIN_TOKEN="bench")
+    with (folder / "serve.log").open("ab") as log:
+        started = time.perf_counter()
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "serve"], env=env, stdout=log, stderr=log
+        )
+        try:
+            while True:
+                if serve.poll() is not None:
+                    raise SystemExit(f"ledger serve exited; see {folder / 'serve.log'}")
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1):
+                        return time.perf_counter() - started
+                except OSError:
+                    time.sleep(0.05)
+        finally:
+            serve.send_signal(signal.SIGTERM)
+            serve.wait(60)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--snapshot-every", type=int, default=100_000)
     parser.add_argument("--dir", type=Path, default=None, help="Where the SQLite files go.")
+    parser.add_argument("--serve-restarts", type=int, default=0)
     args = parser.parse_args()
     rate_card = load_rate_card()
     for records in args.records:
@@ -182,6 +216,9 @@ def main() -> None:
         appending = build(folder, records, args.snapshot_every, rate_card)
         rows = [("append through the writer", f"{records / appending:,.0f} charges/s")]
         rows += measure(folder, records, rate_card)
+        if args.serve_restarts:
+            took = [restart_to_ready(folder) for _ in range(args.serve_restarts)]
+            rows.append(("ledger serve, launch to ready", ", ".join(f"{t:.1f} s" for t in took)))
         print(
             f"\n{records:,} charges, {SUBSCRIPTIONS} subscriptions x {SEATS_PER_SUBSCRIPTION}"
             f" seats, a snapshot every {args.snapshot_every:,} records"
