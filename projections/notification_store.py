@@ -169,12 +169,16 @@ class SqlNotificationStore:
 
     # -- the feed ------------------------------------------------------------------------------
 
-    def feed(self, sub: str, after: int, limit: int) -> list[tuple[int, Notification]]:
-        """The subscription's notifications after sequence `after`, oldest first."""
+    def feed(
+        self, sub: str, after: int, limit: int, until_position: int | None = None
+    ) -> list[tuple[int, Notification]]:
+        """The subscription's notifications after sequence `after`, oldest first; with
+        `until_position`, only those derived at or before that log position."""
+        until = (1 << 62) if until_position is None else until_position
         rows = self._run(
             "SELECT seq, body FROM nt_notifications WHERE subscription_id = ? AND seq > ?"
-            " ORDER BY seq LIMIT ?",
-            (sub, after, min(limit, MAX_FEED_ITEMS)),
+            " AND position <= ? ORDER BY seq LIMIT ?",
+            (sub, after, until, min(limit, MAX_FEED_ITEMS)),
         )
         return [(int(seq), _NOTIFICATION.decode(body)) for seq, body in rows]
 

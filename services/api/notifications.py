@@ -13,7 +13,7 @@ from litestar.params import QueryParameter
 from ledger.money import format_credits, parse_credits
 from projections.notification_store import MAX_FEED_ITEMS, SqlNotificationStore
 from schemas.notifications import MAX_THRESHOLD_PERCENT, MAX_THRESHOLDS, NotificationSettings
-from services.api.bodies import PathId
+from services.api.bodies import AsOf, PathId
 from services.api.controller import V1Controller
 from services.api.dependencies import Injected
 from services.api.guards import ADMINS, SUBSCRIPTION_READERS, requires
@@ -99,9 +99,11 @@ class NotificationController(V1Controller):
             str | None, QueryParameter(pattern=FEED_CURSOR_PATTERN, max_length=18)
         ] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=MAX_FEED_ITEMS)] = DEFAULT_FEED_ITEMS,
+        as_of: AsOf = None,
     ) -> NotificationPage:
         must_exist(reads, sub)
-        rows = notices.feed(sub, int(after or 0), limit)
+        until = None if as_of is None else await reads.position_of(as_of)
+        rows = notices.feed(sub, int(after or 0), limit, until)
         items = [
             NotificationView(
                 n.notification_id,
