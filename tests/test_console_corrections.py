@@ -150,3 +150,31 @@ def test_a_correction_retried_against_ledger_serve_answers_the_same(
     assert (first.status, again.status) == (201, 200)
     assert again.body == first.body and first.body["credits"] == "-1.50"
     assert console.request("POST", path, body | {"reason": "other"}).status == 409
+
+
+def test_an_admin_reverses_a_charge_from_its_usage_row(
+    browser: Browser,  # noqa: F811
+    console: ConsoleServer,  # noqa: F811
+) -> None:
+    driver = browser.driver
+    console.open("team-11", {"gus": "standard"})
+    at = datetime(2026, 2, 4, 9, 30, tzinfo=UTC)
+    console.charge(usage("e11-1", "team-11", "gus", at, input_tokens=8_349, output_tokens=573))
+    sign_in(driver, console, ADMIN, "team-11")
+    go(driver, "billing")
+    find(driver, '#usage-table tr[data-event-id="e11-1"] [data-action=reverse-charge]').click()
+    wait_for(driver, lambda d: find(d, "#confirm-dialog").is_displayed())
+    assert find(driver, "#confirm-event").get_attribute("value") == "e11-1"
+    find(driver, "#confirm-credits").send_keys("1")
+    find(driver, "#confirm-reason").send_keys("part of it was a retry")
+    find(driver, "#confirm-ok").click()
+    wait_for(driver, lambda d: not find(d, "#confirm-dialog").is_displayed())
+    wait_idle(driver)
+    [charge] = [r for r in usage_rows(driver) if r["event_id"] == "e11-1"]
+    assert charge["credits"].endswith("(1.00 reversed)")
+    [logged] = [e for e in console.log_events("usage.reversed") if e["event_id"] == "e11-1"]
+    assert (logged["credits_ucr"], logged["reason"]) == (1_000_000, "part of it was a retry")
+    viewer = console.token("viewer", ["team-11"])
+    sign_in(driver, console, viewer)
+    go(driver, "billing")
+    assert find_all(driver, "#usage-table [data-action=reverse-charge]") == []

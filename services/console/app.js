@@ -580,7 +580,8 @@ function renderUsage() {
     el("td", { className: "usage" }, usageText(row)),
     el("td", { className: "coefficients", title: `rate card ${row.rate_card_version}` }, coefficientText(row)),
     el("td", { className: "num credits" }, creditsText(row)),
-    el("td", { className: "allocation" }, allocationText(row.allocation)))));
+    el("td", { className: "allocation" }, allocationText(row.allocation)),
+    reverseCell(row))));
   labelCells($("usage-table"));
   $("usage-empty").hidden = rows.length > 0;
   const first = index * USAGE_PAGE_ROWS + 1;
@@ -813,6 +814,18 @@ function creditsText(row) {
   if (row.kind === "reversal") return `${row.credits} (reverses ${row.reverses})`;
   if (row.reversed && !isZero(row.reversed)) return `${row.credits} (${row.reversed} reversed)`;
   return row.credits;
+}
+
+/** A charge row's "Reverse…" button for admins (while something of it is left to reverse). */
+function reverseCell(row) {
+  const left = row.kind === "charge" && toUcr(row.credits) > toUcr(row.reversed ?? "0");
+  if (!canAdminister() || !left) return el("td", { className: "admin-only actions", hidden: !canAdminister() });
+  const button = el("button", {
+    type: "button", className: "secondary small", "data-action": "reverse-charge",
+    "aria-label": `Reverse charge ${row.event_id}`,
+  }, "Reverse…");
+  button.addEventListener("click", () => reverseCharge(row.event_id));
+  return el("td", { className: "actions" }, button);
 }
 
 async function loadHistory() {
