@@ -10,7 +10,9 @@ for an older one, or for a fold from the start: never a wrong state.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import typing
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -100,12 +102,68 @@ _STATE_ENCODER: Final = msgspec.msgpack.Encoder(enc_hook=_encode_hook)
 _STATE_DECODER: Final = msgspec.msgpack.Decoder(LedgerState, dec_hook=_decode_hook)
 
 
+LAYOUT_BYTES: Final = 8
+
+
+class LayoutChanged(msgspec.DecodeError):
+    """A snapshot blob written by code whose types had other fields: it is not read (a field
+    added with a default would otherwise read as that default, not as what the log says)."""
+
+
+def layout_of(*types_: type) -> bytes:
+    """A fingerprint of the fields (names and declared types, nested types included) of
+    dataclasses and msgspec structs: it changes whenever one of them gains, loses or retypes
+    a field, so a snapshot of an older shape is never read as this one."""
+    described: list[str] = []
+    pending, seen = list(types_), set()
+    while pending:
+        kind = pending.pop(0)
+        if kind in seen:
+            continue
+        seen.add(kind)
+        if dataclasses.is_dataclass(kind):
+            fields = [(f.name, str(f.type)) for f in dataclasses.fields(kind)]
+            hints = typing.get_type_hints(kind)
+        else:
+            fields = [(f.name, str(f.type)) for f in msgspec.structs.fields(kind)]
+            hints = {f.name: f.type for f in msgspec.structs.fields(kind)}
+        described.append(f"{kind.__name__}{fields}")
+        for hint in hints.values():
+            pending += [t for t in _types_in(hint) if t not in seen]
+    return hashlib.sha256("\n".join(described).encode()).digest()[:LAYOUT_BYTES]
+
+
+def _types_in(hint: Any) -> list[type]:
+    found = [hint] if isinstance(hint, type) and _has_fields(hint) else []
+    for arg in typing.get_args(hint):
+        found += _types_in(arg)
+    return found
+
+
+def _has_fields(kind: type) -> bool:
+    return dataclasses.is_dataclass(kind) or issubclass(kind, msgspec.Struct)
+
+
+def with_layout(layout: bytes, data: bytes) -> bytes:
+    return layout + data
+
+
+def without_layout(layout: bytes, blob: bytes) -> memoryview:
+    """The data after the layout fingerprint; `LayoutChanged` when it is another layout's."""
+    if blob[:LAYOUT_BYTES] != layout:
+        raise LayoutChanged("it was written by code whose state had other fields")
+    return memoryview(blob)[LAYOUT_BYTES:]
+
+
+STATE_LAYOUT: Final = layout_of(LedgerState)
+
+
 def encode_state(state: LedgerState) -> bytes:
-    return _STATE_ENCODER.encode(state)
+    return with_layout(STATE_LAYOUT, _STATE_ENCODER.encode(state))
 
 
 def decode_state(data: bytes) -> LedgerState:
-    return _STATE_DECODER.decode(data)
+    return _STATE_DECODER.decode(without_layout(STATE_LAYOUT, data))
 
 
 # -- choosing one ------------------------------------------------------------------------------

@@ -20,8 +20,10 @@ from ledger.snapshots import (
     ValidSnapshot,
     decode_state,
     encode_state,
+    layout_of,
     newest_valid,
     sealed,
+    without_layout,
 )
 from ledger.state import LedgerState, evolve, initial_state
 from projections.balances import (
@@ -54,10 +56,11 @@ class _BalancesBlob(msgspec.Struct, array_like=True):
 
 _BLOB_ENCODER: Final = msgspec.msgpack.Encoder()
 _BLOB_DECODER: Final = msgspec.msgpack.Decoder(_BalancesBlob)
+BALANCES_LAYOUT: Final = layout_of(_BalancesBlob)
 
 
 def encode_balances(balances: Balances) -> bytes:
-    return _BLOB_ENCODER.encode(
+    return BALANCES_LAYOUT + _BLOB_ENCODER.encode(
         _BalancesBlob(
             list(balances.subscriptions.values()),
             list(balances.seats.values()),
@@ -69,7 +72,7 @@ def encode_balances(balances: Balances) -> bytes:
 
 def decode_balances(data: bytes, only: str | None = None) -> Balances:
     """The balances a snapshot holds; with `only`, that subscription's rows alone."""
-    blob = _BLOB_DECODER.decode(data)
+    blob = _BLOB_DECODER.decode(without_layout(BALANCES_LAYOUT, data))
     if only is None:
         return Balances.from_rows(blob.subscriptions, blob.seats, blob.shared, blob.holds)
     return Balances.from_rows(

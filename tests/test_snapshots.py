@@ -4,19 +4,29 @@ past from snapshots equal a full replay."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import psycopg
 import pytest
 from structlog.testing import capture_logs
 
+from ledger import snapshots as snapshots_module
 from ledger.application import Ledger
 from ledger.clock import ManualClock
 from ledger.log import us_from_datetime
-from ledger.snapshots import SNAPSHOT_FORMAT, SnapshotStore, StoredSnapshot, checksum, sealed
+from ledger.snapshots import (
+    SNAPSHOT_FORMAT,
+    SnapshotStore,
+    StoredSnapshot,
+    checksum,
+    layout_of,
+    sealed,
+)
 from ledger.stores.postgres import PostgresEventStore, PostgresSnapshotStore
 from ledger.stores.sqlite import SqliteEventStore, SqliteSnapshotStore
 from projections.balances import dump
@@ -310,3 +320,25 @@ def test_live_balances_start_from_a_snapshot_further_along_than_the_read_models(
     ahead, at = read_store.snapshot()
     assert further_along(history.snapshots, history.store, ahead, at) == (ahead, at)
     read_store.close()
+
+
+def test_a_snapshot_of_a_state_with_other_fields_is_skipped(
+    history: History, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(snapshots_module, "STATE_LAYOUT", bytes(snapshots_module.LAYOUT_BYTES))
+    with capture_logs() as logs:
+        restarted = history.restarted()
+    assert restarted.state == Ledger(history.store, RATE_CARD, history.clock).state
+    skipped = [entry for entry in logs if entry["event"] == "snapshot.skipped"]
+    assert len(skipped) == len(history.taken)
+    assert all("other fields" in entry["reason"] for entry in skipped)
+
+
+def test_the_layout_changes_when_a_nested_type_gains_a_field() -> None:
+    def outer(*inner_fields: Any) -> type:
+        inner = dataclasses.make_dataclass("Inner", inner_fields)
+        return dataclasses.make_dataclass("Outer", [("inner", dict[str, inner])])  # type: ignore[valid-type]
+
+    before = layout_of(outer(("a", int)))
+    assert layout_of(outer(("a", int))) == before
+    assert layout_of(outer(("a", int), ("b", int, dataclasses.field(default=0)))) != before
