@@ -44,8 +44,10 @@ CONNECT_TIMEOUT_S: Final = 5.0
 MAX_RETRY_DELAY_S: Final = 3_600.0
 JITTER: Final = 0.2
 """Each delay is stretched or shrunk by up to this share, at random."""
-POLL_INTERVAL_S: Final = 0.02
-"""Seconds between two looks at an empty outbox, and at the list of endpoints."""
+POLL_INTERVAL_S: Final = 0.05
+"""Seconds between two looks at an empty outbox."""
+ENDPOINTS_POLL_S: Final = 0.5
+"""Seconds between two looks at the list of endpoints (a new one starts within this)."""
 MAX_ERROR_CHARS: Final = 500
 US_PER_S: Final = 1_000_000
 
@@ -89,6 +91,10 @@ class DeliveryWorker:
         self._stopping.set()
         self._thread.join()
 
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def _main(self) -> None:
         self._store = open_notification_store(self.settings)
         try:
@@ -116,7 +122,7 @@ class DeliveryWorker:
                 for key, webhook in active.items():
                     if key not in tasks:
                         tasks[key] = asyncio.create_task(self._serve(client, webhook))
-                await asyncio.sleep(POLL_INTERVAL_S)
+                await asyncio.sleep(ENDPOINTS_POLL_S)
             for task in tasks.values():
                 task.cancel()
             await asyncio.gather(*tasks.values(), return_exceptions=True)

@@ -68,7 +68,7 @@ def run_notifier(settings: Settings, parent_pid: int, redis_url: str | None) -> 
         delivery.start()
         log.info("notifier.started", position=notifier.position)
         try:
-            _derive(notifier, store, publisher, wanted)
+            _derive(notifier, store, publisher, lambda: wanted() and _delivering(delivery))
         finally:
             delivery.stop()
         log.info("notifier.stopped", position=notifier.position)
@@ -95,6 +95,15 @@ def _derive(
                 log.warning("notifier.publish_failed", error=str(error))
         if step is not None and step[0] == 0 and published == 0:
             time.sleep(POLL_INTERVAL_S)
+
+
+def _delivering(delivery: DeliveryWorker) -> bool:
+    """True while the delivery thread runs; when it has stopped on an error, the notifier
+    stops too, and `ledger serve` starts it again (with a new thread)."""
+    if not delivery.alive:
+        log.error("notifier.delivery_stopped")
+        return False
+    return True
 
 
 def _lock_writer(store: SqlNotificationStore, wanted: Callable[[], bool]) -> bool:
