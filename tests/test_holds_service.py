@@ -201,7 +201,12 @@ def test_usage_naming_a_hold_settles_it_below_equal_or_above_what_it_held(
     assert (charge["hold_id"], charge["hold_status"]) == ("h1", "settled")
     assert charge["credits_ucr"] == 3_180_000
     assert charge["allocation"] == [{"source": "seat", "id": "alice", "credits_ucr": 3_180_000}]
-    hold = hold_of(service, "settle", "alice", "h1")
+    # The log has the charge before the API's live balances have folded it.
+    hold = eventually(
+        lambda: hold_of(service, "settle", "alice", "h1"),
+        lambda hold: hold["status"] != "active",
+        "the API folding the settlement",
+    )
     assert (hold["status"], hold["settled_by"]) == ("settled", "e1")
     seat = service.api.get("/v1/subscriptions/settle/seats/alice").body
     assert (seat["used"], seat["held"], seat["available"]) == (SMALL_CREDITS, left, "24996.82")
