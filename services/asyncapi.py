@@ -1,5 +1,5 @@
-"""The AsyncAPI document of the usage stream: `python -m services.asyncapi` writes
-`docs/asyncapi.json`.
+"""The AsyncAPI document of the usage stream (and of the notification stream the ledger
+publishes on): `python -m services.asyncapi` writes `docs/asyncapi.json`.
 
 FastStream generates the channel, the consumer group and the server from the subscriber
 itself; the subscriber takes raw entries (so that dead letters keep their original bytes),
@@ -16,8 +16,9 @@ from typing import Any
 import msgspec
 from faststream.specification import AsyncAPI
 
+from schemas.notifications import Notification
 from schemas.usage import UsageEvent
-from services.config import DEFAULT_STREAM
+from services.config import DEFAULT_NOTIFICATION_STREAM, DEFAULT_STREAM
 from services.ingest.consumer import IngestConfig, create_app
 from services.ingest.dead_letters import DeadLetter
 from services.ingest.processor import IngestProcessor
@@ -77,7 +78,33 @@ def asyncapi_document(stream: str = DEFAULT_STREAM) -> dict[str, Any]:
         "channel": {"$ref": f"#/channels/{dead}"},
         "messages": [{"$ref": f"#/channels/{dead}/messages/DeadLetter"}],
     }
+    _add_notifications(document)
     return document
+
+
+def _add_notifications(document: dict[str, Any], stream: str = DEFAULT_NOTIFICATION_STREAM) -> None:
+    """The notification stream the ledger publishes on (`XADD <stream> MAXLEN ~ N * data`)."""
+    (schema,), definitions = msgspec.json.schema_components([Notification])
+    document["components"]["schemas"].update(definitions)
+    document["channels"][stream] = {
+        "address": stream,
+        "description": (
+            "Notifications the ledger derives from its log (docs/notifications.md), each"
+            " once per crossing with a stable notification_id: read with XREAD, dedupe on"
+            " the id (delivery is at least once)."
+        ),
+        "messages": {"Notification": {"$ref": "#/components/messages/Notification"}},
+    }
+    document["components"]["messages"]["Notification"] = {
+        "title": "Notification",
+        "description": "The stream entry's field `data` holds this JSON object.",
+        "payload": _ref(schema),
+    }
+    document["operations"][f"{stream}:publish"] = {
+        "action": "send",
+        "channel": {"$ref": f"#/channels/{stream}"},
+        "messages": [{"$ref": f"#/channels/{stream}/messages/Notification"}],
+    }
 
 
 def _ref(schema: dict[str, Any]) -> dict[str, Any]:
