@@ -135,6 +135,10 @@ def test_a_void_removes_what_is_left_and_again_answers_the_first_void(api: Api) 
     api.post(f"{SUB}/grants", grant | {"reason": "test"})
     voided = api.post(f"{SUB}/grants/g-1/void", {"reason": "issued by mistake"})
     assert voided.status_code == 201 and voided.json()["credits"] == "10.00"
+    [listed] = api.get(f"{SUB}/grants", token=api.token("viewer", ["team-1"])[1]).json()["items"]
+    assert (listed["status"], listed["remaining"], listed["voided"]) == ("voided", "0.00", "10.00")
+    other = api.token("viewer", ["team-2"])[1]
+    expect_problem(api.get(f"{SUB}/grants", token=other), 404, "not-found")
     expect_problem(api.post(f"{SUB}/grants/g-1/void", {}), 400, "invalid-body")
 
 
@@ -259,6 +263,11 @@ def test_billing_and_the_overview_account_for_grants_voids_and_reversals(api: Ap
         "0.00",
         "564996.82",
     )
+    grants = api.get(f"{SUB}/grants").json()["items"]
+    assert [(g["grant_id"], g["credits"], g["remaining"], g["status"]) for g in grants] == [
+        ("g-1", "50000.00", "50000.00", "active")
+    ]
+    assert grants[0]["expires_at"].startswith("2026-03-01T00:00:00")
     api.post(f"{SUB}/packs/p2/void", {"reason": "refunded"})
     assert figures() == (
         _plus(total, "-575000"),  # p2's 625000 leave the total, the grant's 50000 stay

@@ -10,6 +10,7 @@ import msgspec
 
 from ledger.log import StoredRecord
 from ledger.money import format_credits
+from projections.balances import Balances
 from projections.history import ADMIN_EVENT_TYPES, AdminEvent, event_key, event_type
 from schemas.events import (
     ChargeReversed,
@@ -62,6 +63,45 @@ class AdminActionView(msgspec.Struct, frozen=True):
     reason: str | None
     event: dict[str, Any]
     """The log event itself, as GET /v1/log shows it."""
+
+
+class GrantView(msgspec.Struct, frozen=True):
+    grant_id: str
+    credits: str
+    remaining: str
+    expired: str
+    voided: str
+    granted_at: datetime
+    expires_at: datetime
+    expires_in_seconds: int
+    status: str
+    """active / exhausted / expired / voided."""
+
+
+class GrantList(msgspec.Struct, frozen=True):
+    items: list[GrantView]
+
+
+def grant_views(balances: Balances, sub: str, now: datetime) -> GrantList:
+    """The subscription's grants, soonest expiry first (ties: when granted, then id)."""
+    rows = [balances.grants[(sub, grant_id)] for grant_id in balances.grant_ids.get(sub, ())]
+    rows.sort(key=lambda g: (g.expires_at, g.purchased_at, g.pack_id))
+    return GrantList(
+        [
+            GrantView(
+                grant_id=row.pack_id,
+                credits=format_credits(row.credits_ucr),
+                remaining=format_credits(row.remaining_ucr),
+                expired=format_credits(row.expired_ucr),
+                voided=format_credits(row.voided_ucr),
+                granted_at=row.purchased_at,
+                expires_at=row.expires_at,
+                expires_in_seconds=max(0, int((row.expires_at - now).total_seconds())),
+                status=row.status,
+            )
+            for row in rows
+        ]
+    )
 
 
 class HistoryPageView(msgspec.Struct, frozen=True):

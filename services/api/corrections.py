@@ -17,7 +17,13 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 from ledger.errors import DuplicateConflict
 from projections.history import DEFAULT_HISTORY_ROWS, MAX_HISTORY_ROWS, HistoryQuery
 from schemas.commands import AdjustSeat, GrantCredits, ReverseCharge, VoidGrant, VoidPack
-from services.api.admin_views import AdminActionView, HistoryPageView, admin_action_view
+from services.api.admin_views import (
+    AdminActionView,
+    GrantList,
+    HistoryPageView,
+    admin_action_view,
+    grant_views,
+)
 from services.api.audit import MAX_AFTER_POSITION
 from services.api.bodies import (
     AdjustmentBody,
@@ -95,6 +101,17 @@ class CorrectionController(V1Controller):
         return await _corrected(
             writes, usage, command, ("seat.adjusted", data.adjustment_id), data.reason
         )
+
+    @get(
+        "/grants",
+        summary="Every grant of the subscription, soonest expiring first",
+        guards=[requires(SUBSCRIPTION_READERS)],
+    )
+    async def get_grants(
+        self, reads: Injected[Reads], sub: PathId, as_of: AsOf = None
+    ) -> GrantList:
+        async with reads.subscription(sub, as_of) as (balances, now):
+            return grant_views(balances, sub, now)
 
     @post(
         "/grants",
