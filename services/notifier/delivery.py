@@ -123,15 +123,19 @@ class DeliveryWorker:
                     if key not in tasks:
                         tasks[key] = asyncio.create_task(self._serve(client, webhook))
                 await asyncio.sleep(ENDPOINTS_POLL_S)
+            # A request in flight is answered (within its timeout) and recorded, not cut off.
+            if tasks:
+                await asyncio.wait(tasks.values(), timeout=self.settings.webhook_timeout_s + 1)
             for task in tasks.values():
                 task.cancel()
             await asyncio.gather(*tasks.values(), return_exceptions=True)
 
     async def _serve(self, client: httpx.AsyncClient, webhook: Webhook) -> None:
         """Deliver this endpoint's outbox in order, one request at a time, until it is
-        deleted or disabled (the task is then cancelled)."""
+        deleted or disabled (the task is then cancelled) or the worker stops (after the
+        request in hand)."""
         assert self._store is not None
-        while True:
+        while not self._stopping.is_set():
             pending = self._store.pending(webhook)
             wait_s = (
                 POLL_INTERVAL_S
