@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import secrets
 from datetime import datetime
-from typing import Annotated, Final, Literal
+from typing import Annotated, Final
 
 import msgspec
 from litestar import Response, delete, get, post
@@ -20,7 +20,12 @@ from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED, HTTP_204_
 
 from ledger.log import datetime_from_us
 from projections.notification_store import MAX_DELIVERY_RECORDS, SqlNotificationStore, Webhook
-from schemas.notifications import NOTIFICATION_TYPES, TEST_NOTIFICATION_TYPE, Notification
+from schemas.notifications import (
+    NOTIFICATION_TYPES,
+    TEST_NOTIFICATION_TYPE,
+    Notification,
+    NotificationType,
+)
 from schemas.usage import PathId as BodyId
 from services.api.bodies import PathId
 from services.api.controller import V1Controller
@@ -38,19 +43,6 @@ SECRET_PATTERN: Final = r"^whsec_[A-Za-z0-9+/]{32,88}={0,2}$"
 WEBHOOK_ID_PREFIX: Final = "wh_"
 DEFAULT_DELIVERIES: Final = 50
 
-EventType = Literal[
-    "seat.threshold_reached",
-    "seat.suspended",
-    "seat.resumed",
-    "pack.expiring",
-    "pack.expired",
-    "pack.exhausted",
-    "subscription.credits_low",
-    "hold.expired",
-    "webhook.disabled",
-]
-assert set(EventType.__args__) == set(NOTIFICATION_TYPES)  # type: ignore[attr-defined]
-
 
 class WebhookBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     url: Annotated[
@@ -60,7 +52,9 @@ class WebhookBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             max_length=MAX_URL_CHARS, extra_json_schema={"extra": {"pattern": URL_PATTERN}}
         ),
     ]
-    event_types: Annotated[list[EventType], msgspec.Meta(max_length=len(NOTIFICATION_TYPES))] = []
+    event_types: Annotated[
+        list[NotificationType], msgspec.Meta(max_length=len(NOTIFICATION_TYPES))
+    ] = []
     """The types this endpoint receives; empty or absent: every type."""
     secret: Annotated[str, msgspec.Meta(pattern=SECRET_PATTERN)] | None = None
     """The signing secret; generated when absent. Shown in this answer only."""
