@@ -37,6 +37,7 @@ from schemas.events import (
     CORRECTION_EVENTS,
     ChargeReversed,
     CycleStarted,
+    LogEvent,
     UsageCharged,
 )
 
@@ -70,12 +71,14 @@ def verify(
     rate_card: RateCard,
     on_progress: Callable[[int], None] | None = None,
     charges: ChargeLookup | None = None,
+    on_admin_write: Callable[[int, LogEvent], None] | None = None,
 ) -> AuditReport:
     """Check every record in order; stop at the first that is wrong.
 
     `charges` finds a reversed charge in the store; without it the audit keeps every charge it
-    has seen in memory (fine for short logs)."""
-    auditor = _Auditor(rate_card, charges)
+    has seen in memory (fine for short logs). `on_admin_write` is told of each admin write
+    (corrections included) once it has been checked, with its position."""
+    auditor = _Auditor(rate_card, charges, on_admin_write)
     checked, prev_hash, prev_time = 0, GENESIS_HASH, 0
     for record in records:
         problem = auditor.problem(record, checked + 1, prev_hash, prev_time)
@@ -102,7 +105,13 @@ def _who_asked(event: object) -> str:
 class _Auditor:
     """The state folded so far, and what re-deriving the next record needs."""
 
-    def __init__(self, rate_card: RateCard, charges: ChargeLookup | None) -> None:
+    def __init__(
+        self,
+        rate_card: RateCard,
+        charges: ChargeLookup | None,
+        on_admin_write: Callable[[int, LogEvent], None] | None = None,
+    ) -> None:
+        self._on_admin_write = on_admin_write
         self.state: LedgerState = initial_state()
         self.books = Books()
         self.rate_card = rate_card
@@ -142,6 +151,8 @@ class _Auditor:
         if isinstance(event, ADMIN_EVENTS):
             self.admin_counts[0] += 1
             self.admin_counts[1] += isinstance(event, CORRECTION_EVENTS)
+            if self._on_admin_write is not None:
+                self._on_admin_write(record.position, event)
         return None
 
     def _charge_of(self, event: object) -> ChargeOnRecord | None:

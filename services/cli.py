@@ -20,7 +20,7 @@ import msgspec
 from ledger.audit import verify
 from ledger.clock import ManualClock, SharedManualClock
 from ledger.idempotency import payload_digest
-from ledger.log import datetime_from_us, find_charge, us_from_datetime
+from ledger.log import EVENT_TYPE_TAG, datetime_from_us, find_charge, us_from_datetime
 from ledger.money import format_credits
 from ledger.rate_card import load_rate_card
 from ledger.snapshots import problem_with
@@ -34,6 +34,7 @@ from projections.snapshots import (
 )
 from projections.usage import UsageQuery
 from schemas.commands import AdminCommand, ChargeOnRecord, ChargeUsage, Command
+from schemas.events import LogEvent
 from schemas.read_models import UsageRow
 from schemas.usage import UsageEvent
 from services.bootstrap import Parts, bootstrap, make_clock, open_notification_store
@@ -272,10 +273,22 @@ def audit() -> None:
 
 
 @audit.command("verify")
+@click.option(
+    "--admin-writes",
+    "list_admin_writes",
+    is_flag=True,
+    help="Also list every admin write checked: position, type, subscription, who asked and why.",
+)
 @click.pass_obj
 @one_line_errors
-def audit_verify(settings: Settings) -> None:
+def audit_verify(settings: Settings, list_admin_writes: bool) -> None:
     """Recompute the hash chain and re-derive every charge; exit 1 at the first bad position."""
+    admin_writes: list[str] = []
+
+    def admin_write(position: int, event: LogEvent) -> None:
+        if list_admin_writes:
+            admin_writes.append(admin_write_line(position, event))
+
     with opened(settings) as parts:
         head = parts.store.head().position
         records = parts.store.read()
@@ -292,9 +305,9 @@ def audit_verify(settings: Settings) -> None:
                     bar.update(position - last[0])
                     last[0] = position
 
-                report = verify(records, parts.rate_card, advance, charges)
+                report = verify(records, parts.rate_card, advance, charges, admin_write)
         else:
-            report = verify(records, parts.rate_card, charges=charges)
+            report = verify(records, parts.rate_card, charges=charges, on_admin_write=admin_write)
     if report.failure is not None:
         click.echo(
             f"ledger: audit failed at position {report.failure.position}: {report.failure.reason}",
@@ -304,8 +317,19 @@ def audit_verify(settings: Settings) -> None:
     click.echo(
         f"ok: {report.records} records, head hash {report.head_hash}; {report.admin_writes}"
         f" admin writes, {report.corrections} of them corrections (who asked and why:"
-        " ledger export log)"
+        " --admin-writes, or ledger export log)"
     )
+    for line in admin_writes:
+        click.echo(line)
+
+
+def admin_write_line(position: int, event: LogEvent) -> str:
+    """One admin write as the audit lists it: position, type, subscription, who asked, why."""
+    actor = getattr(event, "actor", None)
+    who = "unknown" if actor is None else f"token {actor.token_id} ({actor.role})"
+    reason = getattr(event, "reason", None)
+    why = "" if reason is None else f": {reason}"
+    return f"{position}\t{EVENT_TYPE_TAG[type(event)]}\t{event.subscription_id}\t{who}{why}"
 
 
 @audit.command("digest")

@@ -115,6 +115,22 @@ def test_export_log_lists_admin_writes_with_who_asked_and_why(cli: Any) -> None:
     assert audit.exit_code == 0 and "5 admin writes, 3 of them corrections" in audit.output
 
 
+def test_the_audit_lists_each_admin_write_it_checked_with_who_asked_and_why(cli: Any) -> None:
+    assert cli("backfill", "-", input=CORRECTED).exit_code == 0
+    audit = cli("audit", "verify", "--admin-writes")
+    assert audit.exit_code == 0, audit.output
+    listed = [line.split("\t") for line in audit.output.splitlines()[1:]]
+    who = "token tok_alice-admin (admin)"
+    assert [row[1:] for row in listed] == [
+        ["subscription.opened", "team-1", f"{who}: signed"],
+        ["seat.added", "team-1", who],
+        ["usage.reversed", "team-1", f"{who}: published twice, in part"],
+        ["seat.adjusted", "team-1", f"{who}: a correction of a correction"],
+        ["grant.issued", "team-1", f"{who}: goodwill"],
+    ]
+    assert [int(row[0]) for row in listed] == sorted(int(row[0]) for row in listed)
+
+
 def test_export_usage_shows_a_reversal_beside_the_charge_it_reverses(cli: Any) -> None:
     assert cli("backfill", "-", input=CORRECTED).exit_code == 0
     done = cli("export", "usage", "--format", "csv")
