@@ -147,5 +147,5 @@ def admin_action_view(record: StoredRecord) -> AdminActionView:
         ],
         actor=None if event.actor is None else ActorView(event.actor.token_id, event.actor.role),
         reason=event.reason,
-        event=msgspec.json.decode(msgspec.json.encode(event)),
+        event=msgspec.to_builtins(event),
     )

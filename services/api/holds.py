@@ -16,7 +16,6 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 from ledger.money import parse_credits
 from projections.balances import HoldRow
 from schemas.commands import ExtendHold, PlaceHold, ReleaseHold
-from schemas.events import Actor
 from schemas.limits import DEFAULT_HOLD_TTL_S, MAX_HOLD_TTL_S, MIN_HOLD_TTL_S
 from schemas.usage import PathId as BodyId
 from services.api.bodies import AsOf, PathId
@@ -26,7 +25,7 @@ from services.api.guards import HOLDERS, SEAT_READERS, requires
 from services.api.problems import Problem, again
 from services.api.reads import Reads
 from services.api.views import HoldView, hold_view
-from services.api.writes import Writes, refused
+from services.api.writes import Writes, actor_of, refused
 from services.auth.tokens import Principal
 
 HOLD_CREDITS_PATTERN: Final = (
@@ -56,10 +55,6 @@ class ExtendHoldBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The hold then expires this many seconds after the ledger clock's now."""
 
 
-def _actor(principal: Principal) -> Actor:
-    return Actor(principal.token_id, principal.role)
-
-
 class HoldController(V1Controller):
     path = "/subscriptions/{sub:str}/seats/{seat:str}/holds"
 
@@ -78,7 +73,12 @@ class HoldController(V1Controller):
         data: JSONBody[PlaceHoldBody],
     ) -> Response[HoldView]:
         command = PlaceHold(
-            sub, seat, data.hold_id, parse_credits(data.credits), int(data.ttl_s), _actor(principal)
+            sub,
+            seat,
+            data.hold_id,
+            parse_credits(data.credits),
+            int(data.ttl_s),
+            actor_of(principal),
         )
         outcome = await writes.execute(command)
         if outcome.status == "rejected":
@@ -107,7 +107,7 @@ class HoldController(V1Controller):
         seat: PathId,
         hold: PathId,
     ) -> HoldView:
-        outcome = await writes.execute(ReleaseHold(sub, seat, hold, _actor(principal)))
+        outcome = await writes.execute(ReleaseHold(sub, seat, hold, actor_of(principal)))
         if outcome.status == "rejected":
             raise refused(outcome, sub)
         return _hold(writes, sub, seat, hold)
@@ -128,7 +128,7 @@ class HoldController(V1Controller):
         data: JSONBody[ExtendHoldBody],
     ) -> HoldView:
         outcome = await writes.execute(
-            ExtendHold(sub, seat, hold, int(data.ttl_s), _actor(principal))
+            ExtendHold(sub, seat, hold, int(data.ttl_s), actor_of(principal))
         )
         if outcome.status == "rejected":
             raise refused(outcome, sub)
