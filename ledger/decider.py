@@ -44,6 +44,7 @@ from schemas.commands import (
     ReleaseHold,
     RemoveSeat,
     ReverseCharge,
+    SetNotificationSettings,
     VoidGrant,
     VoidPack,
 )
@@ -53,6 +54,7 @@ from schemas.events import (
     CycleStarted,
     HoldStatus,
     LogEvent,
+    NotificationSettingsChanged,
     PackPurchased,
     SeatAdded,
     SeatRemoved,
@@ -62,6 +64,7 @@ from schemas.events import (
     SubscriptionOpened,
     UsageCharged,
 )
+from schemas.notifications import NotificationSettings, settings_problem
 from schemas.usage import Usage, UsageEvent, usage_of
 
 __all__ = ["decide", "evolve", "initial_state"]
@@ -110,7 +113,30 @@ def _decide_on(sub: SubscriptionState, command: Command, at: datetime) -> list[L
             return corrections.void_pack(sub, command, at)
         case VoidGrant():
             return corrections.void_grant(sub, command, at)
+        case SetNotificationSettings():
+            return _set_notification_settings(sub, command)
     raise InvalidCommand(f"the ledger has no rule for {type(command).__name__}")
+
+
+def _set_notification_settings(
+    sub: SubscriptionState, command: SetNotificationSettings
+) -> list[LogEvent]:
+    """Settings in force from this record on; the settings in force already record nothing."""
+    thresholds = tuple(sorted(set(command.thresholds_percent)))
+    problem = settings_problem(thresholds, command.credits_low_ucr)
+    if problem is not None:
+        raise InvalidCommand(f"notification settings: {problem}")
+    if sub.notification_settings == NotificationSettings(thresholds, command.credits_low_ucr):
+        return []
+    return [
+        NotificationSettingsChanged(
+            command.subscription_id,
+            thresholds,
+            command.credits_low_ucr,
+            command.actor,
+            command.reason,
+        )
+    ]
 
 
 def _subscription(state: LedgerState, subscription_id: str) -> SubscriptionState:

@@ -36,6 +36,7 @@ from schemas.events import (
     HoldSettled,
     HoldShrunk,
     LogEvent,
+    NotificationSettingsChanged,
     PackExpired,
     PackPurchased,
     PackVoided,
@@ -81,6 +82,7 @@ COMPACT_TAGS: Final[dict[type, int]] = {
     ChargeReversed: 21,
     PackVoided: 22,
     GrantVoided: 23,
+    NotificationSettingsChanged: 24,
 }
 """Each event type's tag in format 2 (first element of its array). Never reuse a number."""
 
@@ -205,6 +207,13 @@ FIELD_ORDER: Final[dict[type, tuple[str, ...]]] = {
     ),
     PackVoided: ("subscription_id", "pack_id", "voided_ucr", "actor", "reason"),
     GrantVoided: ("subscription_id", "grant_id", "voided_ucr", "actor", "reason"),
+    NotificationSettingsChanged: (
+        "subscription_id",
+        "thresholds_percent",
+        "credits_low_ucr",
+        "actor",
+        "reason",
+    ),
     Allocation: ("source", "id", "credits_ucr"),
     ReversalPart: ("source", "id", "credits_ucr", "outcome"),
     Actor: ("token_id", "role"),

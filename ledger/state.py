@@ -35,6 +35,7 @@ from schemas.events import (
     HoldSettled,
     HoldShrunk,
     LogEvent,
+    NotificationSettingsChanged,
     PackExpired,
     PackPurchased,
     PackVoided,
@@ -49,6 +50,7 @@ from schemas.events import (
     UsageCharged,
 )
 from schemas.limits import HOLD_MEMORY_S
+from schemas.notifications import DEFAULT_SETTINGS, NotificationSettings, settings_problem
 
 SeatStatus = Literal["active", "suspended", "removed"]
 SourceKind = Literal["pack", "grant"]
@@ -152,6 +154,8 @@ class SubscriptionState:
     """Every reversal id: (charge event id, credits asked or None for all), for retries."""
     reversed_ucr: dict[str, int] = field(default_factory=dict)
     """Credits reversed so far, by the event id of the charge (charges reversed only)."""
+    notification_settings: NotificationSettings = DEFAULT_SETTINGS
+    """What the last `notification.settings_changed` put in force (a repeat records nothing)."""
 
     def refresh_next_due(self) -> None:
         if self.cycle_end is None:
@@ -574,6 +578,16 @@ def _grant_voided(sub: SubscriptionState, event: GrantVoided) -> None:
     sub.refresh_next_due()
 
 
+def _settings_changed(sub: SubscriptionState, event: NotificationSettingsChanged) -> None:
+    """Settings move no money; settings that could not be in force are refused."""
+    problem = settings_problem(event.thresholds_percent, event.credits_low_ucr)
+    if problem is not None:
+        raise LogInconsistent(f"notification settings: {problem}")
+    sub.notification_settings = NotificationSettings(
+        event.thresholds_percent, event.credits_low_ucr
+    )
+
+
 def _end_source(sub: SubscriptionState, source: PackState, gone_ucr: int) -> None:
     """A pack or grant expires or is voided: what it had left is gone, and no hold may still
     take from it (holds on it were shrunk first)."""
@@ -611,5 +625,6 @@ _FOLDS: dict[type[Any], Callable[[SubscriptionState, Any], None]] = {
     ChargeReversed: _charge_reversed,
     PackVoided: _pack_voided,
     GrantVoided: _grant_voided,
+    NotificationSettingsChanged: _settings_changed,
 }
 """How each event other than `subscription.opened` folds into its subscription."""

@@ -33,6 +33,7 @@ from schemas.events import (
     HoldSettled,
     HoldShrunk,
     LogEvent,
+    NotificationSettingsChanged,
     PackExpired,
     PackPurchased,
     PackVoided,
@@ -726,6 +727,10 @@ def _grant_voided(b: Balances, e: GrantVoided) -> None:
     _end_shared(b, b.grants[(e.subscription_id, e.grant_id)], e.voided_ucr, "voided")
 
 
+def _no_balance_change(_b: Balances, _e: NotificationSettingsChanged) -> None:
+    """Notification settings move no credits (the notifier and the history read them)."""
+
+
 def _charge_reversed(b: Balances, e: ChargeReversed) -> None:
     sub = b.subscriptions[e.subscription_id]
     seat_key = (e.subscription_id, e.seat_id)
@@ -790,6 +795,7 @@ _HANDLERS: Final[dict[type[Any], Callable[[Balances, Any], None]]] = {
     ChargeReversed: _charge_reversed,
     PackVoided: _pack_voided,
     GrantVoided: _grant_voided,
+    NotificationSettingsChanged: _no_balance_change,
 }
 
 

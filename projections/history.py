@@ -23,6 +23,7 @@ from schemas.events import (
     CreditsGranted,
     GrantVoided,
     LogEvent,
+    NotificationSettingsChanged,
     PackPurchased,
     PackVoided,
     SeatAdded,
@@ -72,6 +73,7 @@ AdminEvent = (
     | ChargeReversed
     | PackVoided
     | GrantVoided
+    | NotificationSettingsChanged
 )
 ADMIN_EVENT_TYPES: Final = ADMIN_EVENTS
 
@@ -82,7 +84,7 @@ def event_type(event: LogEvent) -> str:
 
 def event_key(event: AdminEvent) -> str:
     """What the event is about, by the id a caller names it with (a correction's own id)."""
-    if isinstance(event, SubscriptionOpened):
+    if isinstance(event, SubscriptionOpened | NotificationSettingsChanged):
         return event.subscription_id
     if isinstance(event, SeatAdded | SeatTierChanged | SeatRemoved):
         return event.seat_id
@@ -170,6 +172,35 @@ def history_page(
     page = found[: query.limit]
     next_after = page[-1] if len(found) > query.limit else None
     return HistoryPage(tuple(fetch_records(events, page)), next_after)
+
+
+def latest_statement(
+    subscription_id: str, type_: str, until: int | None, marker: str = "?"
+) -> tuple[str, list[object]]:
+    """The position of the subscription's latest event of this type (at or before `until`)."""
+    clauses = f"subscription_id = {marker} AND type = {marker}"
+    params: list[object] = [subscription_id, type_]
+    if until is not None:
+        clauses += f" AND position <= {marker}"
+        params.append(until)
+    return f"SELECT MAX(position) FROM rm_admin WHERE {clauses}", params
+
+
+def find_latest_admin_record(
+    fetch: Fetch,
+    events: RecordReader,
+    subscription_id: str,
+    type_: str,
+    until: int | None = None,
+    marker: str = "?",
+) -> StoredRecord | None:
+    """The subscription's latest admin write of this type, as the log holds it; None if none."""
+    statement, params = latest_statement(subscription_id, type_, until, marker)
+    found = fetch(statement, params)
+    if not found or found[0][0] is None:
+        return None
+    [record] = fetch_records(events, [int(str(found[0][0]))])
+    return record
 
 
 def find_admin_record(

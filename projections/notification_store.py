@@ -1,7 +1,8 @@
 """Where notifications live once derived: the notifications themselves (in the order they were
 derived, each with a sequence number, the feed's cursor), the notifier's checkpoints (the log
-position derived up to, the sequence published on the stream), the per-subscription settings,
-the webhook endpoints, each endpoint's outbox and the record of every delivery attempt.
+position derived up to, the sequence published on the stream), the webhook endpoints, each
+endpoint's outbox and the record of every delivery attempt. The settings that decide when a
+subscription notifies are not here: they are in the log (`notification.settings_changed`).
 
 One class speaks SQL to both databases (`SqliteNotificationStore` and
 `PostgresNotificationStore` in projections/stores/ give it a connection and its DDL). The
@@ -21,19 +22,12 @@ from typing import Any, Final
 
 import msgspec
 
-from schemas.notifications import (
-    DEFAULT_SETTINGS,
-    TEST_NOTIFICATION_TYPE,
-    Notification,
-    NotificationSettings,
-)
+from schemas.notifications import TEST_NOTIFICATION_TYPE, Notification
 
 DERIVED: Final = "derived"
 """The checkpoint: the log position the notifications are derived up to."""
 PUBLISHED: Final = "published"
 """The checkpoint: the last notification sequence number put on the Redis stream."""
-SETTINGS_VERSION: Final = "settings"
-"""A counter every settings change moves, so the notifier reloads them only then."""
 MAX_FEED_ITEMS: Final = 500
 MAX_DELIVERY_RECORDS: Final = 200
 """Delivery attempts kept per endpoint (the oldest go first)."""
@@ -41,7 +35,6 @@ MAX_RESPONSE_BODY_BYTES: Final = 1_024
 
 ENCODER: Final = msgspec.json.Encoder()
 _NOTIFICATION: Final = msgspec.json.Decoder(Notification)
-_SETTINGS: Final = msgspec.json.Decoder(NotificationSettings)
 _TYPES: Final = msgspec.json.Decoder(list[str])
 
 Run = Callable[[str, Sequence[Any]], list[tuple[Any, ...]]]
@@ -186,33 +179,6 @@ class SqlNotificationStore:
         """Every notification in sequence order (for audits and tests; unbounded)."""
         rows = self._run("SELECT body FROM nt_notifications ORDER BY seq", ())
         return [_NOTIFICATION.decode(body) for (body,) in rows]
-
-    # -- settings --------------------------------------------------------------------------------
-
-    def settings(self, sub: str) -> NotificationSettings:
-        rows = self._run("SELECT body FROM nt_settings WHERE subscription_id = ?", (sub,))
-        return _SETTINGS.decode(rows[0][0]) if rows else DEFAULT_SETTINGS
-
-    def all_settings(self) -> dict[str, NotificationSettings]:
-        rows = self._run("SELECT subscription_id, body FROM nt_settings", ())
-        return {sub: _SETTINGS.decode(body) for sub, body in rows}
-
-    def settings_version(self) -> int:
-        return self.checkpoint(SETTINGS_VERSION)
-
-    def put_settings(self, sub: str, settings: NotificationSettings) -> None:
-        with self._transaction() as run:
-            run("DELETE FROM nt_settings WHERE subscription_id = ?", (sub,))
-            run(
-                "INSERT INTO nt_settings (subscription_id, body) VALUES (?, ?)",
-                (sub, ENCODER.encode(settings).decode()),
-            )
-            version = run("SELECT position FROM nt_checkpoints WHERE name = ?", (SETTINGS_VERSION,))
-            run("DELETE FROM nt_checkpoints WHERE name = ?", (SETTINGS_VERSION,))
-            run(
-                "INSERT INTO nt_checkpoints (name, position) VALUES (?, ?)",
-                (SETTINGS_VERSION, (int(version[0][0]) if version else 0) + 1),
-            )
 
     # -- webhooks --------------------------------------------------------------------------------
 
@@ -432,8 +398,6 @@ def table_statements(serial: str, bigint: str) -> tuple[str, ...]:
         f" type TEXT NOT NULL, position {bigint} NOT NULL, body TEXT NOT NULL)",
         "CREATE INDEX IF NOT EXISTS nt_notifications_by_subscription"
         " ON nt_notifications (subscription_id, seq)",
-        "CREATE TABLE IF NOT EXISTS nt_settings (subscription_id TEXT PRIMARY KEY,"
-        " body TEXT NOT NULL)",
         f"CREATE TABLE IF NOT EXISTS nt_webhooks (subscription_id TEXT NOT NULL,"
         f" webhook_id TEXT NOT NULL, url TEXT NOT NULL, secret TEXT NOT NULL,"
         f" event_types TEXT NOT NULL, status TEXT NOT NULL, created_at_us {bigint} NOT NULL,"

@@ -12,7 +12,7 @@ is its type, the position of the record that caused it and what tells apart two 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any, Final
 
@@ -22,6 +22,7 @@ from projections.balances import Balances, ChargeView, CompactChargeView, SeatKe
 from schemas.events import (
     HoldExpired,
     LogEvent,
+    NotificationSettingsChanged,
     PackExpired,
     PackPurchased,
     SeatResumed,
@@ -35,8 +36,6 @@ EXPIRY_WARNINGS: Final[tuple[tuple[str, timedelta], ...]] = (
     ("1d", timedelta(days=1)),
 )
 """A pack's expiry warnings: (window name, how long before `expires_at`), longest first."""
-
-SettingsOf = Callable[[str], NotificationSettings]
 
 
 class _Warning:
@@ -81,18 +80,20 @@ class _SeatMark:
 class NotificationDeriver:
     """Folds records into its own balances and says which notifications each one fires."""
 
-    def __init__(self, settings_of: SettingsOf | None = None) -> None:
+    def __init__(self) -> None:
         self.balances = Balances()
         self.position = 0
-        self._settings_of = settings_of or (lambda _sub: DEFAULT_SETTINGS)
+        self._settings: dict[str, NotificationSettings] = {}
+        """Per subscription: the settings its last `notification.settings_changed` put in force."""
         self._marks: dict[SeatKey, _SeatMark] = {}
         """Per seat: the thresholds crossed in its cycle."""
         self._low: set[str] = set()
         """The subscriptions below their low-credits amount."""
         self._warnings: list[_Warning] = []
 
-    def set_settings(self, settings_of: SettingsOf) -> None:
-        self._settings_of = settings_of
+    def settings(self, sub: str) -> NotificationSettings:
+        """The settings in force for subscription `sub` as of the records folded so far."""
+        return self._settings.get(sub, DEFAULT_SETTINGS)
 
     def fold(self, records: Iterable[StoredRecord]) -> list[Notification]:
         """Fold `records` (the next ones of the log, in order); what they fire, in order."""
@@ -195,7 +196,23 @@ class NotificationDeriver:
             return [self._notice("hold.expired", sub, record, data, event.hold_id)]
         if isinstance(event, PackPurchased):
             self._schedule(event, record.position)
+        if isinstance(event, NotificationSettingsChanged):
+            return self._settings_changed(event, record)
         return []
+
+    def _settings_changed(
+        self, event: NotificationSettingsChanged, record: StoredRecord
+    ) -> list[Notification]:
+        """New settings apply at once: every seat of the subscription is looked at again, so a
+        threshold it has passed already under them fires at this record (low credits are looked
+        at after every record)."""
+        sub = event.subscription_id
+        self._settings[sub] = NotificationSettings(event.thresholds_percent, event.credits_low_ucr)
+        fired = []
+        for seat_id in sorted(self.balances.seat_ids.get(sub, ())):
+            if self.balances.seats[(sub, seat_id)].status != "removed":
+                fired += self._thresholds((sub, seat_id), record)
+        return fired
 
     def _schedule(self, event: PackPurchased, position: int) -> None:
         for window, lead in EXPIRY_WARNINGS:
@@ -209,7 +226,7 @@ class NotificationDeriver:
         seat = self.balances.seats.get(key)
         if seat is None or seat.quota_ucr <= 0:
             return []
-        settings = self._settings_of(key[0])
+        settings = self.settings(key[0])
         mark = self._marks.get(key)
         used, quota = seat.used_ucr, seat.quota_ucr
         if (
@@ -245,7 +262,7 @@ class NotificationDeriver:
     def _credits_low(self, sub: str, record: StoredRecord) -> list[Notification]:
         """Low credits when what the subscription can spend falls below its amount (once it
         has a seat); recovered when it is back at or above it."""
-        low_ucr = self._settings_of(sub).credits_low_ucr
+        low_ucr = self.settings(sub).credits_low_ucr
         if low_ucr is None or not self.balances.seat_ids.get(sub):
             return []  # a subscription without seats yet spends nothing: not low
         available = spendable_ucr(self.balances, sub)

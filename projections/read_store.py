@@ -51,6 +51,13 @@ class ReadModelReader(Protocol):
         caller named it by), or None when the tables hold none."""
         ...
 
+    def latest_admin_record(
+        self, subscription_id: str, type_: str, until: int | None = None
+    ) -> StoredRecord | None:
+        """The record of the subscription's latest admin write of this type at or before log
+        position `until` (None: the latest of all), or None when the tables hold none."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -158,6 +158,19 @@ class VoidGrant(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="gr
     actor: Actor | None = None
 
 
+class SetNotificationSettings(
+    msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="notification.set_settings"
+):
+    """Put these notification settings in force for the subscription (see
+    `NotificationSettingsChanged`); the decider refuses settings that cannot be."""
+
+    subscription_id: PathId
+    thresholds_percent: tuple[int, ...]
+    credits_low_ucr: int | None = None
+    actor: Actor | None = None
+    reason: Reason | None = None
+
+
 class ChargeUsage(msgspec.Struct, frozen=True, gc=False, tag="usage.charge"):
     """A usage event to charge.
 
@@ -185,6 +198,7 @@ AdminCommand = (
     | ReverseCharge
     | VoidPack
     | VoidGrant
+    | SetNotificationSettings
 )
 HoldCommand = PlaceHold | ExtendHold | ReleaseHold
 Command = AdminCommand | HoldCommand | ChargeUsage | AdvanceClock

@@ -336,6 +336,17 @@ class GrantVoided(_LogEvent, frozen=True, tag="grant.voided"):
     reason: str | None = None
 
 
+class NotificationSettingsChanged(_LogEvent, frozen=True, tag="notification.settings_changed"):
+    """From this record on, a seat notifies when its spent share of its cycle quota reaches each
+    of `thresholds_percent` (ascending, distinct), and the subscription when what it can still
+    spend falls below `credits_low_ucr` (None: never)."""
+
+    thresholds_percent: tuple[int, ...]
+    credits_low_ucr: int | None = None
+    actor: Actor | None = None
+    reason: str | None = None
+
+
 LogEvent = (
     SubscriptionOpened
     | CycleStarted
@@ -360,6 +371,7 @@ LogEvent = (
     | ChargeReversed
     | PackVoided
     | GrantVoided
+    | NotificationSettingsChanged
 )
 
 CORRECTION_EVENTS: Final = (SeatAdjusted, CreditsGranted, ChargeReversed, PackVoided, GrantVoided)
@@ -370,6 +382,7 @@ ADMIN_EVENTS: Final = (
     SeatTierChanged,
     SeatRemoved,
     PackPurchased,
+    NotificationSettingsChanged,
     *CORRECTION_EVENTS,
 )
 """The admin writes: each records who asked (and, optional outside corrections, why)."""

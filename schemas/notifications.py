@@ -26,6 +26,8 @@ TEST_NOTIFICATION_TYPE: Final = "webhook.test"
 DEFAULT_THRESHOLDS_PERCENT: Final = (50, 80, 100)
 MAX_THRESHOLDS: Final = 10
 MAX_THRESHOLD_PERCENT: Final = 1_000
+MAX_CREDITS_LOW_UCR: Final = 10**12 * 1_000_000 - 1
+"""The highest low-credits amount: below a trillion credits, as a request can write it."""
 
 
 class Notification(msgspec.Struct, frozen=True, gc=False):
@@ -54,3 +56,20 @@ class NotificationSettings(msgspec.Struct, frozen=True):
 
 
 DEFAULT_SETTINGS: Final = NotificationSettings()
+
+
+def settings_problem(
+    thresholds_percent: tuple[int, ...], credits_low_ucr: int | None
+) -> str | None:
+    """Why these settings cannot be in force (None when they can): thresholds are distinct,
+    ascending, 1..MAX_THRESHOLD_PERCENT and at most MAX_THRESHOLDS; the low-credits amount is
+    0..MAX_CREDITS_LOW_UCR or None."""
+    if len(thresholds_percent) > MAX_THRESHOLDS:
+        return f"at most {MAX_THRESHOLDS} thresholds"
+    if any(not 1 <= percent <= MAX_THRESHOLD_PERCENT for percent in thresholds_percent):
+        return f"each threshold is a percent between 1 and {MAX_THRESHOLD_PERCENT}"
+    if list(thresholds_percent) != sorted(set(thresholds_percent)):
+        return "thresholds are distinct and in ascending order"
+    if credits_low_ucr is not None and not 0 <= credits_low_ucr <= MAX_CREDITS_LOW_UCR:
+        return f"the low-credits amount is between 0 and {MAX_CREDITS_LOW_UCR} µcr"
+    return None

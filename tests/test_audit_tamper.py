@@ -29,13 +29,21 @@ from ledger.log import EVENT_DECODER, EVENT_ENCODER, GENESIS_HASH, record_hash, 
 from ledger.rate_card import load_rate_card
 from ledger.state import evolve, initial_state
 from ledger.stores.sqlite import SqliteEventStore
-from schemas.commands import AddSeat, BuyPack, ChangeTier, ChargeUsage, OpenSubscription
+from schemas.commands import (
+    AddSeat,
+    BuyPack,
+    ChangeTier,
+    ChargeUsage,
+    OpenSubscription,
+    SetNotificationSettings,
+)
 from schemas.events import (
     Allocation,
     Coefficients,
     Components,
     CycleStarted,
     LogEvent,
+    NotificationSettingsChanged,
     PackExpired,
     PackPurchased,
     SeatAdded,
@@ -65,6 +73,7 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ledger = Ledger(store, load_rate_card(), clock)
     ledger.execute([OpenSubscription("team"), AddSeat("team", "alice", "standard")])
     ledger.execute([AddSeat("team", "bob", "standard"), BuyPack("team", "p1")])
+    ledger.execute([SetNotificationSettings("team", (90, 50), 1_000_000)])
     ledger.execute([usage("small", "alice", 1_000_000)])  # 1,200 credits from the seat
     ledger.execute([usage("big", "bob", 25_000_000)])  # 30,000: seat, then the pack
     ledger.execute([ChangeTier("team", "alice", "advanced")])
@@ -178,6 +187,13 @@ def lapsed_less_than_left(events: list[LogEvent]) -> tuple[int, LogEvent]:
     return position, msgspec.structs.replace(event, lapsed_ucr=0)
 
 
+def settings_out_of_order(events: list[LogEvent]) -> tuple[int, LogEvent]:
+    position = position_of(events, lambda e: isinstance(e, NotificationSettingsChanged))
+    event = events[position - 1]
+    assert isinstance(event, NotificationSettingsChanged)
+    return position, msgspec.structs.replace(event, thresholds_percent=(90, 50, 0))
+
+
 TAMPERS = [
     overdrawn_seat,
     seat_share_moved_to_the_pack,
@@ -188,6 +204,7 @@ TAMPERS = [
     expired_less_than_left,
     lapsed_less_than_left,
     pack_smaller_than_the_catalogs,
+    settings_out_of_order,
 ]
 
 

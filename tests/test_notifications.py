@@ -19,8 +19,13 @@ from ledger.rate_card import load_rate_card
 from ledger.stores.sqlite import SqliteEventStore
 from projections.notifications import NotificationDeriver
 from projections.stores.notifications_sqlite import SqliteNotificationStore
-from schemas.commands import AddSeat, BuyPack, OpenSubscription, PlaceHold
-from schemas.notifications import NotificationSettings
+from schemas.commands import (
+    AddSeat,
+    BuyPack,
+    OpenSubscription,
+    PlaceHold,
+    SetNotificationSettings,
+)
 from schemas.usage import UsageEvent
 from services.notifier.deriving import Notifier
 from tests.service_support import START, Service, eventually, start_service
@@ -70,10 +75,11 @@ def ledger(tmp_path: Path) -> Iterator[tuple[Ledger, SqliteEventStore, ManualClo
     store.close()
 
 
-def _drive(ledger: Ledger, clock: ManualClock) -> None:
-    for outcome in ledger.execute(
-        [OpenSubscription("team", ANCHOR), AddSeat("team", "alice", "standard")]
-    ):
+def _drive(
+    ledger: Ledger, clock: ManualClock, settings: SetNotificationSettings | None = None
+) -> None:
+    opening = [OpenSubscription("team", ANCHOR), AddSeat("team", "alice", "standard")]
+    for outcome in ledger.execute([*opening, *([settings] if settings else [])]):
         assert outcome.status == "applied"
     for n, counts in enumerate((TO_52_PERCENT, TO_80_PERCENT, TO_100_PERCENT, BEYOND)):
         clock.advance(1_000_000)
@@ -120,9 +126,8 @@ def test_admin_thresholds_and_low_credits_fire_once_per_crossing_and_on_recovery
     ledger: tuple[Ledger, SqliteEventStore, ManualClock],
 ) -> None:
     book, store, clock = ledger
-    _drive(book, clock)
-    settings = NotificationSettings((90,), credits_low_ucr=20_000_000_000)
-    deriver = NotificationDeriver(lambda _sub: settings)
+    _drive(book, clock, SetNotificationSettings("team", (90,), credits_low_ucr=20_000_000_000))
+    deriver = NotificationDeriver()
     fired = [
         (n.type, n.data.get("threshold_percent"), n.data.get("state"))
         for n in deriver.fold(store.read())
@@ -135,6 +140,45 @@ def test_admin_thresholds_and_low_credits_fire_once_per_crossing_and_on_recovery
         ("seat.resumed", None, None),
         ("pack.expiring", None, None),
     ]
+
+
+def test_settings_are_in_the_log_so_a_rebuild_anywhere_derives_the_same_notifications(
+    ledger: tuple[Ledger, SqliteEventStore, ManualClock], tmp_path: Path
+) -> None:
+    """Settings changed mid-cycle: a notifier deriving the same log into an empty store, and a
+    rebuild from position 0, find exactly the notifications (ids included) the first derived."""
+    book, store, clock = ledger
+    for outcome in book.execute(
+        [OpenSubscription("team", ANCHOR), AddSeat("team", "alice", "standard")]
+    ):
+        assert outcome.status == "applied"
+    clock.advance(1_000_000)
+    [outcome] = book.charge([_usage("e0", ANCHOR, TO_52_PERCENT)])  # 52 %: 50 fires
+    # 40 % is passed already: it fires at the settings record itself; 60 % is ahead.
+    [changed] = book.execute([SetNotificationSettings("team", (60, 40), 6_000_000_000)])
+    assert changed.status == "applied"
+    clock.advance(1_000_000)
+    [outcome] = book.charge([_usage("e1", ANCHOR, TO_80_PERCENT)])  # 80 %: 60 fires
+    first = SqliteNotificationStore(tmp_path / "first.sqlite3")
+    notifier = Notifier(store, first, clock)
+    while (step := notifier.step()) and step[0]:
+        pass
+    derived = first.notifications()
+    assert [(n.type, n.data.get("threshold_percent")) for n in derived] == [
+        ("seat.threshold_reached", 50),
+        ("seat.threshold_reached", 40),
+        ("seat.threshold_reached", 60),
+        ("subscription.credits_low", None),  # 5,000 left: below 6,000
+    ]
+    elsewhere = SqliteNotificationStore(tmp_path / "elsewhere.sqlite3")
+    other = Notifier(store, elsewhere, clock)
+    while (step := other.step()) and step[0]:
+        pass
+    assert elsewhere.notifications() == derived
+    assert notifier.rebuild() == 0
+    assert first.notifications() == derived
+    first.close()
+    elsewhere.close()
 
 
 # -- through `ledger serve`: the stream and the feed -------------------------------------------

@@ -79,16 +79,31 @@ def test_the_feed_is_for_the_subscriptions_readers(api: Api) -> None:
 
 
 def test_admins_set_the_thresholds_and_the_low_credits_amount_readers_read_them(api: Api) -> None:
-    assert api.get(SETTINGS).json() == {"thresholds_percent": [50, 80, 100], "credits_low": None}
-    body = {"thresholds_percent": [90, 75, 90.0], "credits_low": "1000.5"}
+    defaults = {"thresholds_percent": [50, 80, 100], "credits_low": None, "position": None}
+    assert api.get(SETTINGS).json() == defaults
+    body = {"thresholds_percent": [90, 75, 90.0], "credits_low": "1000.5", "reason": "ops ask"}
     put = api.client.put(
         SETTINGS, json=body, headers={"Authorization": "Bearer lt_test-admin-token"}
     )
     assert put.status_code == 200
     expected = {"thresholds_percent": [75, 90], "credits_low": "1000.50"}
-    assert put.json() == expected
+    assert put.json() == {**expected, "position": put.json()["position"]}
     _, viewer = api.token("viewer", ["team-1"])
-    assert api.get(SETTINGS, token=viewer).json() == expected
+    assert api.get(SETTINGS, token=viewer).json() == put.json()
+    # A write to the log like any admin write: the history names who asked and why.
+    [change] = [
+        item
+        for item in api.get("/v1/subscriptions/team-1/history?limit=1000").json()["items"]
+        if item["type"] == "notification.settings_changed"
+    ]
+    assert change["position"] == put.json()["position"]
+    assert change["actor"]["role"] == "admin" and change["reason"] == "ops ask"
+    assert change["event"]["thresholds_percent"] == [75, 90]
+    # The settings in force again: nothing recorded, the same answer.
+    again = api.client.put(
+        SETTINGS, json=body, headers={"Authorization": "Bearer lt_test-admin-token"}
+    )
+    assert again.status_code == 200 and again.json() == put.json()
     refused = api.client.put(SETTINGS, json=body, headers={"Authorization": f"Bearer {viewer}"})
     expect_problem(refused, 403, "forbidden")
     for bad in ({"thresholds_percent": [0]}, {"thresholds_percent": [50.5]}, {"credits_low": "1"}):

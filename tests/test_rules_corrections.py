@@ -24,6 +24,7 @@ from schemas.commands import (
     GrantCredits,
     PlaceHold,
     ReverseCharge,
+    SetNotificationSettings,
     VoidGrant,
     VoidPack,
 )
@@ -33,6 +34,7 @@ from schemas.events import (
     ChargeReversed,
     CreditsGranted,
     GrantExpired,
+    NotificationSettingsChanged,
     PackVoided,
     ReversalPart,
     SeatAdjusted,
@@ -274,3 +276,25 @@ def test_a_voided_grant_is_spent_no_more():
     events = play(state, charge(costing(STANDARD // CREDIT + 1, "e1", "alice")), NOW)
     usage = next(e for e in events if isinstance(e, UsageCharged))
     assert usage.allocation[-1] == Allocation("uncovered", "", CREDIT)
+
+
+# -- notification settings: an admin write that moves no credits --------------------------------
+
+
+def test_notification_settings_are_recorded_sorted_and_the_same_again_records_nothing():
+    state = team()
+    asked = SetNotificationSettings(SUB, (90, 25, 90), 5 * CREDIT, ADMIN, "ops")
+    assert play(state, asked, NOW) == [
+        NotificationSettingsChanged(SUB, (25, 90), 5 * CREDIT, ADMIN, "ops")
+    ]
+    assert when(state, SetNotificationSettings(SUB, (25, 90), 5 * CREDIT), NOW) == []
+    assert when(state, SetNotificationSettings(SUB, (25, 90), None), NOW) != []
+
+
+@pytest.mark.parametrize(
+    ("thresholds", "low"),
+    [((0,), None), ((1_001,), None), (tuple(range(1, 12)), None), ((50,), -1)],
+)
+def test_notification_settings_that_cannot_be_in_force_are_refused(thresholds, low):
+    with pytest.raises(InvalidCommand):
+        when(team(), SetNotificationSettings(SUB, thresholds, low), NOW)

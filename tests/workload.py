@@ -25,6 +25,7 @@ from schemas.commands import (
     ReleaseHold,
     RemoveSeat,
     ReverseCharge,
+    SetNotificationSettings,
     VoidGrant,
     VoidPack,
 )
@@ -109,6 +110,8 @@ class Workload:
                     step.commands.append(event)
                 serial += 1
                 produced += 1
+                if self.holds_and_corrections and serial % SETTINGS_EVERY == 0:
+                    step.commands.append(_settings_change(sub, serial))
             yield step
 
     def _usage(
@@ -136,6 +139,18 @@ class Workload:
             tool_calls=rng.choice((0, 0, 0, 1, 3)),
             thinking=rng.random() < 0.3,
         )
+
+
+SETTINGS_EVERY = 211
+"""Steps between two notification settings changes of a holds-and-corrections workload (drawn
+without the random source, so the rest of the workload is what it was without them)."""
+
+
+def _settings_change(sub: str, serial: int) -> SetNotificationSettings:
+    """Settings of every shape: 0-3 thresholds given unsorted, no low amount, 0, or some."""
+    thresholds = tuple({(serial * k) % 150 + 1 for k in (7, 1, 13)})[: serial % 4]
+    low = (None, 0, (serial % 500 + 1) * 100 * UCR_PER_CREDIT)[serial % 3]
+    return SetNotificationSettings(sub, thresholds, low, reason="tuning alerts")
 
 
 def _tokens(rng: random.Random, alpha: float, typical: int) -> int:

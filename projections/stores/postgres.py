@@ -47,6 +47,7 @@ from projections.history import (
     HistoryPage,
     HistoryQuery,
     find_admin_record,
+    find_latest_admin_record,
     history_page,
 )
 from projections.read_store import (
@@ -610,6 +611,13 @@ class PostgresReadModelReader:
 
     def admin_record(self, subscription_id: str, type_: str, key: str) -> StoredRecord | None:
         return find_admin_record(self._fetch, self._events, subscription_id, type_, key, "%s")
+
+    def latest_admin_record(
+        self, subscription_id: str, type_: str, until: int | None = None
+    ) -> StoredRecord | None:
+        return find_latest_admin_record(
+            self._fetch, self._events, subscription_id, type_, until, "%s"
+        )
 
     def checkpoint(self, name: str = DEFAULT_CHECKPOINT) -> int:
         rows = self._fetch(_SELECT_CHECKPOINT, (name,))

@@ -28,6 +28,7 @@ from projections.history import (
     HistoryPage,
     HistoryQuery,
     find_admin_record,
+    find_latest_admin_record,
     history_page,
 )
 from projections.read_store import (
@@ -405,6 +406,11 @@ class SqliteReadModelReader:
 
     def admin_record(self, subscription_id: str, type_: str, key: str) -> StoredRecord | None:
         return find_admin_record(self._fetch, self._events, subscription_id, type_, key)
+
+    def latest_admin_record(
+        self, subscription_id: str, type_: str, until: int | None = None
+    ) -> StoredRecord | None:
+        return find_latest_admin_record(self._fetch, self._events, subscription_id, type_, until)
 
     def checkpoint(self, name: str = DEFAULT_CHECKPOINT) -> int:
         with self._lock:

@@ -46,10 +46,12 @@ class AdminActionView(msgspec.Struct, frozen=True):
     recorded_at: datetime
     type: str
     """The log event's type: subscription.opened, seat.added, seat.tier_changed, seat.removed,
-    pack.purchased, seat.adjusted, grant.issued, usage.reversed, pack.voided, grant.voided."""
+    pack.purchased, notification.settings_changed, seat.adjusted, grant.issued, usage.reversed,
+    pack.voided, grant.voided."""
     subscription_id: str
     id: str
-    """The id the write is about: the seat, pack, grant, adjustment or reversal."""
+    """The id the write is about: the subscription (opened, notification settings), the seat,
+    pack, grant, adjustment or reversal."""
     seat_id: str | None
     event_id: str | None
     """A reversal's charge."""

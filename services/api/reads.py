@@ -140,6 +140,12 @@ class UsageReader:
         """The record of the admin write of this type about `key`, if the tables hold it."""
         return self._reader.admin_record(subscription_id, type_, key)
 
+    def latest_admin_record(
+        self, subscription_id: str, type_: str, until: int | None = None
+    ) -> StoredRecord | None:
+        """The record of the subscription's latest admin write of this type, if any."""
+        return self._reader.latest_admin_record(subscription_id, type_, until)
+
     def checkpoint(self) -> int:
         """The log position the read model tables hold (0 before the first batch)."""
         return self._reader.checkpoint()

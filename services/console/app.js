@@ -801,6 +801,7 @@ const HISTORY_LABELS = {
   "seat.tier_changed": "Tier changed",
   "seat.removed": "Seat removed",
   "pack.purchased": "Pack bought",
+  "notification.settings_changed": "Notification settings changed",
   "seat.adjusted": "Seat adjusted",
   "grant.issued": "Credits granted",
   "usage.reversed": "Charge reversed",

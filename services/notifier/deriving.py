@@ -17,7 +17,7 @@ from ledger.clock import Clock
 from ledger.log import EventStore
 from projections.notification_store import CheckpointMoved, SqlNotificationStore
 from projections.notifications import NotificationDeriver
-from schemas.notifications import DEFAULT_SETTINGS, Notification, NotificationSettings
+from schemas.notifications import Notification
 from services.metrics import METRICS, LedgerMetrics
 
 BATCH_EVENTS: Final = 20_000
@@ -41,28 +41,16 @@ class Notifier:
         self._store = store
         self._clock = clock
         self._metrics = metrics
-        self._settings: dict[str, NotificationSettings] = {}
-        self._settings_version = -1
-        self.deriver = NotificationDeriver(self._settings_of)
+        self.deriver = NotificationDeriver()
         self._load()
 
     @property
     def position(self) -> int:
         return self.deriver.position
 
-    def _settings_of(self, sub: str) -> NotificationSettings:
-        return self._settings.get(sub, DEFAULT_SETTINGS)
-
-    def _reload_settings(self) -> None:
-        version = self._store.settings_version()
-        if version != self._settings_version:
-            self._settings = self._store.all_settings()
-            self._settings_version = version
-
     def _load(self) -> None:
         """Fold the log up to the stored checkpoint, storing nothing."""
-        self._reload_settings()
-        self.deriver = NotificationDeriver(self._settings_of)
+        self.deriver = NotificationDeriver()
         checkpoint = self._store.checkpoint()
         while self.deriver.position < checkpoint:
             until = min(self.deriver.position + REPLAY_BATCH_EVENTS, checkpoint)
@@ -81,7 +69,6 @@ class Notifier:
         """Fold and store the next records (at most `batch_events`), or, caught up, the expiry
         warnings now due: (records folded, notifications new); None when another notifier
         moved the checkpoint (the state is then loaded again from the store)."""
-        self._reload_settings()
         after = self.deriver.position
         head = self._events.head().position
         if head > after:
