@@ -8,7 +8,7 @@ from typing import Annotated, Any, Final
 
 import msgspec
 from litestar import get, put
-from litestar.params import QueryParameter
+from litestar.params import JSONBody, QueryParameter
 
 from ledger.money import format_credits, parse_credits
 from projections.notification_store import MAX_FEED_ITEMS, SqlNotificationStore
@@ -139,7 +139,7 @@ class NotificationController(V1Controller):
         reads: Injected[Reads],
         notices: Injected[SqlNotificationStore],
         sub: PathId,
-        data: SettingsBody,
+        data: JSONBody[SettingsBody],
     ) -> SettingsView:
         must_exist(reads, sub)
         thresholds = tuple(sorted({int(percent) for percent in data.thresholds_percent}))
