@@ -19,74 +19,25 @@ import argparse
 import asyncio
 import json
 import multiprocessing
-import os
 import random
-import signal
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
-from datetime import UTC, datetime
 from pathlib import Path
 
-import redis
+from _load import (
+    ADMIN_TOKEN,
+    LEDGER,  # noqa: F401 (bench_holds.py imports it from here)
+    SEATS,
+    SUBSCRIPTIONS,
+    http_json,
+    percentile,
+    publish,
+    served_ledger,
+    setup_jsonl,
+)
+from _load import wait_ready as _wait_ready  # noqa: F401 (bench_holds.py imports it from here)
 
-from services.redis_server import EmbeddedRedis, free_loopback_port
-
-SUBSCRIPTIONS = 100
-SEATS = 10
 CONNECTIONS = 8
-PUBLISH_TICK_S = 0.01
-ADMIN_TOKEN = "bench-admin-token"
-MODELS = ("qwen3.6-plus", "glm-5", "MiniMax-M2.5", "deepseek-v3.2")
-LEDGER = (sys.executable, "-m", "services.cli")
-
-
-def setup_jsonl() -> str:
-    lines = []
-    for sub in range(SUBSCRIPTIONS):
-        lines.append({"type": "subscription.open", "subscription_id": f"sub-{sub}"})
-        for seat in range(SEATS):
-            lines.append(
-                {
-                    "type": "seat.add",
-                    "subscription_id": f"sub-{sub}",
-                    "seat_id": f"sub-{sub}-seat-{seat}",
-                    "tier": "premium",
-                }
-            )
-        lines.append({"type": "pack.buy", "subscription_id": f"sub-{sub}", "pack_id": "p-1"})
-    return "".join(json.dumps(line) + "\n" for line in lines)
-
-
-def publish(redis_url: str, stream: str, rate: float, seconds: float, done: object) -> None:
-    """Publish `rate` usage events per second for `seconds`, in a tick every 10 ms."""
-    client = redis.Redis.from_url(redis_url)
-    rng = random.Random(3)
-    started = time.perf_counter()
-    sent = 0
-    now = datetime.now(UTC).isoformat()
-    while (elapsed := time.perf_counter() - started) < seconds:
-        due = int(elapsed * rate)
-        pipe = client.pipeline(transaction=False)
-        for i in range(sent, due):
-            sub = rng.randrange(SUBSCRIPTIONS)
-            event = {
-                "event_id": f"bench-{i}",
-                "subscription_id": f"sub-{sub}",
-                "seat_id": f"sub-{sub}-seat-{rng.randrange(SEATS)}",
-                "model": rng.choice(MODELS),
-                "input_tokens": rng.randrange(100, 5_000),
-                "cached_tokens": rng.randrange(0, 20_000),
-                "output_tokens": rng.randrange(10, 1_000),
-                "occurred_at": now,
-            }
-            pipe.xadd(stream, {"data": json.dumps(event)})
-        pipe.execute()
-        sent = due
-        time.sleep(PUBLISH_TICK_S)
-    done.value = sent  # type: ignore[attr-defined]
 
 
 async def _load(
@@ -189,22 +140,6 @@ def load(port: int, token: str, rate: float, seconds: float, out: str) -> None:
     Path(out).write_text(json.dumps({"due": from_due, "send": from_send, "errors": errors}))
 
 
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
-def http_json(port: int, method: str, path: str, body: object = None) -> dict:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}{path}",
-        data=None if body is None else json.dumps(body).encode(),
-        method=method,
-        headers={"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=10) as reply:
-        return json.loads(reply.read())  # type: ignore[no-any-return]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=1_000, help="pre-check requests/s")
@@ -213,23 +148,9 @@ def main() -> None:
     parser.add_argument("--as-of-rate", type=float, default=0, help="reads of the past/s")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="bench-authz-"))
-    embedded = EmbeddedRedis(folder / "redis")
-    embedded.start()
-    port = free_loopback_port()
     stream = "bench.usage"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
-    env.update(
-        LEDGER_DATA_DIR=str(folder / "data"),
-        LEDGER_REDIS_URL=embedded.url,
-        LEDGER_USAGE_STREAM=stream,
-        LEDGER_PORT=str(port),
-        LEDGER_ADMIN_TOKEN=ADMIN_TOKEN,
-    )
-    subprocess.run([*LEDGER, "backfill", "-"], input=setup_jsonl(), text=True, env=env, check=True)
-    log_file = (folder / "serve.log").open("wb")
-    serve = subprocess.Popen([*LEDGER, "serve"], env=env, stdout=log_file, stderr=log_file)
-    try:
-        _wait_ready(port)
+    with served_ledger(folder, setup_jsonl(), LEDGER_USAGE_STREAM=stream) as served:
+        port = served.port
         set_up = http_json(port, "GET", "/v1/audit/digest")["position"]
         gateway = http_json(
             port,
@@ -241,7 +162,7 @@ def main() -> None:
         published = context.Value("q", 0)
         publisher = context.Process(
             target=publish,
-            args=(embedded.url, stream, args.ingest_rate, args.seconds + 2, published),
+            args=(served.redis_url, stream, args.ingest_rate, args.seconds + 2, published),
         )
         publisher.start()
         time.sleep(2)  # ingest reaches its steady rate before requests start
@@ -267,10 +188,6 @@ def main() -> None:
         publisher.join()
         measured = json.loads(results.read_text())
         as_of = json.loads(as_of_results.read_text()) if args.as_of_rate else None
-    finally:
-        serve.send_signal(signal.SIGTERM)
-        serve.wait(30)
-        embedded.stop()
     _report(args, measured, as_of, published.value, (head_after - head_before) / elapsed, elapsed)
 
 
@@ -303,17 +220,6 @@ def _report(
             f" {percentile(values, 0.5):.1f} ms, p99 {percentile(values, 0.99):.1f} ms,"
             f" statuses {as_of['statuses']}"
         )
-
-
-def _wait_ready(port: int, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"ledger serve not ready on port {port} within {timeout_s} s")
 
 
 if __name__ == "__main__":

@@ -26,10 +26,9 @@ import sys
 import tempfile
 import time
 import urllib.request
-import uuid
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+from _load import START, Plan, percentile
 
 from ledger.application import Ledger
 from ledger.audit import verify
@@ -39,41 +38,12 @@ from ledger.rate_card import RateCard, load_rate_card
 from ledger.stores.sqlite import SqliteEventStore, SqliteSnapshotStore
 from projections.replay import balances_as_of
 from projections.snapshots import SubscriptionHistory, create_snapshot
-from schemas.commands import AddSeat, BuyPack, OpenSubscription
-from schemas.usage import UsageEvent
 from services.redis_server import free_loopback_port
 
-MODELS = ("qwen3.6-plus", "glm-5", "MiniMax-M2.5", "deepseek-v3.2")
-START = datetime(2026, 5, 1, tzinfo=UTC)
-SUBSCRIPTIONS = 100
-SEATS_PER_SUBSCRIPTION = 5
+PLAN = Plan(subscriptions=100, seats_per_subscription=5, seat_id="seat-{seat}")
 BATCH = 1_000
 AS_OF_SAMPLES = 200
 FULL_START_MAX_RECORDS = 1_000_000
-
-
-def usage_batches(events: int, rng: random.Random) -> Iterator[tuple[datetime, list[UsageEvent]]]:
-    now = START
-    for first in range(0, events, BATCH):
-        now += timedelta(milliseconds=50)
-        items = []
-        for _ in range(min(BATCH, events - first)):
-            sub = rng.randrange(SUBSCRIPTIONS)
-            items.append(
-                UsageEvent(
-                    event_id=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-                    subscription_id=f"sub-{sub}",
-                    seat_id=f"seat-{rng.randrange(SEATS_PER_SUBSCRIPTION)}",
-                    model=rng.choice(MODELS),
-                    occurred_at=now,
-                    input_tokens=int(rng.paretovariate(1.2) * 2_000),
-                    cached_tokens=int(rng.paretovariate(1.5) * 10_000),
-                    output_tokens=int(rng.paretovariate(1.3) * 300),
-                    tool_calls=rng.choice((0, 0, 1)),
-                    thinking=rng.random() < 0.3,
-                )
-            )
-        yield now, items
 
 
 def build(folder: Path, records: int, snapshot_every: int, rate_card: RateCard) -> float:
@@ -83,17 +53,10 @@ def build(folder: Path, records: int, snapshot_every: int, rate_card: RateCard) 
     store = SqliteEventStore(folder / "ledger.sqlite3")
     snapshots = SqliteSnapshotStore(folder / "ledger.snapshots.sqlite3")
     ledger = Ledger(store, rate_card, clock)
-    setup: list[OpenSubscription | AddSeat | BuyPack] = []
-    for sub in range(SUBSCRIPTIONS):
-        setup.append(OpenSubscription(f"sub-{sub}"))
-        setup += [
-            AddSeat(f"sub-{sub}", f"seat-{s}", "premium") for s in range(SEATS_PER_SUBSCRIPTION)
-        ]
-        setup.append(BuyPack(f"sub-{sub}", f"sub-{sub}-pack"))
-    ledger.execute(setup)
+    ledger.execute(PLAN.setup())
     appending = 0.0
     last_snapshot = 0
-    for now, items in usage_batches(records, rng):
+    for now, items in PLAN.usage_batches(records, BATCH, rng):
         clock.set(us_from_datetime(now))
         started = time.perf_counter()
         ledger.charge(items)
@@ -116,11 +79,6 @@ def bytes_per_charge(path: Path, charges: int) -> tuple[float, dict[str, float]]
     return path.stat().st_size / charges, parts
 
 
-def percentile(samples: list[float], fraction: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
 def measure(folder: Path, records: int, rate_card: RateCard) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
     store = SqliteEventStore(folder / "ledger.sqlite3")
@@ -140,7 +98,7 @@ def measure(folder: Path, records: int, rate_card: RateCard) -> list[tuple[str, 
     history = SubscriptionHistory(store, snapshots)
     took_ms = []
     for _ in range(AS_OF_SAMPLES):
-        sub, position = f"sub-{rng.randrange(SUBSCRIPTIONS)}", rng.randrange(1, head + 1)
+        sub, position = f"sub-{rng.randrange(PLAN.subscriptions)}", rng.randrange(1, head + 1)
         started = time.perf_counter()
         history.balances(sub, position)
         took_ms.append((time.perf_counter() - started) * 1000)
@@ -220,8 +178,9 @@ def main() -> None:
             took = [restart_to_ready(folder) for _ in range(args.serve_restarts)]
             rows.append(("ledger serve, launch to ready", ", ".join(f"{t:.1f} s" for t in took)))
         print(
-            f"\n{records:,} charges, {SUBSCRIPTIONS} subscriptions x {SEATS_PER_SUBSCRIPTION}"
-            f" seats, a snapshot every {args.snapshot_every:,} records"
+            f"\n{records:,} charges, {PLAN.subscriptions} subscriptions"
+            f" x {PLAN.seats_per_subscription} seats, a snapshot every"
+            f" {args.snapshot_every:,} records"
         )
         for name, figure in rows:
             print(f"  {name:<52} {figure}")

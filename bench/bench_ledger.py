@@ -13,9 +13,9 @@ import argparse
 import random
 import tempfile
 import time
-import uuid
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+from _load import START, Plan
 
 from ledger.application import Ledger
 from ledger.audit import verify
@@ -26,37 +26,8 @@ from ledger.stores.sqlite import SqliteEventStore
 from projections.replay import balances_as_of
 from projections.runner import ProjectionRunner
 from projections.stores.sqlite import SqliteReadModelStore
-from schemas.commands import AddSeat, BuyPack, OpenSubscription
-from schemas.usage import UsageEvent
 
-MODELS = ("qwen3.6-plus", "glm-5", "MiniMax-M2.5", "deepseek-v3.2")
-START = datetime(2026, 5, 1, tzinfo=UTC)
-SUBSCRIPTIONS = 1_000
-SEATS_PER_SUBSCRIPTION = 5
-
-
-def usage_batches(events: int, batch: int, rng: random.Random):
-    now = START
-    for first in range(0, events, batch):
-        now += timedelta(milliseconds=50)
-        items = []
-        for _ in range(min(batch, events - first)):
-            sub = rng.randrange(SUBSCRIPTIONS)
-            items.append(
-                UsageEvent(
-                    event_id=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-                    subscription_id=f"sub-{sub}",
-                    seat_id=f"sub-{sub}-seat-{rng.randrange(SEATS_PER_SUBSCRIPTION)}",
-                    model=rng.choice(MODELS),
-                    occurred_at=now,
-                    input_tokens=int(rng.paretovariate(1.2) * 2_000),
-                    cached_tokens=int(rng.paretovariate(1.5) * 10_000),
-                    output_tokens=int(rng.paretovariate(1.3) * 300),
-                    tool_calls=rng.choice((0, 0, 1)),
-                    thinking=rng.random() < 0.3,
-                )
-            )
-        yield now, items
+PLAN = Plan(subscriptions=1_000, seats_per_subscription=5)
 
 
 def main() -> None:
@@ -70,20 +41,12 @@ def main() -> None:
     clock = ManualClock(us_from_datetime(START))
     store = SqliteEventStore(folder / "ledger.sqlite3")
     ledger = Ledger(store, load_rate_card(), clock)
-    setup = []
-    for sub in range(SUBSCRIPTIONS):
-        setup.append(OpenSubscription(f"sub-{sub}"))
-        setup += [
-            AddSeat(f"sub-{sub}", f"sub-{sub}-seat-{s}", "premium")
-            for s in range(SEATS_PER_SUBSCRIPTION)
-        ]
-        setup.append(BuyPack(f"sub-{sub}", f"sub-{sub}-pack"))
-    ledger.execute(setup)
+    ledger.execute(PLAN.setup())
 
     rows: list[tuple[str, int, float]] = []
     charged = 0
     started = time.perf_counter()
-    for now, items in usage_batches(args.events, args.batch, rng):
+    for now, items in PLAN.usage_batches(args.events, args.batch, rng):
         clock.set(us_from_datetime(now))
         outcomes = ledger.charge(items)
         charged += sum(outcome.status == "applied" for outcome in outcomes)
@@ -114,7 +77,10 @@ def main() -> None:
         ("audit verify (chain + re-price + re-allocate)", head, time.perf_counter() - started)
     )
 
-    print(f"\n{args.events:,} usage events, {SUBSCRIPTIONS:,} subscriptions, random UUID event ids")
+    print(
+        f"\n{args.events:,} usage events, {PLAN.subscriptions:,} subscriptions,"
+        " random UUID event ids"
+    )
     print(f"{'step':<48} {'events':>10} {'seconds':>8} {'events/s':>10}")
     for name, n, seconds in rows:
         print(f"{name:<48} {n:>10,} {seconds:>8.2f} {n / seconds:>10,.0f}")

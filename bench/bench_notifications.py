@@ -16,10 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import os
-import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -27,20 +23,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import redis
-from bench_authorization import (
-    SEATS,
-    SUBSCRIPTIONS,
-    _wait_ready,
-    http_json,
-    percentile,
-    publish,
-    setup_jsonl,
-)
+from _load import SEATS, SUBSCRIPTIONS, http_json, percentile, publish, served_ledger, setup_jsonl
 
-from services.redis_server import EmbeddedRedis, free_loopback_port
-
-ADMIN_TOKEN = "bench-admin-token"
-LEDGER = (sys.executable, "-m", "services.cli")
 STREAM = "bench.usage"
 NOTIFICATIONS = "bench.notifications"
 MAX_TOKENS = 50_000_000
@@ -111,52 +95,39 @@ def main() -> None:
     args = parser.parse_args()
     probes = int(args.seconds * args.probes)
     folder = Path(tempfile.mkdtemp(prefix="bench-notify-"))
-    embedded = EmbeddedRedis(folder / "redis")
-    embedded.start()
-    port = free_loopback_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
-    env.update(
-        LEDGER_DATA_DIR=str(folder / "data"),
-        LEDGER_REDIS_URL=embedded.url,
-        LEDGER_USAGE_STREAM=STREAM,
-        LEDGER_NOTIFICATION_STREAM=NOTIFICATIONS,
-        LEDGER_PORT=str(port),
-        LEDGER_ADMIN_TOKEN=ADMIN_TOKEN,
-    )
     setup = setup_jsonl() + probe_setup(probes)
-    subprocess.run([*LEDGER, "backfill", "-"], input=setup, text=True, env=env, check=True)
-    log_file = (folder / "serve.log").open("wb")
-    serve = subprocess.Popen([*LEDGER, "serve"], env=env, stdout=log_file, stderr=log_file)
-    client = redis.Redis.from_url(embedded.url)
     seen: dict[str, float] = {}
     charged: dict[str, float] = {}
-    stop = threading.Event()
-    listener = threading.Thread(target=listen, args=(client, seen, charged, stop), daemon=True)
-    try:
-        _wait_ready(port)
-        listener.start()
-        context = multiprocessing.get_context("spawn")
-        published = context.Value("q", 0)
-        publisher = context.Process(
-            target=publish,
-            args=(embedded.url, STREAM, args.ingest_rate, args.seconds + 2, published),
+    streams = {"LEDGER_USAGE_STREAM": STREAM, "LEDGER_NOTIFICATION_STREAM": NOTIFICATIONS}
+    with served_ledger(folder, setup, **streams) as served:
+        port = served.port
+        stop = threading.Event()
+        listener = threading.Thread(
+            target=listen,
+            args=(redis.Redis.from_url(served.redis_url), seen, charged, stop),
+            daemon=True,
         )
-        publisher.start()
-        time.sleep(2)  # ingest reaches its steady rate before the probes start
-        head_before = http_json(port, "GET", "/v1/audit/digest")["position"]
-        started = time.perf_counter()
-        sent = run_probes(redis.Redis.from_url(embedded.url), probes, args.probes)
-        elapsed = time.perf_counter() - started
-        head_after = http_json(port, "GET", "/v1/audit/digest")["position"]
-        publisher.join()
-        deadline = time.monotonic() + 30
-        while len(seen) < probes and time.monotonic() < deadline:
-            time.sleep(0.1)
-    finally:
-        stop.set()
-        serve.send_signal(signal.SIGTERM)
-        serve.wait(30)
-        embedded.stop()
+        listener.start()
+        try:
+            context = multiprocessing.get_context("spawn")
+            published = context.Value("q", 0)
+            publisher = context.Process(
+                target=publish,
+                args=(served.redis_url, STREAM, args.ingest_rate, args.seconds + 2, published),
+            )
+            publisher.start()
+            time.sleep(2)  # ingest reaches its steady rate before the probes start
+            head_before = http_json(port, "GET", "/v1/audit/digest")["position"]
+            started = time.perf_counter()
+            sent = run_probes(redis.Redis.from_url(served.redis_url), probes, args.probes)
+            elapsed = time.perf_counter() - started
+            head_after = http_json(port, "GET", "/v1/audit/digest")["position"]
+            publisher.join()
+            deadline = time.monotonic() + 30
+            while len(seen) < probes and time.monotonic() < deadline:
+                time.sleep(0.1)
+        finally:
+            stop.set()
     latencies = [(seen[k] - at) * 1_000 for k, at in sent.items() if k in seen]
     rows = {
         "XADD -> stream": latencies,

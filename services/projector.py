@@ -15,26 +15,23 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable
 from typing import Final
 
 import structlog
 
-from projections.read_store import ReadModelStore
 from projections.runner import ProjectionRunner
 from projections.snapshots import Snapshotter
 from services.bootstrap import open_event_store, open_read_store, open_snapshot_store
 from services.children import ChildProcess, die_with_parent
 from services.config import Settings
 from services.logs import configure_logging
+from services.single_writer import wait_for_writer_lock
 
 POLL_INTERVAL_S: Final = 0.02
 """Seconds between two catch-ups unless the last one was cut short by the batch bound (then
 it goes on at once): under a steady stream, one read-model commit folds tens of records."""
 CATCH_UP_BATCH_EVENTS: Final = 20_000
 """Most events folded and committed in one read-model transaction."""
-WRITER_LOCK_POLL_S: Final = 0.5
-"""Seconds between two tries at the read store's writer lock while another projector holds it."""
 PROJECTOR_NICENESS: Final = 10
 """Added to the projector's nice value: on a busy machine the HTTP API and the writer come
 first; the projector only delays usage pages, and catches up in larger batches."""
@@ -62,7 +59,13 @@ def run_projector(settings: Settings, parent_pid: int) -> None:
     read_store = open_read_store(settings, store)
     snapshots = open_snapshot_store(settings)
     try:
-        if not _lock_writer(read_store, wanted):
+        if not wait_for_writer_lock(
+            read_store.try_lock_writer,
+            wanted,
+            log,
+            "projector.waiting",
+            reason="another projector writes these read models",
+        ):
             return
         runner = ProjectionRunner(store, read_store)  # loads the tables once they are its own
         snapshotter = Snapshotter(
@@ -92,19 +95,6 @@ def _snapshot_if_due(snapshotter: Snapshotter, runner: ProjectionRunner) -> None
         info = snapshotter.take(runner.balances, runner.position)
         took_ms = round((time.monotonic() - started) * 1000)
         log.info("snapshot.saved", position=info.position, bytes=info.size_bytes, ms=took_ms)
-
-
-def _lock_writer(read_store: ReadModelStore, wanted: Callable[[], bool]) -> bool:
-    """Wait for the read store's writer lock while still wanted; False when no longer wanted."""
-    waiting = False
-    while not read_store.try_lock_writer():
-        if not waiting:
-            log.info("projector.waiting", reason="another projector writes these read models")
-            waiting = True
-        if not wanted():
-            return False
-        time.sleep(WRITER_LOCK_POLL_S)
-    return True
 
 
 class Projector(ChildProcess):

@@ -483,6 +483,39 @@ class ServeRun:
     def tail(self, lines: int = LOG_TAIL_LINES) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])
 
+    def wait_started(self, timeout_s: float = START_TIMEOUT_S) -> float:
+        """Seconds from spawn to the `ledger.started` line; fails if it exits or takes too long."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if STARTED_EVENT in self.log_text():
+                self.started_at = time.monotonic()
+                return self.started_at - self.spawned_at
+            if self.process.poll() is not None:
+                raise AssertionError(
+                    f"ledger serve ({self.log_path.name}) exited with"
+                    f" {self.process.returncode} before starting:\n{self.tail()}"
+                )
+            time.sleep(0.01)
+        raise AssertionError(
+            f"ledger serve ({self.log_path.name}) did not start within {timeout_s:g} s:"
+            f"\n{self.tail()}"
+        )
+
+
+def spawn_serve(env: Mapping[str, str], log_path: Path, *args: str) -> ServeRun:
+    """Start `ledger serve` with these extra arguments, its stdout and stderr in `log_path`;
+    it is killed when this process dies."""
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [*LEDGER_COMMAND, "serve", *args],
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            preexec_fn=killed_with_parent,
+        )
+    return ServeRun(process, log_path, time.monotonic())
+
 
 @dataclass
 class ServeProcesses:
@@ -498,35 +531,13 @@ class ServeProcesses:
 
     def spawn(self, *args: str) -> ServeRun:
         """Start `ledger serve` with these extra arguments."""
-        n = len(self.runs) + 1
-        log_path = self.log_dir / f"serve-{n}.log"
-        with log_path.open("wb") as log_file:
-            process = subprocess.Popen(
-                [*LEDGER_COMMAND, "serve", *args],
-                env=dict(self.env),
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                preexec_fn=killed_with_parent,
-            )
-        run = ServeRun(process, log_path, time.monotonic())
+        run = spawn_serve(self.env, self.log_dir / f"serve-{len(self.runs) + 1}.log", *args)
         self.runs.append(run)
         return run
 
     def wait_started(self, timeout_s: float = START_TIMEOUT_S) -> float:
         """Seconds from spawn to the `ledger.started` line; fails if it exits or takes too long."""
-        run = self.current
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if STARTED_EVENT in run.log_text():
-                run.started_at = time.monotonic()
-                return run.started_at - run.spawned_at
-            if run.process.poll() is not None:
-                raise AssertionError(
-                    f"ledger serve exited with {run.process.returncode} before starting"
-                )
-            time.sleep(0.01)
-        raise AssertionError(f"ledger serve did not start within {timeout_s:g} s")
+        return self.current.wait_started(timeout_s)
 
     def kill(self) -> None:
         run = self.current

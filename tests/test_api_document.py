@@ -6,13 +6,16 @@ refuse unknown fields with `additionalProperties: false`, an optional body as op
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from litestar.exceptions import LitestarDeprecationWarning
 
 from schemas.instants import InstantOutOfRange, bounded_utc
 from schemas.limits import ID_PATTERN, INSTANT_PATTERN, MAX_ID_CHARS, MAX_INSTANT, MIN_INSTANT
@@ -60,6 +63,17 @@ def _is_id(schema: dict[str, Any]) -> bool:
         and schema.get("minLength") == 1
         and schema.get("maxLength") == MAX_ID_CHARS
     )
+
+
+def test_every_handler_is_declared_as_litestar_3_reads_it(tmp_path: Path) -> None:
+    """A request body without its marker (`JSONBody[...]`), or another reserved argument
+    without its type, is a deprecation warning now and a different handler in Litestar 3."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with open_api(tmp_path):
+            pass
+    deprecated = [str(w.message) for w in caught if w.category is LitestarDeprecationWarning]
+    assert deprecated == []
 
 
 def test_every_path_parameter_and_id_query_parameter_carries_the_id_alphabet(

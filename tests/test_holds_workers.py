@@ -6,7 +6,6 @@ worth still grant exactly ten, and each settles once."""
 from __future__ import annotations
 
 import subprocess
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,14 +15,7 @@ import pytest
 
 from schemas.usage import UsageEvent
 from services.client import UsagePublisher
-from tests.crash_support import (
-    LEDGER_COMMAND,
-    STARTED_EVENT,
-    ServeRun,
-    killed_with_parent,
-    ledger_env,
-    write_rate_card,
-)
+from tests.crash_support import ServeRun, ledger_env, spawn_serve, write_rate_card
 from tests.service_support import HttpClient, eventually
 from tests.test_holds_service import RACERS, check_race_answers, log_events, most_ever_held, race
 
@@ -56,23 +48,9 @@ class Processes:
             LEDGER_ROLE=role,
         )
         (self.tmp_path / name).mkdir(parents=True, exist_ok=True)
-        log_path = self.tmp_path / f"{name}.log"
-        with log_path.open("wb") as log_file:
-            process = subprocess.Popen(
-                [*LEDGER_COMMAND, "serve"],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                preexec_fn=killed_with_parent,
-            )
-        run = ServeRun(process, log_path, time.monotonic())
+        run = spawn_serve(env, self.tmp_path / f"{name}.log")
         self.runs.append(run)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while STARTED_EVENT not in run.log_text():
-            assert process.poll() is None, run.tail()
-            assert time.monotonic() < deadline, f"{name} did not start: {run.tail()}"
-            time.sleep(0.05)
+        run.wait_started(START_TIMEOUT_S)
         return env
 
     def stop(self) -> None:

@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from services.redis_server import free_loopback_port
-from tests.crash_support import LEDGER_COMMAND, STARTED_EVENT, ServeRun, killed_with_parent
+from tests.crash_support import ServeRun, spawn_serve
 from tests.service_support import START, HttpClient, eventually
 from tests.support.webhook_receiver import Receiver
 
@@ -59,23 +59,9 @@ class Deployment:
             PYTHONUNBUFFERED="1",
         )
         (self.tmp_path / name).mkdir(parents=True, exist_ok=True)
-        log_path = self.tmp_path / f"{name}.log"
-        with log_path.open("wb") as log_file:
-            process = subprocess.Popen(
-                [*LEDGER_COMMAND, "serve"],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                preexec_fn=killed_with_parent,
-            )
-        run = ServeRun(process, log_path, time.monotonic())
+        run = spawn_serve(env, self.tmp_path / f"{name}.log")
         self.runs[name] = run
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while STARTED_EVENT not in run.log_text():
-            assert process.poll() is None, run.tail()
-            assert time.monotonic() < deadline, f"{name} did not start: {run.tail()}"
-            time.sleep(0.05)
+        run.wait_started(START_TIMEOUT_S)
         return HttpClient(f"http://127.0.0.1:{port}", ADMIN)
 
     def notifying(self) -> list[str]:

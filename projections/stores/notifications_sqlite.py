@@ -5,18 +5,17 @@ read the feed and manage webhooks."""
 
 from __future__ import annotations
 
-import fcntl
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import Any, Final
 
 from projections.notification_store import SqlNotificationStore, table_statements
+from projections.stores.writer_lock import WriterFileLock
 
 BUSY_TIMEOUT_MS: Final = 10_000
-WRITER_LOCK_SUFFIX: Final = ".lock"
 
 
 class SqliteNotificationStore(SqlNotificationStore):
@@ -25,7 +24,7 @@ class SqliteNotificationStore(SqlNotificationStore):
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
-        self._writer_lock: IO[str] | None = None
+        self._writer_lock = WriterFileLock(self.path)
         self._lock = threading.RLock()
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -53,19 +52,8 @@ class SqliteNotificationStore(SqlNotificationStore):
 
     def try_lock_writer(self) -> bool:
         """Become the one notifier of these tables, without waiting."""
-        if self._writer_lock is not None:
-            return True
-        lock = open(self.path + WRITER_LOCK_SUFFIX, "a")  # noqa: SIM115 (held until close)
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.close()
-            return False
-        self._writer_lock = lock
-        return True
+        return self._writer_lock.try_lock()
 
     def close(self) -> None:
-        if self._writer_lock is not None:
-            self._writer_lock.close()
-            self._writer_lock = None
+        self._writer_lock.unlock()
         self._db.close()

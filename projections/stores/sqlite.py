@@ -10,13 +10,12 @@ read-only.
 
 from __future__ import annotations
 
-import fcntl
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Final
+from typing import Final
 
 from ledger.log import StoredRecord
 from projections.balances import Balances, Changes
@@ -40,6 +39,7 @@ from projections.read_store import (
     seat_values,
     subscription_values,
 )
+from projections.stores.writer_lock import WriterFileLock
 from projections.usage import (
     INSERT_USAGE_SQL,
     USAGE_INDEX_NAMES,
@@ -54,7 +54,6 @@ from schemas.read_models import UsagePage
 
 BUSY_TIMEOUT_MS: Final = 10_000
 """How long a write waits for another connection's write lock (a shared file) before failing."""
-WRITER_LOCK_SUFFIX: Final = ".lock"
 
 _TABLES_SQL: Final = (
     """
@@ -187,7 +186,7 @@ class SqliteReadModelStore:
     def __init__(self, path: str | Path, events: RecordReader) -> None:
         self.path = str(path)
         self._events = events
-        self._writer_lock: IO[str] | None = None
+        self._writer_lock = WriterFileLock(self.path)
         self._db = sqlite3.connect(self.path, isolation_level=None)
         self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         self._db.execute("PRAGMA journal_mode = WAL")
@@ -217,21 +216,10 @@ class SqliteReadModelStore:
         return SqliteReadModelReader(self.path, self._events)
 
     def try_lock_writer(self) -> bool:
-        if self._writer_lock is not None:
-            return True
-        lock = open(self.path + WRITER_LOCK_SUFFIX, "a")  # noqa: SIM115 (held until unlocked)
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.close()
-            return False
-        self._writer_lock = lock
-        return True
+        return self._writer_lock.try_lock()
 
     def unlock_writer(self) -> None:
-        lock, self._writer_lock = self._writer_lock, None
-        if lock is not None:
-            lock.close()  # closing the file releases the lock
+        self._writer_lock.unlock()
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:

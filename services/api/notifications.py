@@ -10,7 +10,7 @@ from typing import Annotated, Any, Final
 
 import msgspec
 from litestar import get, put
-from litestar.params import QueryParameter
+from litestar.params import JSONBody, QueryParameter
 
 from ledger.log import StoredRecord
 from ledger.money import format_credits, parse_credits
@@ -172,7 +172,7 @@ class NotificationController(V1Controller):
         usage: Injected[UsageReader],
         principal: Injected[Principal],
         sub: PathId,
-        data: SettingsBody,
+        data: JSONBody[SettingsBody],
     ) -> SettingsView:
         try:
             low = None if data.credits_low is None else parse_credits(data.credits_low)

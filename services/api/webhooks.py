@@ -15,7 +15,7 @@ from typing import Annotated, Final
 
 import msgspec
 from litestar import Response, delete, get, post
-from litestar.params import QueryParameter
+from litestar.params import JSONBody, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 
 from ledger.log import datetime_from_us
@@ -131,7 +131,7 @@ class WebhookController(V1Controller):
         notices: Injected[SqlNotificationStore],
         allow_private_webhooks: Injected[bool],
         sub: PathId,
-        data: WebhookBody,
+        data: JSONBody[WebhookBody],
     ) -> Response[CreatedWebhookView]:
         must_exist(reads, sub)
         try:

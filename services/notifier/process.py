@@ -26,10 +26,10 @@ from services.logs import configure_logging
 from services.notifier.delivery import DeliveryWorker
 from services.notifier.deriving import Notifier
 from services.notifier.stream import StreamPublisher
+from services.single_writer import wait_for_writer_lock
 
 POLL_INTERVAL_S: Final = 0.01
 """Seconds between two looks at the log when the last found nothing new."""
-WRITER_LOCK_POLL_S: Final = 0.5
 
 log = structlog.get_logger("ledger.notifier")
 
@@ -61,7 +61,13 @@ def run_notifier(settings: Settings, parent_pid: int, redis_url: str | None) -> 
             cluster=settings.redis_cluster,
         )
     try:
-        if not _lock_writer(store, wanted):
+        if not wait_for_writer_lock(
+            store.try_lock_writer,
+            wanted,
+            log,
+            "notifier.waiting",
+            reason="another notifier writes these notifications",
+        ):
             return
         notifier = Notifier(events, store, make_clock(settings))
         delivery = DeliveryWorker(settings, make_clock(settings))
@@ -103,18 +109,6 @@ def _delivering(delivery: DeliveryWorker) -> bool:
     if not delivery.alive:
         log.error("notifier.delivery_stopped")
         return False
-    return True
-
-
-def _lock_writer(store: SqlNotificationStore, wanted: Callable[[], bool]) -> bool:
-    waiting = False
-    while not store.try_lock_writer():
-        if not waiting:
-            log.info("notifier.waiting", reason="another notifier writes these notifications")
-            waiting = True
-        if not wanted():
-            return False
-        time.sleep(WRITER_LOCK_POLL_S)
     return True
 
 
