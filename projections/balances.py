@@ -17,7 +17,7 @@ import msgspec
 
 from ledger.errors import LedgerError, LogInconsistent
 from ledger.log import EVENT_DECODER, StoredRecord
-from ledger.records import compact_tag, compact_view_decoder, is_compact
+from ledger.records import COMPACT_PREFIX, compact_tag, compact_view_decoder, is_compact
 from schemas.commands import Tier
 from schemas.events import (
     Allocation,
@@ -358,6 +358,21 @@ def fold_data(balances: Balances, data: bytes) -> ProjectedEvent:
     logged = EVENT_DECODER.decode(data)
     _HANDLERS[type(logged)](balances, logged)
     return logged
+
+
+def fold_all(balances: Balances, chunk: Iterable[bytes]) -> None:
+    """Fold the events in many records' bytes, in order: `fold_data`'s loop with its look-ups
+    hoisted out (replays fold every record of a log through here)."""
+    decode_compact, charge, handlers = _COMPACT_DECODER, _charge, _HANDLERS
+    for data in chunk:
+        if data[:1] != COMPACT_PREFIX:
+            fold_data(balances, data)
+            continue
+        found = decode_compact(data)
+        if type(found) is CompactChargeView:
+            charge(balances, found)
+        else:
+            handlers[type(found)](balances, found)
 
 
 def _charge(b: Balances, e: ChargeView | CompactChargeView | UsageCharged) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import Final, Protocol
 
 from ledger.log import Head, StoredRecord, us_from_datetime
-from projections.balances import Balances, apply_data
+from projections.balances import Balances, apply_data, fold_all
 from schemas.instants import instant_from_text
 
 POSITION_PREFIX: Final = "position:"
@@ -62,8 +62,7 @@ def balances_as_of(
     assert until_position >= 0
     balances = Balances()
     for chunk in _prefetched(event_store.read_event_data(0, until_position)):
-        for data in chunk:
-            apply_data(balances, data)
+        fold_all(balances, chunk)
         if on_progress is not None:
             for first in range(0, len(chunk), PROGRESS_EVERY_RECORDS):
                 on_progress(min(PROGRESS_EVERY_RECORDS, len(chunk) - first))
