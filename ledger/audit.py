@@ -19,6 +19,8 @@ audit is the same under `python -O`.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -29,8 +31,9 @@ from ledger.errors import LogInconsistent
 from ledger.event_rules import event_problem
 from ledger.log import GENESIS_HASH, StoredRecord, datetime_from_us
 from ledger.pricing import price
-from ledger.rate_card import RateCard
-from ledger.state import LedgerState, evolve, initial_state
+from ledger.rate_card import ModelRates, RateCard
+from ledger.records import decode_stored, event_of, stored_types, stored_values
+from ledger.state import LedgerState, evolve, fold_charge, initial_state
 from schemas.commands import ChargeOnRecord
 from schemas.events import (
     ADMIN_EVENTS,
@@ -119,6 +122,9 @@ class _Auditor:
         self._seen: dict[tuple[str, str], ChargeOnRecord] = {}
         self.admin_counts = [0, 0]
         """Admin writes, and corrections among them, checked so far."""
+        self._rates: dict[tuple[str, str], Rates | str] = {}
+        self._at_us, self._at = 0, datetime_from_us(0)
+        self._charge_types = stored_types(UsageCharged)
 
     def problem(
         self, record: StoredRecord, expected_position: int, prev_hash: bytes, prev_time_us: int
@@ -128,15 +134,34 @@ class _Auditor:
         if problem is not None:
             return problem
         try:
-            event = record.event()
+            stored = decode_stored(record.data)
         except msgspec.DecodeError as error:
             return f"not a log event: {error}"
-        at = datetime_from_us(record.recorded_at_us)
-        if isinstance(event, UsageCharged):
-            problem = charge_problem(self.state, event, record, self.rate_card)
-            if self._lookup is None and problem is None:
-                self._seen[(event.subscription_id, event.event_id)] = ChargeOnRecord(event, at)
-        elif isinstance(event, CycleStarted):
+        at = self._instant(record.recorded_at_us)
+        if type(stored) in self._charge_types:
+            # Nearly every record: checked and folded on its stored form, never built as an event.
+            return self._charge_problem(stored, at)
+        return self._event_problem(event_of(stored), record.position, at)
+
+    def _charge_problem(self, charge: UsageCharged, at: datetime) -> str | None:
+        rates = self._rates_of(charge.rate_card_version, charge.model)
+        if isinstance(rates, str):
+            return rates
+        problem = charge_problem(self.state, charge, at, rates)
+        if problem is not None:
+            return problem
+        if self._lookup is None:
+            key = (charge.subscription_id, charge.event_id)
+            self._seen[key] = ChargeOnRecord(event_of(charge), at)  # type: ignore[arg-type]
+        self.books.fold_charge(charge)
+        try:
+            fold_charge(self.state.subscriptions[charge.subscription_id], charge)
+        except LogInconsistent as error:
+            return f"event does not follow from the log before it: {error}"
+        return None
+
+    def _event_problem(self, event: LogEvent, position: int, at: datetime) -> str | None:
+        if isinstance(event, CycleStarted):
             problem = self.books.problem(self.state, event.subscription_id)
             problem = problem or event_problem(self.state, event, at)
         else:
@@ -152,8 +177,22 @@ class _Auditor:
             self.admin_counts[0] += 1
             self.admin_counts[1] += isinstance(event, CORRECTION_EVENTS)
             if self._on_admin_write is not None:
-                self._on_admin_write(record.position, event)
+                self._on_admin_write(position, event)
         return None
+
+    def _instant(self, recorded_at_us: int) -> datetime:
+        """The recorded time as an instant; records of one append share it, so it is built
+        once per run of equal times."""
+        if recorded_at_us != self._at_us:
+            self._at_us, self._at = recorded_at_us, datetime_from_us(recorded_at_us)
+        return self._at
+
+    def _rates_of(self, version: str, model: str) -> Rates | str:
+        """The rates a charge names, or why there are none; looked up once per pair."""
+        found = self._rates.get((version, model))
+        if found is None:
+            found = self._rates[(version, model)] = rates_named(self.rate_card, version, model)
+        return found
 
     def _charge_of(self, event: object) -> ChargeOnRecord | None:
         if not isinstance(event, ChargeReversed):
@@ -162,20 +201,38 @@ class _Auditor:
         return self._seen.get(key) if self._lookup is None else self._lookup(*key)
 
 
-def charge_problem(
-    state: LedgerState, charge: UsageCharged, record: StoredRecord, rate_card: RateCard
-) -> str | None:
-    """Why this charge does not follow from the rate card and the state before it, if it doesn't."""
-    version = rate_card.version(charge.rate_card_version)
+class Rates(NamedTuple):
+    """A model's rates on a rate card version, with its coefficients in stored order."""
+
+    model_rates: ModelRates
+    coefficient_values: tuple[Any, ...]
+
+
+def rates_named(rate_card: RateCard, version_name: str, model: str) -> Rates | str:
+    """The rates a charge names (its rate card version and model), or why there are none."""
+    version = rate_card.version(version_name)
     if version is None:
-        return f"charge names rate card version {charge.rate_card_version!r}, which is unknown"
-    rates = version.models.get(charge.model)
+        return f"charge names rate card version {version_name!r}, which is unknown"
+    rates = version.models.get(model)
     if rates is None:
-        return f"model {charge.model!r} is not on rate card {version.version}"
-    if rates.coefficients != charge.coefficients or rates.product != charge.product:
+        return f"model {model!r} is not on rate card {version.version}"
+    return Rates(rates, stored_values(rates.coefficients))
+
+
+def charge_problem(
+    state: LedgerState, charge: UsageCharged, at: datetime, rates: Rates
+) -> str | None:
+    """Why this charge, recorded at `at`, does not follow from its rates and the state before
+    it, if it doesn't. `charge` is the event or its stored mirror (ledger/records.py): only its
+    fields are read, and re-derived values are compared with them field by field."""
+    model_rates = rates.model_rates
+    if (
+        rates.coefficient_values != stored_values(charge.coefficients)
+        or model_rates.product != charge.product
+    ):
         return "coefficients differ from the rate card version the charge names"
-    components = price(charge.usage, rates.coefficients)
-    if components != charge.components:
+    components = price(charge.usage, model_rates.coefficients)
+    if stored_values(components) != stored_values(charge.components):
         return "components do not re-price to the recorded ones"
     if components.total_ucr() != charge.credits_ucr:
         return "credits are not the sum of the components"
@@ -189,7 +246,9 @@ def charge_problem(
     expected_status = None if charge.hold_id is None else ("settled" if settled else "not_active")
     if charge.hold_status != expected_status or (expected_status == "not_active" and active):
         return "the charge does not say truly whether it settled its hold"
-    expected = allocate(sub, seat, charge.credits_ucr, datetime_from_us(record.recorded_at_us))
-    if expected != charge.allocation:
+    expected = allocate(sub, seat, charge.credits_ucr, at)
+    if [stored_values(part) for part in expected] != [
+        stored_values(part) for part in charge.allocation
+    ]:
         return "allocation differs from the deduction order"
     return None

@@ -70,7 +70,7 @@ class Books:
             case PackPurchased() | CreditsGranted():
                 totals.granted_ucr += event.credits_ucr
             case UsageCharged():
-                totals.used_ucr += event.credits_ucr - event.uncovered_ucr()
+                self.fold_charge(event)
             case ChargeReversed():
                 for part in event.parts:
                     if part.outcome != "cleared":
@@ -83,6 +83,17 @@ class Books:
                 totals.expired_ucr += event.expired_ucr
             case PackVoided() | GrantVoided():
                 totals.voided_ucr += event.voided_ucr
+
+    def fold_charge(self, charge: UsageCharged) -> None:
+        """Count a charge (or its stored mirror: only its fields are read)."""
+        totals = self.totals.get(charge.subscription_id)
+        if totals is None:
+            totals = self.totals[charge.subscription_id] = Totals()
+        uncovered_ucr = 0
+        for part in charge.allocation:
+            if part.source == "uncovered":
+                uncovered_ucr += part.credits_ucr
+        totals.used_ucr += charge.credits_ucr - uncovered_ucr
 
     def problem(self, state: LedgerState, subscription_id: str | None = None) -> str | None:
         """Why a subscription's books do not balance (every one when None), or None."""

@@ -12,6 +12,7 @@ kept theirs, and read as stored).
 from __future__ import annotations
 
 import hashlib
+import struct
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
@@ -124,9 +125,14 @@ STORED_PREV_HASH: Final = b""
 """What a store writes in a record's prev_hash column (see `linked_records`)."""
 
 
+_HEADER: Final = struct.Struct(">Qq")
+"""A record's position and recorded time as hashed: 8-byte big-endian, the time signed."""
+
+
 def record_hash(prev_hash: bytes, position: int, recorded_at_us: int, data: bytes) -> bytes:
-    header = position.to_bytes(8, "big") + recorded_at_us.to_bytes(8, "big", signed=True)
-    return hashlib.sha256(prev_hash + header + data).digest()
+    return hashlib.sha256(
+        b"".join((prev_hash, _HEADER.pack(position, recorded_at_us), data))
+    ).digest()
 
 
 def us_from_datetime(instant: datetime) -> int:

@@ -387,6 +387,19 @@ _ORIGINALS: Final = {mirror: _to_original(event_type) for event_type, mirror in 
 _TO_ARRAY: Final = {event_type: _to_array(event_type) for event_type in COMPACT_TAGS}
 _COMPACT_UNION: Any = functools.reduce(operator.or_, _MIRRORS.values())
 
+
+def _values_getter(names: list[str]) -> Callable[[Any], tuple[Any, ...]]:
+    if len(names) == 1:  # attrgetter of one name gives the value, not a tuple
+        return lambda value: (getattr(value, names[0]),)
+    return operator.attrgetter(*names)
+
+
+_VALUES: Final = {
+    kind: _values_getter(field_order(struct_type))
+    for struct_type in FIELD_ORDER
+    for kind in (struct_type, _compact_type(struct_type))
+}
+
 _JSON_ENCODER: Final = msgspec.json.Encoder()
 _JSON_DECODER: Final[msgspec.json.Decoder[LogEvent]] = msgspec.json.Decoder(LogEvent)
 _COMPACT_ENCODER: Final = msgspec.msgpack.Encoder()
@@ -401,6 +414,35 @@ def encode_event(event: LogEvent) -> bytes:
     return COMPACT_PREFIX + _COMPACT_ENCODER.encode(to_array(event))
 
 
+def decode_stored(data: bytes) -> Any:
+    """What a record's bytes hold, as stored: for format 2 the array-like mirror of its event
+    (the event's field names, nested structs mirrored too; `event_of` gives the event), for
+    format 1 the event itself (`msgspec.DecodeError` when they hold none). Decoding validates
+    as fully as `decode_event`; checks that read a few fields of every record skip building
+    the event."""
+    if data[:1] == COMPACT_PREFIX:
+        return _COMPACT_DECODER.decode(data[1:])
+    return _JSON_DECODER.decode(data)
+
+
+def event_of(stored: Any) -> LogEvent:
+    """The event a value of `decode_stored` stands for."""
+    to_original = _ORIGINALS.get(type(stored))
+    return stored if to_original is None else to_original(stored)  # type: ignore[no-any-return]
+
+
+def stored_types(event_type: type) -> frozenset[type]:
+    """The types `decode_stored` gives for an `event_type`: the event's, and its mirror's."""
+    return frozenset((event_type, _COMPACT_TYPES.get(event_type, event_type)))
+
+
+def stored_values(value: Any) -> tuple[Any, ...]:
+    """A stored struct's field values in array order, whether `value` is the struct or its
+    mirror: what compares a re-derived value with a decoded one (nested structs compare as
+    themselves, so compare those by their own values)."""
+    return _VALUES[type(value)](value)
+
+
 def is_compact(data: bytes) -> bool:
     return data[:1] == COMPACT_PREFIX
 
@@ -409,7 +451,8 @@ def decode_event(data: bytes) -> LogEvent:
     """The event a record's bytes hold, whatever their format (`msgspec.DecodeError` when they
     hold none)."""
     if data[:1] == COMPACT_PREFIX:
-        compact = _COMPACT_DECODER.decode(memoryview(data)[1:])
+        # A copy of a record's few hundred bytes costs less than a memoryview of them.
+        compact = _COMPACT_DECODER.decode(data[1:])
         return _ORIGINALS[type(compact)](compact)  # type: ignore[no-any-return]
     return _JSON_DECODER.decode(data)
 
@@ -435,7 +478,7 @@ def compact_view_decoder(event_type: type, view: type) -> Callable[[bytes], Any]
     )
 
     def decode(data: bytes) -> Any:
-        found = decoder.decode(memoryview(data)[1:])
+        found = decoder.decode(data[1:])
         if type(found) is view:
             return found
         return _ORIGINALS[type(found)](found)

@@ -280,9 +280,10 @@ def evolve_subscription(sub: SubscriptionState, event: LogEvent) -> Subscription
 # -- the core: cycles, seats, packs, charges ------------------------------------------------
 
 
-def _charge(sub: SubscriptionState, event: UsageCharged) -> None:
+def fold_charge(sub: SubscriptionState, event: UsageCharged) -> None:
     """Draw a charge's parts, once all of them are known to be covered (by what no hold took:
-    a settled hold was released just before its charge)."""
+    a settled hold was released just before its charge). Reads only the charge's fields, so
+    the audit folds a charge's stored mirror (ledger/records.py) through here as it is."""
     seat = sub.live_seat(event.seat_id)
     total_ucr = seat_ucr = 0
     shared_ucr: dict[tuple[str, str], int] = {}
@@ -603,7 +604,7 @@ def _check_amount(amount_ucr: int, what: str) -> None:
 
 
 _FOLDS: dict[type[Any], Callable[[SubscriptionState, Any], None]] = {
-    UsageCharged: _charge,
+    UsageCharged: fold_charge,
     CycleStarted: _cycle_started,
     SeatAdded: _seat_added,
     SeatTierChanged: _tier_changed,
