@@ -33,7 +33,7 @@ from ledger.log import GENESIS_HASH, StoredRecord, datetime_from_us
 from ledger.pricing import price
 from ledger.rate_card import ModelRates, RateCard
 from ledger.records import decode_stored, event_of, stored_types, stored_values
-from ledger.state import LedgerState, evolve, fold_charge, initial_state
+from ledger.state import LedgerState, SubscriptionState, evolve, fold_charge, initial_state
 from schemas.commands import ChargeOnRecord
 from schemas.events import (
     ADMIN_EVENTS,
@@ -240,15 +240,24 @@ def charge_problem(
     seat = sub.seats.get(charge.seat_id) if sub is not None else None
     if sub is None or seat is None:
         return "charge names a subscription or seat the log does not hold"
+    if charge.hold_id is None and charge.hold_status is not None:
+        return "the charge does not say truly whether it settled its hold"
+    if charge.hold_id is not None and _hold_status_problem(sub, charge):
+        return "the charge does not say truly whether it settled its hold"
+    expected = allocate(sub, seat, charge.credits_ucr, at)
+    recorded = charge.allocation
+    if len(expected) != len(recorded) or any(
+        stored_values(mine) != stored_values(theirs)
+        for mine, theirs in zip(expected, recorded, strict=True)
+    ):
+        return "allocation differs from the deduction order"
+    return None
+
+
+def _hold_status_problem(sub: SubscriptionState, charge: UsageCharged) -> bool:
+    """Whether a charge served under a hold says otherwise than the log of that hold."""
     hold = sub.holds.get(charge.hold_id) if charge.hold_id is not None else None
     settled = hold is not None and hold.status == "settled" and hold.settled_by == charge.event_id
     active = hold is not None and hold.status == "active" and hold.seat_id == charge.seat_id
-    expected_status = None if charge.hold_id is None else ("settled" if settled else "not_active")
-    if charge.hold_status != expected_status or (expected_status == "not_active" and active):
-        return "the charge does not say truly whether it settled its hold"
-    expected = allocate(sub, seat, charge.credits_ucr, at)
-    if [stored_values(part) for part in expected] != [
-        stored_values(part) for part in charge.allocation
-    ]:
-        return "allocation differs from the deduction order"
-    return None
+    expected_status = "settled" if settled else "not_active"
+    return charge.hold_status != expected_status or (expected_status == "not_active" and active)
