@@ -13,7 +13,9 @@ moves a cycle backwards. At every cycle start and at the head, each subscription
 must balance: granted = remaining + used + expired + voided (ledger/conservation.py).
 
 Every check is an explicit comparison that names the position: none is an `assert`, so the
-audit is the same under `python -O`.
+audit is the same under `python -O`. A charge, nearly every record, is checked and folded on
+its decoded stored form (ledger/records.py's `decode_stored`), which validates as fully as the
+event and costs a fraction of building it.
 """
 
 from __future__ import annotations
