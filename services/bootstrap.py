@@ -1,8 +1,14 @@
-"""The one place that wires the parts together: store, clock, rate card, writer, projections."""
+"""The one place that wires the parts together: store, clock, rate card, writer, projections.
+
+The PostgreSQL adapters are imported only where a postgresql:// URL chooses them: psycopg is
+the largest import of a start (every process of `ledger serve`, every command), and a SQLite
+deployment never uses it.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ledger.application import Ledger
 from ledger.clock import Clock, SharedManualClock, SystemClock
@@ -10,22 +16,17 @@ from ledger.leases import LeaseStore
 from ledger.log import EventStore, us_from_datetime
 from ledger.rate_card import RateCard, load_rate_card
 from ledger.snapshots import SnapshotStore
-from ledger.stores.postgres import (
-    IDLE_IN_TRANSACTION_TIMEOUT_MS,
-    PostgresEventStore,
-    PostgresSnapshotStore,
-)
 from ledger.stores.sqlite import SqliteEventStore, SqliteSnapshotStore
 from projections.notification_store import SqlNotificationStore
 from projections.read_store import ReadModelReader, ReadModelStore
 from projections.runner import ProjectionRunner
-from projections.stores.notifications_postgres import PostgresNotificationStore
 from projections.stores.notifications_sqlite import SqliteNotificationStore
-from projections.stores.postgres import PostgresReadModelReader, PostgresReadModelStore
 from projections.stores.sqlite import SqliteReadModelReader, SqliteReadModelStore
-from services.auth.postgres_tokens import PostgresTokenStore
 from services.auth.tokens import TOKENS_FILE, SqliteTokenStore, TokenStore
 from services.config import ConfigError, Settings, default_consumer_name
+
+if TYPE_CHECKING:
+    from ledger.stores.postgres import PostgresEventStore
 
 
 def open_event_store(settings: Settings) -> EventStore:
@@ -43,6 +44,8 @@ def _open_log_store(settings: Settings) -> SqliteEventStore | PostgresEventStore
 def _postgres(settings: Settings, url: str) -> PostgresEventStore:
     """A session frozen inside an append is ended within a lease's TTL, which frees the
     append lock for the partition's next owner."""
+    from ledger.stores.postgres import IDLE_IN_TRANSACTION_TIMEOUT_MS, PostgresEventStore
+
     idle_ms = min(IDLE_IN_TRANSACTION_TIMEOUT_MS, settings.lease_ttl_ms)
     return PostgresEventStore(
         url,
@@ -64,6 +67,8 @@ def open_read_store(settings: Settings, store: EventStore) -> ReadModelStore:
     the log's write lock."""
     url = settings.postgres_url()
     if url is not None:
+        from projections.stores.postgres import PostgresReadModelStore
+
         return PostgresReadModelStore(url, store, schema=settings.database_schema)
     return SqliteReadModelStore(settings.read_model_path(), store)
 
@@ -73,6 +78,8 @@ def open_read_model_reader(settings: Settings, store: EventStore) -> ReadModelRe
     own (it connects at first use)."""
     url = settings.postgres_url()
     if url is not None:
+        from projections.stores.postgres import PostgresReadModelReader
+
         return PostgresReadModelReader(url, store, schema=settings.database_schema)
     return SqliteReadModelReader(settings.read_model_path(), store)
 
@@ -82,6 +89,8 @@ def open_notification_store(settings: Settings) -> SqlNotificationStore:
     beside the log's."""
     url = settings.postgres_url()
     if url is not None:
+        from projections.stores.notifications_postgres import PostgresNotificationStore
+
         return PostgresNotificationStore(url, schema=settings.database_schema)
     return SqliteNotificationStore(settings.notifications_path())
 
@@ -92,6 +101,8 @@ def open_token_store(settings: Settings) -> TokenStore:
     in the data dir."""
     url = settings.postgres_url()
     if url is not None:
+        from services.auth.postgres_tokens import PostgresTokenStore
+
         return PostgresTokenStore(url, schema=settings.database_schema)
     return SqliteTokenStore(settings.data_dir / TOKENS_FILE)
 
@@ -146,5 +157,7 @@ def open_snapshot_store(settings: Settings) -> SnapshotStore:
     schema (the log's store, opened first, creates it)."""
     url = settings.postgres_url()
     if url is not None:
+        from ledger.stores.postgres import PostgresSnapshotStore
+
         return PostgresSnapshotStore(url, schema=settings.database_schema)
     return SqliteSnapshotStore(settings.snapshot_path())
