@@ -1,7 +1,7 @@
 """Benchmark (not a test): what history costs on a large SQLite log, with snapshots.
 
     python bench/bench_history.py [--records 100000 1000000] [--snapshot-every 100000]
-        [--serve-restarts 3]
+        [--serve-restarts 3] [--dir DIR [--reuse]]
 
 For each size, appends usage through the ledger's own writer (idempotency look-up, decide, one
 append per batch of 1,000) in a fresh folder, taking a snapshot every `--snapshot-every`
@@ -10,7 +10,9 @@ records as the projector would, then measures: the writer's start from the newes
 nearest snapshot), a full replay and a full audit (records/s), and bytes per charge on disk (the
 log's file: records, their subscription index and the idempotency index). With
 `--serve-restarts N`, also starts `ledger serve` on that folder N times (its private Redis, the
-system clock) and times each from launch to a 200 from `/readyz`, then stops it.
+system clock) and times each from launch to a 200 from `/readyz`, then stops it. With
+`--reuse`, a folder `DIR/<records>` that holds a log already (from an earlier run, or from one
+stopped part-way through its appends) is measured as it is, at whatever length it has.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ PLAN = Plan(subscriptions=100, seats_per_subscription=5, seat_id="seat-{seat}")
 BATCH = 1_000
 AS_OF_SAMPLES = 200
 FULL_START_MAX_RECORDS = 1_000_000
+READY_POLL_S = 0.01
+"""Between two looks at `/readyz` while `ledger serve` starts (the resolution of the figure)."""
 
 
 def build(folder: Path, records: int, snapshot_every: int, rate_card: RateCard) -> float:
@@ -154,7 +158,7 @@ def restart_to_ready(folder: Path) -> float:
                     with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1):
                         return time.perf_counter() - started
                 except OSError:
-                    time.sleep(0.05)
+                    time.sleep(READY_POLL_S)
         finally:
             serve.send_signal(signal.SIGTERM)
             serve.wait(60)
@@ -165,18 +169,33 @@ def main() -> None:
     parser.add_argument("--records", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--snapshot-every", type=int, default=100_000)
     parser.add_argument("--dir", type=Path, default=None, help="Where the SQLite files go.")
+    parser.add_argument(
+        "--reuse", action="store_true", help="Measure the logs in --dir as they are."
+    )
     parser.add_argument("--serve-restarts", type=int, default=0)
     args = parser.parse_args()
+    if args.reuse and args.dir is None:
+        parser.error("--reuse needs --dir")
     rate_card = load_rate_card()
     for records in args.records:
         folder = (args.dir or Path(tempfile.mkdtemp(prefix="bench-history-"))) / str(records)
         folder.mkdir(parents=True, exist_ok=True)
-        appending = build(folder, records, args.snapshot_every, rate_card)
-        rows = [("append through the writer", f"{records / appending:,.0f} charges/s")]
+        rows: list[tuple[str, str]] = []
+        if args.reuse and (folder / "ledger.sqlite3").exists():
+            records = log_length(folder)
+        else:
+            appending = build(folder, records, args.snapshot_every, rate_card)
+            rows.append(("append through the writer", f"{records / appending:,.0f} charges/s"))
         rows += measure(folder, records, rate_card)
         if args.serve_restarts:
             took = [restart_to_ready(folder) for _ in range(args.serve_restarts)]
-            rows.append(("ledger serve, launch to ready", ", ".join(f"{t:.1f} s" for t in took)))
+            figures = ", ".join(f"{t:.2f} s" for t in took)
+            rows.append(
+                (
+                    "ledger serve, launch to ready",
+                    f"{figures} (median {statistics.median(took):.2f} s)",
+                )
+            )
         print(
             f"\n{records:,} charges, {PLAN.subscriptions} subscriptions"
             f" x {PLAN.seats_per_subscription} seats, a snapshot every"
@@ -184,6 +203,14 @@ def main() -> None:
         )
         for name, figure in rows:
             print(f"  {name:<52} {figure}")
+
+
+def log_length(folder: Path) -> int:
+    """The charges in a log built by `build`."""
+    with sqlite3.connect(folder / "ledger.sqlite3") as db:
+        query = "SELECT count(*) FROM log WHERE type = 'usage.charged'"
+        charges: int = db.execute(query).fetchone()[0]
+    return charges
 
 
 if __name__ == "__main__":
