@@ -20,16 +20,13 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import structlog
-import uvicorn
-import uvloop
 
 from ledger.log import EventStore
 from projections.live import LiveBalances
 from projections.snapshots import further_along
-from services.api.app import create_app
 from services.bootstrap import (
     make_clock,
     open_event_store,
@@ -43,6 +40,9 @@ from services.children import ChildProcess, die_with_parent
 from services.config import Settings
 from services.logs import configure_logging
 from services.write_channel import RemoteWriter
+
+if TYPE_CHECKING:
+    import uvicorn
 
 FOLLOW_INTERVAL_S: Final = 0.005
 """Seconds between two looks at the log for records to fold into this process's balances."""
@@ -99,15 +99,29 @@ class Follower:
         self._thread.shutdown(wait=True)
 
 
-def run_api_process(settings: Settings, connection: Connection, ready: Event) -> None:
+def run_api_process(
+    settings: Settings, connection: Connection, ready: Event, writer_open: Event
+) -> None:
     """The API process's main: serve until SIGTERM (or the parent's death)."""
+    # Imported here, in the API process only: the serving process never loads the web stack.
+    import uvloop
+
     configure_logging(settings.log_format)
     die_with_parent(signal.SIGKILL)
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-    uvloop.run(_serve(settings, connection, ready))
+    uvloop.run(_serve(settings, connection, ready, writer_open))
 
 
-async def _serve(settings: Settings, connection: Connection, ready: Event) -> None:
+async def _serve(
+    settings: Settings, connection: Connection, ready: Event, writer_open: Event
+) -> None:
+    import uvicorn
+
+    from services.api.app import create_app
+
+    # The serving process opens the writer (which creates the tables of a new log) and saves
+    # the admin token while this process starts: the log is read only after both.
+    await asyncio.to_thread(writer_open.wait)
     follower = Follower(settings)
     await follower.open()
     tokens = open_token_store(settings)
@@ -163,7 +177,10 @@ async def _announce(server: uvicorn.Server, ready: Event) -> None:
 
 
 class ApiProcess(ChildProcess):
-    """The serving process's handle on its HTTP API process; `ready` is set once it listens."""
+    """The serving process's handle on its HTTP API process: it loads its balances once
+    `writer_open` is set, and sets `ready` once it listens."""
 
-    def __init__(self, settings: Settings, connection: Connection, ready: Event) -> None:
-        super().__init__("ledger-api", run_api_process, settings, connection, ready)
+    def __init__(
+        self, settings: Settings, connection: Connection, ready: Event, writer_open: Event
+    ) -> None:
+        super().__init__("ledger-api", run_api_process, settings, connection, ready, writer_open)

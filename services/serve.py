@@ -43,7 +43,7 @@ from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import structlog
 
@@ -53,12 +53,8 @@ from services.api_process import ApiProcess
 from services.auth.tokens import ensure_admin_token
 from services.bootstrap import Parts, bootstrap, open_lease_store, open_token_store
 from services.config import ConfigError, Settings, default_consumer_name
-from services.ingest.consumer import IngestService, open_partition_consumer
 from services.logs import configure_logging
 from services.metrics import METRICS, share_between_processes
-from services.notifier.process import NotifierProcess
-from services.partition_leases import PartitionKeeper
-from services.projector import Projector
 from services.redis_server import EmbeddedRedis
 from services.running import (
     RunningService,
@@ -69,6 +65,12 @@ from services.running import (
 )
 from services.write_channel import WriteChannelServer
 from services.writer import FastLane
+
+if TYPE_CHECKING:
+    from services.ingest.consumer import IngestService
+    from services.notifier.process import NotifierProcess
+    from services.partition_leases import PartitionKeeper
+    from services.projector import Projector
 
 HEARTBEAT_FILE: Final = "serve.heartbeat"
 """Touched by every tick on the writer thread: a health check reads its age (compose.yaml)."""
@@ -132,19 +134,47 @@ class Worker:
 
 class ApiSupervisor:
     """The HTTP API process and the write channel that serves it, (re)started from the main
-    thread (the parent-death signal is tied to the thread that starts a child)."""
+    thread (the parent-death signal is tied to the thread that starts a child).
+
+    The first process is spawned before the writer is open, so its interpreter starts while
+    this one starts Redis and opens the log; it reads the log once `writer_opened` says so."""
 
     def __init__(self, settings: Settings, worker: Worker) -> None:
         self.settings = settings
         self.worker = worker
+        self._context = multiprocessing.get_context("spawn")
+        self._writer_open = self._context.Event()
         self._process: ApiProcess | None = None
         self._channel: Connection | None = None
 
+    def spawn(self) -> None:
+        """Start an API process (without waiting for it)."""
+        ours, theirs = self._context.Pipe()
+        self._ready = self._context.Event()
+        self._process = ApiProcess(self.settings, theirs, self._ready, self._writer_open)
+        self._process.start()
+        theirs.close()  # the child has its own end now
+        self._channel = ours
+        if self._writer_open.is_set():
+            self._serve_writes()
+
+    def writer_opened(self) -> None:
+        """The writer is open (and the admin token saved): serve the API process's writes and
+        let it load its balances from the log."""
+        self._serve_writes()
+        self._writer_open.set()
+
+    def _serve_writes(self) -> None:
+        assert self.worker.lane is not None and self._channel is not None
+        WriteChannelServer(self._channel, self.worker.lane).start()
+
     async def start(self) -> None:
-        """Start the API process and wait until it listens; a port still held by a
-        predecessor that is going away is waited for, a port taken for good is an error."""
+        """Wait until the API process listens, spawning one unless one is starting; a port
+        still held by a predecessor that is going away is waited for, a port taken for good
+        is an error."""
         for attempt in range(1, API_START_ATTEMPTS + 1):
-            self._spawn()
+            if not self.alive:
+                self.spawn()
             if await self._listening():
                 return
             log.warning("api.start_failed", attempt=attempt, exitcode=self.exitcode)
@@ -153,17 +183,6 @@ class ApiSupervisor:
             f"the HTTP API could not listen on {self.settings.host}:{self.settings.port}"
             f" (exit {self.exitcode}); is another process using that port?"
         )
-
-    def _spawn(self) -> None:
-        assert self.worker.lane is not None
-        context = multiprocessing.get_context("spawn")
-        ours, theirs = context.Pipe()
-        self._ready = context.Event()
-        WriteChannelServer(ours, self.worker.lane).start()
-        self._process = ApiProcess(self.settings, theirs, self._ready)
-        self._process.start()
-        theirs.close()  # the child has its own end now
-        self._channel = ours
 
     async def _listening(self) -> bool:
         assert self._process is not None
@@ -214,26 +233,31 @@ async def run(settings: Settings) -> None:
     with ExitStack() as resources:
         if settings.role == "all":  # the one process of its data dir
             resources.enter_context(hold_data_dir(settings.data_dir))
-        redis_url = _redis_url(settings, resources)
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-writer")
-        resources.callback(executor.shutdown, wait=True)
         worker = Worker(settings, executor)
+        api: ApiSupervisor | None = None
+        if settings.role != "ingest":
+            api = ApiSupervisor(settings, worker)
+            resources.callback(api.stop)
+            api.spawn()  # its interpreter starts on the other core while this one goes on
+        redis_url = _redis_url(settings, resources)
+        resources.callback(executor.shutdown, wait=True)
         await asyncio.get_running_loop().run_in_executor(executor, worker.open)
         resources.callback(lambda: executor.submit(worker.close).result())
-        projector: Projector | None = None
-        api: ApiSupervisor | None = None
-        notifier: NotifierProcess | None = None
-        if settings.role != "ingest":
-            projector, api = await _start_api(settings, worker, resources)
-            notifier = NotifierProcess(settings, redis_url)
-            notifier.start()
-            resources.callback(notifier.stop)
+        log.info("writer.opened")
+        if api is not None:
+            _install_admin_token(settings)
+            api.writer_opened()
+            await api.start()
         ingest = await _start_ingest(settings, redis_url, worker, resources, stop)
+        children: tuple[Projector | None, NotifierProcess | None] = (None, None)
+        if api is not None:
+            # Only now: their start-up would compete with the API's and ingest's for the
+            # cores, and neither is needed to answer from the balances or to charge.
+            children = _start_children(settings, redis_url, resources)
         _announce(settings, worker, api, ingest, redis_url, resources)
         ticker = asyncio.create_task(
-            _tick_forever(
-                worker, executor, (projector, notifier), api, ingest.consumers, ingest.keeper, stop
-            )
+            _tick_forever(worker, executor, children, api, ingest.consumers, ingest.keeper, stop)
         )
         await stop.wait()
         log.info("ledger.stopping")
@@ -265,17 +289,21 @@ def _redis_url(settings: Settings, resources: ExitStack) -> str | None:
     return embedded.url
 
 
-async def _start_api(
-    settings: Settings, worker: Worker, resources: ExitStack
-) -> tuple[Projector, ApiSupervisor]:
+def _start_children(
+    settings: Settings, redis_url: str | None, resources: ExitStack
+) -> tuple[Projector, NotifierProcess]:
+    # Imported once the API process is on its way (as ingest is): this process's imports
+    # before it spawns are on the path to ready.
+    from services.notifier.process import NotifierProcess
+    from services.projector import Projector
+
     projector = Projector(settings)
     projector.start()
     resources.callback(projector.stop)
-    _install_admin_token(settings)
-    api = ApiSupervisor(settings, worker)
-    resources.callback(api.stop)
-    await api.start()
-    return projector, api
+    notifier = NotifierProcess(settings, redis_url)
+    notifier.start()
+    resources.callback(notifier.stop)
+    return projector, notifier
 
 
 async def _start_ingest(
@@ -287,6 +315,9 @@ async def _start_ingest(
 ) -> Ingest:
     if settings.role == "api":
         return Ingest()
+    from services.ingest.consumer import open_partition_consumer
+    from services.partition_leases import PartitionKeeper
+
     assert redis_url is not None and worker.ledger is not None and worker.lane is not None
     if settings.role == "ingest":
         keeper = PartitionKeeper(
