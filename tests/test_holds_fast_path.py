@@ -117,7 +117,32 @@ def test_a_batch_smaller_than_a_slice_is_one_append(tmp_path: Path) -> None:
         )
         assert writer.submit(processor.process, _entries(SLICE)).result().applied == SLICE
         writer.submit(store.close).result()
-    assert (slow.slices, calls) == ([SLICE], [])
+    assert (slow.slices, calls) == ([SLICE], [1])
+
+
+def test_holds_waiting_when_a_batch_starts_are_appended_before_its_first_slice(
+    tmp_path: Path,
+) -> None:
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer") as writer:
+        store, ledger = writer.submit(_ledger, tmp_path).result()
+        lane = FastLane(ledger, writer)
+        processor = IngestProcessor(
+            ledger, None, NoLetters(), between_slices=lane.run_waiting, slice_events=SLICE
+        )
+        busy, release = threading.Event(), threading.Event()
+        writer.submit(lambda: (busy.set(), release.wait(10)))  # the batch before, still going
+        assert busy.wait(10)
+        batch = writer.submit(processor.process, _entries(BATCH))  # queued first
+        hold = lane.submit([PlaceHold("s", "a", "h", 1_000_000)])  # its run queued after
+        release.set()
+        assert batch.result(10).applied == BATCH
+        [placed] = hold.result(10)
+        kinds = writer.submit(
+            lambda: [type(r.event()).__name__ for r in store.read(after=0)]
+        ).result()
+        writer.submit(store.close).result()
+    assert placed.status == "applied"
+    assert kinds.index("HoldPlaced") < kinds.index("UsageCharged")
 
 
 def test_without_writes_to_run_between_slices_a_batch_is_one_append(tmp_path: Path) -> None:
