@@ -144,7 +144,8 @@ class RemoteWriter:
                 number, status, value = self._connection.recv()
             except (EOFError, OSError) as error:
                 message = f"the write channel closed: {type(error).__name__}"
-                loop.call_soon_threadsafe(self._fail_all, message)
+                with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                    loop.call_soon_threadsafe(self._fail_all, message)
                 return
             loop.call_soon_threadsafe(self._answer, number, status, value)
 
