@@ -3,12 +3,17 @@
 `ledger serve` while usage is published to its stream at a fixed event rate.
 
     python bench/bench_holds.py [--rate 300] [--ingest-rate 10000] [--seconds 20]
+    python bench/bench_holds.py --ingest-rates 0,2000,5000,10000 [--seconds 10]
     python bench/bench_holds.py --writer-only [--slice 100] [--seconds 20]
 
 A hold is a write: it goes through the one writer of the log that also charges the usage
 batches, so it is the writer's fast path that is measured here. The load is open-loop, as in
 bench_authorization.py (whose ledger, publisher and percentiles this reuses): request i is due
 at start + i / rate, and its latency is counted from the instant it was due.
+
+`--ingest-rates` runs one fresh `ledger serve` per usage rate, one after the other, and ends
+with a table of them all: the usage actually charged beside what was offered shows where the
+machine saturates, and the holds' latencies what the writer's fast path gives below that.
 
 `--writer-only` measures the writer thread alone, in this process, with no HTTP, pipe or
 Redis: usage batches of 1,000 go through the ingest processor at `--ingest-rate` while holds
@@ -30,11 +35,11 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench_authorization import (
     ADMIN_TOKEN,
-    CONNECTIONS,
     LEDGER,
     SEATS,
     SUBSCRIPTIONS,
@@ -56,12 +61,16 @@ from services.writer import FastLane
 
 HOLD_CREDITS = "1.50"
 HOLD_TTL_S = 60
+HOLD_CONNECTIONS = 32
+"""Enough that the load generator is never what holds requests back: at 300 holds/s a hold
+may take up to 100 ms before a connection waits for its turn."""
 
 
 async def _load(
-    port: int, token: str, rate: float, seconds: float
-) -> tuple[list[float], list[float], int]:
-    """Open-loop hold requests; (latencies from due time, from send time) in ms, and errors."""
+    port: int, token: str, rate: float, seconds: float, connections: int
+) -> tuple[list[float], list[float], int, float]:
+    """Open-loop hold requests; (latencies from due time, from send time) in ms, errors, and
+    the seconds from the first due time to the last answer."""
     total = int(rate * seconds)
     rng = random.Random(13)
     requests = []
@@ -100,7 +109,7 @@ async def _load(
             from_send.append((done - sent) * 1_000)
         writer.close()
 
-    workers = [asyncio.create_task(connection()) for _ in range(CONNECTIONS)]
+    workers = [asyncio.create_task(connection()) for _ in range(connections)]
     started = time.perf_counter()
     for i, (path, body) in enumerate(requests):
         due = started + i / rate
@@ -111,25 +120,58 @@ async def _load(
     for _ in workers:
         queue.put_nowait(None)
     await asyncio.gather(*workers)
-    return from_due, from_send, errors
+    return from_due, from_send, errors, time.perf_counter() - started
 
 
-def load(port: int, token: str, rate: float, seconds: float, out: str) -> None:
-    from_due, from_send, errors = asyncio.run(_load(port, token, rate, seconds))
-    Path(out).write_text(json.dumps({"due": from_due, "send": from_send, "errors": errors}))
+def load(port: int, token: str, rate: float, seconds: float, connections: int, out: str) -> None:
+    from_due, from_send, errors, span = asyncio.run(_load(port, token, rate, seconds, connections))
+    Path(out).write_text(
+        json.dumps({"due": from_due, "send": from_send, "errors": errors, "span": span})
+    )
+
+
+@dataclass(frozen=True)
+class Run:
+    """One whole-way run: what was offered, what the service did, and the holds' latencies."""
+
+    ingest_offered: float
+    usage_charged: float
+    """Usage records appended per second while the holds ran (the log's growth minus holds)."""
+    holds_per_s: float
+    errors: int
+    from_due: list[float]
+    from_send: list[float]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=300, help="hold requests/s")
     parser.add_argument("--ingest-rate", type=float, default=10_000, help="usage events/s")
+    parser.add_argument(
+        "--ingest-rates",
+        type=lambda text: [float(rate) for rate in text.split(",")],
+        help="a curve: one run per usage rate (events/s, comma-separated), e.g. 0,2000,5000,10000",
+    )
     parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument(
+        "--connections", type=int, default=HOLD_CONNECTIONS, help="keep-alive connections"
+    )
     parser.add_argument("--writer-only", action="store_true", help="the writer thread alone")
     parser.add_argument("--slice", type=int, default=SLICE_EVENTS, help="events per append")
     args = parser.parse_args()
     if args.writer_only:
         writer_only(args)
         return
+    runs = []
+    for ingest_rate in args.ingest_rates or [args.ingest_rate]:
+        runs.append(whole_way(args, ingest_rate))
+        report(args, runs[-1])
+    if len(runs) > 1:
+        curve(args, runs)
+
+
+def whole_way(args: argparse.Namespace, ingest_rate: float) -> Run:
+    """Holds against a fresh `ledger serve` while usage is published at `ingest_rate`."""
     folder = Path(tempfile.mkdtemp(prefix="bench-holds-"))
     embedded = EmbeddedRedis(folder / "redis")
     embedded.start()
@@ -157,47 +199,71 @@ def main() -> None:
         context = multiprocessing.get_context("spawn")
         published = context.Value("q", 0)
         publisher = context.Process(
-            target=publish,
-            args=(embedded.url, stream, args.ingest_rate, args.seconds + 2, published),
+            target=publish, args=(embedded.url, stream, ingest_rate, args.seconds + 2, published)
         )
-        publisher.start()
-        time.sleep(2)  # ingest reaches its steady rate before requests start
+        if ingest_rate > 0:
+            publisher.start()
+            time.sleep(2)  # ingest reaches its steady rate before requests start
         head_before = http_json(port, "GET", "/v1/audit/digest")["position"]
         results = folder / "latencies.json"
         loader = context.Process(
-            target=load, args=(port, gateway, args.rate, args.seconds, str(results))
+            target=load,
+            args=(port, gateway, args.rate, args.seconds, args.connections, str(results)),
         )
         started = time.perf_counter()
         loader.start()
         loader.join()
         elapsed = time.perf_counter() - started
         head_after = http_json(port, "GET", "/v1/audit/digest")["position"]
-        publisher.join()
+        if ingest_rate > 0:
+            publisher.join()
         measured = json.loads(results.read_text())
     finally:
         serve.send_signal(signal.SIGTERM)
         serve.wait(30)
         embedded.stop()
-    report(args, published.value, measured, elapsed, (head_after - head_before) / elapsed)
+    holds = len(measured["due"])
+    return Run(
+        ingest_offered=ingest_rate,
+        usage_charged=(head_after - head_before - holds) / elapsed,
+        holds_per_s=holds / measured["span"],  # `elapsed` includes starting the loader
+        errors=measured["errors"],
+        from_due=measured["due"],
+        from_send=measured["send"],
+    )
 
 
-def report(
-    args: argparse.Namespace, published: int, measured: dict, elapsed: float, appended: float
-) -> None:
-    from_due, from_send = measured["due"], measured["send"]
+def report(args: argparse.Namespace, run: Run) -> None:
     print(
-        f"\nholds at {args.rate:,.0f} req/s for {args.seconds:g} s over {CONNECTIONS}"
-        f" connections, ingest published at {args.ingest_rate:,.0f} events/s"
-        f" ({published:,} events)"
+        f"\nholds at {args.rate:,.0f} req/s for {args.seconds:g} s over {args.connections}"
+        f" connections, usage published at {run.ingest_offered:,.0f} events/s"
     )
     print(f"{'latency (ms)':<28} {'p50':>7} {'p90':>7} {'p99':>7} {'p99.9':>7} {'max':>7}")
-    for name, values in (("from due time (open loop)", from_due), ("from send", from_send)):
+    for name, values in (("from due time (open loop)", run.from_due), ("from send", run.from_send)):
         row = [percentile(values, q) for q in (0.5, 0.9, 0.99, 0.999)] + [max(values)]
         print(f"{name:<28} " + " ".join(f"{v:>7.2f}" for v in row))
     print(
-        f"holds {len(from_due):,} ({len(from_due) / elapsed:,.0f}/s), errors"
-        f" {measured['errors']}; log appended {appended:,.0f} records/s meanwhile"
+        f"holds {len(run.from_due):,} ({run.holds_per_s:,.0f}/s), errors {run.errors};"
+        f" usage charged {run.usage_charged:,.0f} events/s meanwhile"
     )
+
+
+def curve(args: argparse.Namespace, runs: list[Run]) -> None:
+    """The runs side by side: where the machine saturates (usage charged falls behind what is
+    offered) and what a hold waits below that."""
+    print(f"\nholds at {args.rate:,.0f} req/s, latency in ms (due: from due time; send: from send)")
+    print(
+        f"{'usage offered/s':>15} {'charged/s':>9} {'holds/s':>7} {'due p50':>8} {'due p99':>8}"
+        f" {'due p99.9':>9} {'send p50':>8} {'send p99':>8} {'send p99.9':>10}"
+    )
+    for run in runs:
+        due = [percentile(run.from_due, q) for q in (0.5, 0.99, 0.999)]
+        send = [percentile(run.from_send, q) for q in (0.5, 0.99, 0.999)]
+        print(
+            f"{run.ingest_offered:>15,.0f} {run.usage_charged:>9,.0f} {run.holds_per_s:>7,.0f}"
+            f" {due[0]:>8.2f} {due[1]:>8.2f} {due[2]:>9.2f}"
+            f" {send[0]:>8.2f} {send[1]:>8.2f} {send[2]:>10.2f}"
+        )
 
 
 INGEST_BATCH = 1_000

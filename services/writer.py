@@ -66,7 +66,7 @@ class FastLane:
     thread ahead of the usage batches queued there.
 
     `submit` queues the commands here and a task on `writer` that runs them when its turn
-    comes; a usage batch in progress on that thread runs them sooner, between two of its
+    comes; a usage batch on that thread runs them sooner, before each of its
     slices (`run_waiting`). Whatever waits then goes in one `Ledger.execute`: one append for
     all of it (a group commit), each command still decided alone, on the state the ones before
     it left."""

@@ -117,7 +117,37 @@ def test_a_batch_smaller_than_a_slice_is_one_append(tmp_path: Path) -> None:
         )
         assert writer.submit(processor.process, _entries(SLICE)).result().applied == SLICE
         writer.submit(store.close).result()
-    assert (slow.slices, calls) == ([SLICE], [])
+    assert (slow.slices, calls) == ([SLICE], [1])
+
+
+def test_holds_waiting_when_a_batch_starts_are_appended_before_its_first_slice(
+    tmp_path: Path,
+) -> None:
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer") as writer:
+        store, ledger = writer.submit(_ledger, tmp_path).result()
+        lane = FastLane(ledger, writer)
+        processor = IngestProcessor(
+            ledger, None, NoLetters(), between_slices=lane.run_waiting, slice_events=SLICE
+        )
+        busy, release = threading.Event(), threading.Event()
+
+        def batch_before() -> None:
+            busy.set()
+            release.wait(10)
+
+        writer.submit(batch_before)  # still going
+        assert busy.wait(10)
+        batch = writer.submit(processor.process, _entries(BATCH))  # queued first
+        hold = lane.submit([PlaceHold("s", "a", "h", 1_000_000)])  # its run queued after
+        release.set()
+        assert batch.result(10).applied == BATCH
+        [placed] = hold.result(10)
+        kinds = writer.submit(
+            lambda: [type(r.event()).__name__ for r in store.read(after=0)]
+        ).result()
+        writer.submit(store.close).result()
+    assert placed.status == "applied"
+    assert kinds.index("HoldPlaced") < kinds.index("UsageCharged")
 
 
 def test_without_writes_to_run_between_slices_a_batch_is_one_append(tmp_path: Path) -> None:
@@ -170,3 +200,48 @@ def _ledger(tmp_path: Path) -> tuple[Any, Ledger]:
     for outcome in ledger.execute([OpenSubscription("s", NOW), AddSeat("s", "a", "standard")]):
         assert outcome.status == "applied", outcome
     return store, ledger
+
+
+def test_a_write_is_sent_to_the_writer_while_the_one_before_is_being_appended(
+    tmp_path: Path,
+) -> None:
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        store, ledger = writer.submit(_ledger, tmp_path).result()
+        first_started, second_arrived = threading.Event(), threading.Event()
+        waited: list[bool] = []
+
+        class FirstWaits:
+            def execute(self, commands: list[Command]) -> list[Outcome]:
+                if not first_started.is_set():
+                    first_started.set()
+                    waited.append(second_arrived.wait(5))
+                return ledger.execute(commands)
+
+        lane = FastLane(FirstWaits(), writer)  # type: ignore[arg-type]
+
+        class Arrivals:
+            def submit(self, commands: list[Command]) -> Any:
+                if PlaceHold("s", "a", "second", 1) in commands:
+                    second_arrived.set()
+                return lane.submit(commands)
+
+        ours, theirs = Pipe()
+        WriteChannelServer(ours, Arrivals()).start()  # type: ignore[arg-type]
+
+        async def caught_up() -> int:
+            return 0
+
+        async def place_both() -> list[list[Outcome]]:
+            remote = RemoteWriter(theirs, caught_up)
+            first = asyncio.ensure_future(remote.execute([PlaceHold("s", "a", "first", 1)]))
+            while not first_started.is_set():  # the first is being appended
+                await asyncio.sleep(0.001)
+            second = remote.execute([PlaceHold("s", "a", "second", 1)])
+            answers = list(await asyncio.gather(first, second))
+            remote.close()
+            return answers
+
+        answers = asyncio.run(place_both())
+        writer.submit(store.close).result()
+    assert waited == [True], "the second write reached the writer only after the first's answer"
+    assert [[o.status for o in outcomes] for outcomes in answers] == [["applied"], ["applied"]]

@@ -176,7 +176,7 @@ def open_partition_consumer(
 ) -> tuple[IngestService, RedisDeadLetterSink]:
     """The consumer of one partition's stream as `settings` configure it (not started yet),
     and its dead-letter sink, which the caller closes after stopping the consumer.
-    `between_slices` runs on the writer thread between two slices of a batch (the API's
+    `between_slices` runs on the writer thread before each slice of a batch (the API's
     writes waiting in the `FastLane`)."""
     stream = settings.partition_stream(partition)
     sink = RedisDeadLetterSink.from_url(redis_url, stream, cluster=settings.redis_cluster)

@@ -96,7 +96,7 @@ class Projections(Protocol):
 
 
 SLICE_EVENTS: Final = 100
-"""Usage events charged per append within a batch: between two slices the writer thread runs
+"""Usage events charged per append within a batch: before each slice the writer thread runs
 the writes a caller waits on (`between_slices`), so none waits for a whole batch. About 3 ms of
 charging at ~30 µs per event. Ten appends per full batch cost some ingest throughput
 (docs/benchmarks.md), so a processor with nothing to run between slices does not slice."""
@@ -267,7 +267,7 @@ class IngestProcessor:
 
     def _charge(self, valid: Sequence[_Decoded]) -> _Charged:
         """Charge every valid event, one append per slice of `slice_events` (under the fence,
-        with one), running `between_slices` between two slices (without it, in one append); the
+        with one), running `between_slices` before each slice (without it, in one append); the
         refused ones become dead letters with the ledger's reason. A crash between slices leaves
         the batch unacknowledged: its redelivery charges the slices appended already as
         duplicates, that is, nothing."""
@@ -276,8 +276,9 @@ class IngestProcessor:
             self._charge_slice(valid, charged)
             return charged
         for start in range(0, len(valid), self.slice_events):
-            if start:
-                self.between_slices()
+            # Before the first slice too: a write that came while the previous batch ended
+            # waits behind this one on the writer's queue, and would otherwise wait a slice more.
+            self.between_slices()
             self._charge_slice(valid[start : start + self.slice_events], charged)
         return charged
 
