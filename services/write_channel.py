@@ -5,10 +5,12 @@ one writer).
 A request is a `(number, kind, payload)` tuple answered by `(number, "ok", value)` or
 `(number, "error", message)`; commands and outcomes are msgspec Structs, which pickle. Requests
 are pipelined: the API process sends the next one without waiting for the answer to the last,
-and the serving process answers each from the writer thread as soon as it is appended (no
-thread in between to wake). The commands of every request that came in while the previous one
-was being sent go together (a group commit), and the writer's `FastLane` groups again what
-waits there: one append for all of them, each command still decided alone, in the order sent.
+and the serving process answers each as soon as it is appended. The writer thread only queues
+an answer; a thread of the channel sends it, so an API process that stops reading (frozen,
+say) blocks that thread on a full pipe, never the writer and the ingest behind it. The
+commands of every request that came in while the previous one was being sent go together (a
+group commit), and the writer's `FastLane` groups again what waits there: one append for all
+of them, each command still decided alone, in the order sent.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import asyncio
 import contextlib
 import functools
 import os
+import queue
 import socket
 import threading
 from collections.abc import Awaitable, Callable, Sequence
@@ -41,16 +44,19 @@ class WriteChannelError(RuntimeError):
 
 class WriteChannelServer:
     """In the serving process: a thread receiving one API process's requests and handing each
-    command batch to the writer thread's `FastLane`, which answers it over the pipe itself."""
+    command batch to the writer thread's `FastLane`, and one sending the answers back."""
 
     def __init__(self, connection: Connection, lane: FastLane) -> None:
         self._connection = connection
         self._lane = lane
-        self._sending = threading.Lock()
-        """Answers are sent from the writer thread, and from this one for a bad request."""
+        self._answers: queue.SimpleQueue[tuple[int, str, Any] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._serve, name="write-channel", daemon=True)
+        self._sender = threading.Thread(
+            target=self._send_answers, name="write-channel-answers", daemon=True
+        )
 
     def start(self) -> None:
+        self._sender.start()
         self._thread.start()
 
     def _serve(self) -> None:
@@ -58,12 +64,12 @@ class WriteChannelServer:
             try:
                 number, kind, payload = self._connection.recv()
             except (EOFError, OSError):
+                self._answers.put(None)
                 return  # the API process is gone; a new one gets a new channel
             if kind != EXECUTE:
                 self._reply(number, WriteChannelError(f"unknown request {kind!r}"))
                 continue
-            # Answered by the writer thread as it sets the result: waking this thread for it
-            # would wait for the interpreter lock while the writer charges its next slice.
+            # The writer thread queues the answer as it sets the result (a callback, no wait).
             self._lane.submit(payload).add_done_callback(functools.partial(self._answer, number))
 
     def _answer(self, number: int, done: Future[list[Outcome]]) -> None:
@@ -76,11 +82,14 @@ class WriteChannelServer:
             reply: tuple[int, str, Any] = (number, "error", f"{type(value).__name__}: {value}")
         else:
             reply = (number, "ok", value)
-        try:
-            with self._sending:
+        self._answers.put(reply)
+
+    def _send_answers(self) -> None:
+        while (reply := self._answers.get()) is not None:
+            try:
                 self._connection.send(reply)
-        except (EOFError, OSError):
-            pass  # the API process is gone; its requests die with it
+            except (EOFError, OSError):
+                return  # the API process is gone; its requests die with it
 
 
 class RemoteWriter:

@@ -8,7 +8,7 @@ import asyncio
 import json
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from multiprocessing import Pipe
 from pathlib import Path
@@ -245,3 +245,35 @@ def test_a_write_is_sent_to_the_writer_while_the_one_before_is_being_appended(
         writer.submit(store.close).result()
     assert waited == [True], "the second write reached the writer only after the first's answer"
     assert [[o.status for o in outcomes] for outcomes in answers] == [["applied"], ["applied"]]
+
+
+def test_an_api_process_that_stops_reading_answers_never_blocks_the_writer() -> None:
+    """The writer thread only queues answers: with the API end of the pipe unread and far more
+    answered than a pipe holds, setting every result still returns at once."""
+    pending: list[Future[list[Any]]] = []
+    arrived = threading.Semaphore(0)
+
+    class Lane:
+        def submit(self, commands: list[Command]) -> Future[list[Any]]:
+            pending.append(Future())
+            arrived.release()
+            return pending[-1]
+
+    ours, theirs = Pipe()
+    WriteChannelServer(ours, Lane()).start()  # type: ignore[arg-type]
+    requests = 64
+    for number in range(requests):
+        theirs.send((number, "execute", [PlaceHold("s", "a", f"h{number}", 1)]))
+    for _ in range(requests):
+        assert arrived.acquire(timeout=10)
+    big = ["x" * 4_096] * 64  # 256 KiB an answer: 16 MiB in all, never read
+    finished = threading.Event()
+
+    def writer_thread() -> None:
+        for future in pending:
+            future.set_result(big)
+        finished.set()
+
+    threading.Thread(target=writer_thread, daemon=True).start()
+    assert finished.wait(10), "the writer thread blocked sending answers nobody reads"
+    theirs.close()
