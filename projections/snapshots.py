@@ -35,13 +35,11 @@ from projections.balances import (
     apply,
     apply_data,
 )
-
-SNAPSHOT_EVERY_RECORDS: Final = 100_000
-"""Records after which the projector saves a snapshot (LEDGER_SNAPSHOT_EVERY_RECORDS)."""
-SNAPSHOT_EVERY_SECONDS: Final = 600
-"""Seconds after which it saves one if the log moved at all (LEDGER_SNAPSHOT_EVERY_SECONDS)."""
-SNAPSHOTS_KEPT: Final = 3
-"""Snapshots `prune` keeps by default, newest first."""
+from projections.snapshot_policy import (
+    SNAPSHOT_EVERY_RECORDS,
+    SNAPSHOT_EVERY_SECONDS,
+    SNAPSHOTS_KEPT,
+)
 
 
 class _BalancesBlob(msgspec.Struct, array_like=True):

@@ -11,41 +11,29 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from functools import cache
+from importlib import import_module
 from pathlib import Path
-from typing import IO, get_args
+from typing import IO, TYPE_CHECKING, cast, get_args
 
 import click
 import msgspec
 
-from ledger.audit import verify
-from ledger.clock import ManualClock, SharedManualClock
-from ledger.idempotency import payload_digest
-from ledger.log import EVENT_TYPE_TAG, datetime_from_us, find_charge, us_from_datetime
-from ledger.money import format_credits
-from ledger.rate_card import load_rate_card
-from ledger.snapshots import problem_with
-from projections.balances import Balances, overview
-from projections.replay import balances_as_of, resolve_as_of
-from projections.snapshots import (
-    SNAPSHOTS_KEPT,
-    balances_from_snapshot,
-    create_snapshot,
-    prune,
-)
-from projections.usage import UsageQuery
-from schemas.commands import AdminCommand, ChargeOnRecord, ChargeUsage, Command
-from schemas.events import LogEvent
-from schemas.read_models import UsageRow
-from schemas.usage import UsageEvent
-from services.bootstrap import Parts, bootstrap, make_clock, open_notification_store
+from projections.snapshot_policy import SNAPSHOTS_KEPT
 from services.cli_errors import OneLineGroup, one_line_errors
 from services.config import ConfigError, Role, Settings, check_redis_url, parse_instant
-from services.export_log import write_admin_actions
-from services.publish import publish
-from services.rerate import apply as apply_rerate
-from services.rerate import rerate_lines
-from services.rerate import table as rerate_table
-from services.simulate import simulate
+
+if TYPE_CHECKING:
+    from ledger.clock import SharedManualClock
+    from projections.balances import Balances
+    from projections.usage import UsageQuery
+    from schemas.commands import AdminCommand, Command
+    from schemas.events import LogEvent
+    from schemas.read_models import UsageRow
+    from services.bootstrap import Parts
+
+# Each command imports what it runs inside itself: `ledger serve` and every child it spawns
+# (which imports this module again as its `__main__`) load none of the other commands' modules.
 
 BACKFILL_BATCH_COMMANDS = 1_000
 PROGRESS_MIN_RECORDS = 50_000
@@ -53,11 +41,21 @@ PROGRESS_MIN_RECORDS = 50_000
 EXPORT_PAGE_ROWS = 1_000
 MAX_PORT = 65_535
 
-_ADMIN_DECODER = msgspec.json.Decoder(AdminCommand)
+LAZY_COMMANDS = {"publish": "services.publish", "simulate": "services.simulate"}
+"""Commands defined in modules of their own, imported when named (or listed by --help)."""
+
+
+@cache
+def _admin_decoder() -> msgspec.json.Decoder[AdminCommand]:
+    from schemas.commands import AdminCommand
+
+    return msgspec.json.Decoder(AdminCommand)
 
 
 @contextmanager
 def opened(settings: Settings) -> Iterator[Parts]:
+    from services.bootstrap import bootstrap
+
     parts = bootstrap(settings)
     try:
         yield parts
@@ -65,7 +63,19 @@ def opened(settings: Settings) -> Iterator[Parts]:
         parts.close()
 
 
-@click.group(cls=OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]})
+class LedgerGroup(OneLineGroup):
+    """The `ledger` group, with `LAZY_COMMANDS` loaded on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *LAZY_COMMANDS])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in LAZY_COMMANDS:
+            return cast(click.Command, getattr(import_module(LAZY_COMMANDS[cmd_name]), cmd_name))
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LedgerGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Overrides LEDGER_DATA_DIR.")
 @click.option("--database-url", help="Overrides LEDGER_DATABASE_URL (sqlite:///PATH).")
 @click.pass_context
@@ -127,6 +137,9 @@ def clock() -> None:
 
 
 def _manual_clock(settings: Settings) -> SharedManualClock:
+    from ledger.clock import SharedManualClock
+    from services.bootstrap import make_clock
+
     if settings.clock != "manual":
         raise ConfigError("the ledger clock is the system clock; set LEDGER_CLOCK=manual")
     made = make_clock(settings)
@@ -139,6 +152,8 @@ def _manual_clock(settings: Settings) -> SharedManualClock:
 @one_line_errors
 def clock_show(settings: Settings) -> None:
     """Print the manual clock's now (RFC 3339)."""
+    from ledger.log import datetime_from_us
+
     click.echo(_instant(datetime_from_us(_manual_clock(settings).now_us())))
 
 
@@ -148,6 +163,8 @@ def clock_show(settings: Settings) -> None:
 @one_line_errors
 def clock_set(settings: Settings, instant: str) -> None:
     """Move the manual clock forward to INSTANT (RFC 3339)."""
+    from ledger.log import datetime_from_us, us_from_datetime
+
     manual = _manual_clock(settings)
     try:
         manual.set(us_from_datetime(parse_instant(instant, "INSTANT")))
@@ -162,6 +179,8 @@ def clock_set(settings: Settings, instant: str) -> None:
 @one_line_errors
 def clock_advance(settings: Settings, duration: str) -> None:
     """Move the manual clock forward by DURATION (e.g. 90s, 2h, 31d, 1500ms)."""
+    from ledger.log import datetime_from_us
+
     unit = next((u for u in ("ms", "s", "m", "h", "d") if duration.endswith(u)), None)
     number = duration.removesuffix(unit) if unit else ""
     if unit is None or not number.isdigit():
@@ -191,6 +210,8 @@ def notifications_rebuild(settings: Settings) -> None:
     Ids come from the log, so nothing already stored is stored, published or delivered again;
     a running notifier starts over at once, a stopped one when `ledger serve` starts.
     """
+    from services.bootstrap import open_notification_store
+
     store = open_notification_store(settings)
     try:
         store.reset()
@@ -211,6 +232,9 @@ def notifications_rebuild(settings: Settings) -> None:
 @one_line_errors
 def replay(settings: Settings, until: str | None, as_json: bool, from_snapshot: bool) -> None:
     """Replay the log up to a point and print every subscription's balances as of then."""
+    from projections.replay import resolve_as_of
+    from projections.snapshots import balances_from_snapshot
+
     with opened(settings) as parts:
         position = resolve_as_of(parts.store, until) if until else parts.store.head().position
         if from_snapshot:
@@ -221,6 +245,8 @@ def replay(settings: Settings, until: str | None, as_json: bool, from_snapshot: 
 
 
 def _replay_with_progress(parts: Parts, position: int) -> Balances:
+    from projections.replay import balances_as_of
+
     if position < PROGRESS_MIN_RECORDS:
         return balances_as_of(parts.store, position)
     with click.progressbar(length=position, label="replaying", file=sys.stderr) as bar:
@@ -228,6 +254,9 @@ def _replay_with_progress(parts: Parts, position: int) -> Balances:
 
 
 def _print_balances(balances: Balances, position: int, as_json: bool) -> None:
+    from ledger.money import format_credits
+    from projections.balances import overview
+
     subscription_ids = sorted(balances.subscriptions)
     if as_json:
         for subscription_id in subscription_ids:
@@ -283,6 +312,10 @@ def audit() -> None:
 @one_line_errors
 def audit_verify(settings: Settings, list_admin_writes: bool) -> None:
     """Recompute the hash chain and re-derive every charge; exit 1 at the first bad position."""
+    from ledger.audit import verify
+    from ledger.log import find_charge
+    from schemas.commands import ChargeOnRecord
+
     admin_writes: list[str] = []
 
     def admin_write(position: int, event: LogEvent) -> None:
@@ -325,6 +358,8 @@ def audit_verify(settings: Settings, list_admin_writes: bool) -> None:
 
 def admin_write_line(position: int, event: LogEvent) -> str:
     """One admin write as the audit lists it: position, type, subscription, who asked, why."""
+    from ledger.log import EVENT_TYPE_TAG
+
     actor = getattr(event, "actor", None)
     who = "unknown" if actor is None else f"token {actor.token_id} ({actor.role})"
     reason = getattr(event, "reason", None)
@@ -356,6 +391,9 @@ def snapshot() -> None:
 @one_line_errors
 def snapshot_show(settings: Settings) -> None:
     """List the snapshots, newest first, each with whether a start may use it and why not."""
+    from ledger.log import datetime_from_us
+    from ledger.snapshots import problem_with
+
     with opened(settings) as parts:
         infos = parts.snapshots.infos()
         for info in infos:
@@ -375,6 +413,8 @@ def snapshot_show(settings: Settings) -> None:
 @one_line_errors
 def snapshot_create(settings: Settings) -> None:
     """Save a snapshot at the head (from the newest valid one and the records after it)."""
+    from projections.snapshots import create_snapshot
+
     with opened(settings) as parts:
         info = create_snapshot(parts.snapshots, parts.store)
     click.echo(f"snapshot at position {info.position}: {info.size_bytes} bytes")
@@ -386,6 +426,8 @@ def snapshot_create(settings: Settings) -> None:
 @one_line_errors
 def snapshot_prune(settings: Settings, keep: int) -> None:
     """Delete all but the newest snapshots."""
+    from projections.snapshots import prune
+
     with opened(settings) as parts:
         gone = prune(parts.snapshots, keep)
     click.echo(f"deleted {len(gone)} snapshot(s)" + (f": {gone}" if gone else ""))
@@ -449,6 +491,8 @@ def export_usage(
     output: IO[str],
 ) -> None:
     """Export usage details (one row per charge), oldest first."""
+    from projections.usage import UsageQuery
+
     recorded_from = parse_instant(from_, "--from") if from_ else None
     recorded_to = parse_instant(to, "--to") if to else None
     with opened(settings) as parts:
@@ -482,6 +526,8 @@ def export_usage(
 @one_line_errors
 def export_log(settings: Settings, fmt: str, subscription: str | None, output: IO[str]) -> None:
     """Export the admin writes (corrections included) with who asked and why, in log order."""
+    from services.export_log import write_admin_actions
+
     with opened(settings) as parts:
         runner = parts.projections()
         runner.catch_up()
@@ -499,6 +545,8 @@ def _all_usage(parts: Parts, query: UsageQuery) -> Iterator[UsageRow]:
 
 
 def _csv_row(row: UsageRow) -> list[object]:
+    from ledger.money import format_credits
+
     by_source: Counter[str] = Counter()
     for part in row.allocation:
         by_source[part.source] += part.credits_ucr
@@ -559,6 +607,11 @@ def rerate(settings: Settings, from_: str, to: str, rate_card_path: Path, apply_
     differences per seat and in total; with --apply, reverse each overcharge and take each
     undercharge from its seat, reason rerate:<card version> (a second --apply writes nothing).
     Refused corrections are listed on stderr (exit 3)."""
+    from ledger.rate_card import load_rate_card
+    from services.rerate import apply as apply_rerate
+    from services.rerate import rerate_lines
+    from services.rerate import table as rerate_table
+
     start, end = parse_instant(from_, "--from"), parse_instant(to, "--to")
     if end <= start:
         raise ConfigError("--to must be later than --from")
@@ -605,6 +658,9 @@ def backfill(settings: Settings, source: IO[bytes], batch: int) -> None:
     backwards), so history can be written with the times it happened. Refused lines are
     reported on stderr as JSON; the summary goes to stdout.
     """
+    from ledger.clock import ManualClock
+    from ledger.log import us_from_datetime
+
     if not 1 <= batch <= BACKFILL_BATCH_COMMANDS * 10:
         raise click.BadParameter(f"must be 1..{BACKFILL_BATCH_COMMANDS * 10}", param_hint="--batch")
     with opened(settings) as parts:
@@ -649,6 +705,10 @@ def backfill(settings: Settings, source: IO[bytes], batch: int) -> None:
 
 
 def parse_backfill_line(raw: bytes, line_no: int) -> tuple[datetime | None, Command]:
+    from ledger.idempotency import payload_digest
+    from schemas.commands import ChargeUsage
+    from schemas.usage import UsageEvent
+
     try:
         fields = msgspec.json.decode(raw)
         if not isinstance(fields, dict):
@@ -656,15 +716,12 @@ def parse_backfill_line(raw: bytes, line_no: int) -> tuple[datetime | None, Comm
         at_text = fields.pop("at", None)
         at = parse_instant(at_text, f"line {line_no}: at") if at_text is not None else None
         if "type" in fields:
-            return at, _ADMIN_DECODER.decode(msgspec.json.encode(fields))
+            return at, _admin_decoder().decode(msgspec.json.encode(fields))
         usage = msgspec.convert(fields, UsageEvent)
         return at, ChargeUsage(usage, payload_digest(usage))
     except (msgspec.DecodeError, ConfigError) as error:
         raise msgspec.DecodeError(f"line {line_no}: {error}") from error
 
-
-main.add_command(publish)
-main.add_command(simulate)
 
 if __name__ == "__main__":
     main()

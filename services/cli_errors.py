@@ -4,41 +4,52 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from functools import wraps
+from functools import cache, wraps
 from typing import Any, TypeVar
 
 import click
-import httpx
-import msgspec
-import redis
 
-from ledger.errors import LedgerError, RateCardError, StoreError
-from projections.replay import InvalidAsOf
-from projections.usage import InvalidUsageQuery
 from services.config import ConfigError
-from services.redis_server import EmbeddedRedisError
 
-EXIT_CODES: dict[type[Exception], int] = {
-    ConfigError: 2,
-    InvalidAsOf: 2,
-    InvalidUsageQuery: 2,
-    msgspec.DecodeError: 2,
-    RateCardError: 2,
-    StoreError: 4,
-    LedgerError: 3,
-    OSError: 4,
-    EmbeddedRedisError: 4,
-    redis.exceptions.RedisError: 4,
-    httpx.HTTPError: 4,
-}
-"""Expected failures and their exit codes, the first kind that matches: 2 bad input or
-settings, 3 refused by the ledger, 4 a store, Redis, the HTTP API or a file that cannot be
-reached; a failed audit exits 1."""
-PREFIXES: dict[type[Exception], str] = {
-    redis.exceptions.RedisError: "Redis: ",
-    httpx.HTTPError: "HTTP: ",
-}
-"""What a library's message is about, when the message itself does not say."""
+
+@cache
+def exit_codes() -> dict[type[Exception], int]:
+    """Expected failures and their exit codes, the first kind that matches: 2 bad input or
+    settings, 3 refused by the ledger, 4 a store, Redis, the HTTP API or a file that cannot be
+    reached; a failed audit exits 1. Built at the first failure: the kinds' modules are seconds
+    of start-up that a command which does not fail, `ledger serve` above all, need not pay."""
+    import httpx
+    import msgspec
+    import redis
+
+    from ledger.errors import LedgerError, RateCardError, StoreError
+    from projections.replay import InvalidAsOf
+    from projections.usage import InvalidUsageQuery
+    from services.redis_server import EmbeddedRedisError
+
+    return {
+        ConfigError: 2,
+        InvalidAsOf: 2,
+        InvalidUsageQuery: 2,
+        msgspec.DecodeError: 2,
+        RateCardError: 2,
+        StoreError: 4,
+        LedgerError: 3,
+        OSError: 4,
+        EmbeddedRedisError: 4,
+        redis.exceptions.RedisError: 4,
+        httpx.HTTPError: 4,
+    }
+
+
+@cache
+def prefixes() -> dict[type[Exception], str]:
+    """What a library's message is about, when the message itself does not say."""
+    import httpx
+    import redis
+
+    return {redis.exceptions.RedisError: "Redis: ", httpx.HTTPError: "HTTP: "}
+
 
 NO_ARGS_IS_HELP: tuple[type[Exception], ...] = tuple(
     kind for kind in (getattr(click.exceptions, "NoArgsIsHelpError", None),) if kind is not None
@@ -88,10 +99,12 @@ def one_line_errors(command: F) -> F:
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except tuple(EXIT_CODES) as error:
-            code = next(c for kind, c in EXIT_CODES.items() if isinstance(error, kind))
+        except Exception as error:
+            code = next((c for kind, c in exit_codes().items() if isinstance(error, kind)), None)
+            if code is None:
+                raise
             message = " ".join(str(error).split()) or type(error).__name__
-            prefix = next((p for kind, p in PREFIXES.items() if isinstance(error, kind)), "")
+            prefix = next((p for kind, p in prefixes().items() if isinstance(error, kind)), "")
             click.echo(f"ledger: {prefix}{message}", err=True)
             sys.exit(code)
 

@@ -12,7 +12,7 @@ from typing import Literal, get_args
 
 from ledger.leases import LEASE_TTL_MS, MIN_LEASE_TTL_MS
 from ledger.partitions import MAX_PARTITIONS, PartitionError, partition_stream
-from projections.snapshots import SNAPSHOT_EVERY_RECORDS, SNAPSHOT_EVERY_SECONDS
+from projections.snapshot_policy import SNAPSHOT_EVERY_RECORDS, SNAPSHOT_EVERY_SECONDS
 from schemas.instants import InstantOutOfRange, bounded_utc
 
 ClockKind = Literal["system", "manual"]

@@ -1,6 +1,8 @@
 """What `ledger serve` loads before its API process is on its way: the serving process never
-imports the web stack (only the API process serves HTTP), and a SQLite deployment never
-imports the PostgreSQL driver. Each is seconds of start-up on the path to ready."""
+imports the web stack (only the API process serves HTTP), a SQLite deployment never imports
+the PostgreSQL driver, and the command line loads a command's modules only when that command
+runs (every child `ledger serve` spawns imports the command line again as its `__main__`).
+Each is a part of a second of start-up on the path to ready."""
 
 from __future__ import annotations
 
@@ -10,6 +12,16 @@ import sys
 import pytest
 
 WEB_STACK = ("litestar", "uvicorn", "uvloop", "services.api.app")
+COMMANDS_MODULES = (
+    "structlog",
+    "redis",
+    "httpx",
+    "ledger.records",
+    "services.bootstrap",
+    "services.publish",
+    "services.simulate",
+)
+"""What the commands load to run: none of it is needed to parse a command line."""
 POSTGRES = ("psycopg", "ledger.stores.postgres", "projections.stores.postgres")
 
 
@@ -26,6 +38,10 @@ def loaded_after(imports: str, watched: tuple[str, ...]) -> list[str]:
 
 def test_the_serving_process_imports_no_web_stack() -> None:
     assert loaded_after("services.cli, services.serve", WEB_STACK) == []
+
+
+def test_the_command_line_loads_no_command_until_one_runs() -> None:
+    assert loaded_after("services.cli", COMMANDS_MODULES + WEB_STACK) == []
 
 
 @pytest.mark.parametrize("module", ["services.cli", "services.serve", "services.api_process"])
