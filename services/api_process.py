@@ -36,7 +36,7 @@ from services.bootstrap import (
     open_snapshot_store,
     open_token_store,
 )
-from services.children import ChildProcess, die_with_parent
+from services.children import die_with_parent
 from services.config import Settings
 from services.logs import configure_logging
 from services.write_channel import RemoteWriter
@@ -174,13 +174,3 @@ async def _announce(server: uvicorn.Server, ready: Event) -> None:
         await asyncio.sleep(0.01)
     log.info("api.listening", pid=os.getpid())
     ready.set()
-
-
-class ApiProcess(ChildProcess):
-    """The serving process's handle on its HTTP API process: it loads its balances once
-    `writer_open` is set, and sets `ready` once it listens."""
-
-    def __init__(
-        self, settings: Settings, connection: Connection, ready: Event, writer_open: Event
-    ) -> None:
-        super().__init__("ledger-api", run_api_process, settings, connection, ready, writer_open)

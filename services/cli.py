@@ -111,10 +111,10 @@ def serve(
 ) -> None:
     """Run ingest, the lifecycle ticker and projections in one process (--role all), or one
     part of them."""
-    from services.serve import serve as run_service
+    from services.launch import launch
 
     check_redis_url(redis_url, "--redis-url")
-    run_service(
+    launch(
         settings.with_overrides(
             host=host, port=port, redis_url=redis_url, usage_stream=stream, role=role
         )

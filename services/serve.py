@@ -4,9 +4,10 @@ projector in child processes beside it.
 - This process: every piece that writes the log runs on one worker thread (the ledger is a
   single writer), so the event loop stays free for Redis; admin writes from the API arrive over
   a pipe (`services.write_channel`) and run on that same thread.
-- The API process (`services.api_process`): uvicorn and the Litestar app, with balances in
-  memory folded from the log, on an interpreter lock of its own: ingest never delays a
-  gateway's pre-check by holding it.
+- The API process (`services.api_process`; spawned by `services.launch` before this module is
+  imported, supervised by `services.api_supervisor`): uvicorn and the Litestar app, with
+  balances in memory folded from the log, on an interpreter lock of its own: ingest never
+  delays a gateway's pre-check by holding it.
 - The projector process (`services.projector`): the read model tables.
 - The notifier process (`services.notifier.process`): notifications derived from the log, on
   the Redis stream and to webhooks.
@@ -33,37 +34,32 @@ no ticker; its admin writes append optimistically beside the workers.
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import os
 import signal
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Final
 
 import structlog
 
 from ledger.application import Ledger
 from ledger.leases import Fence
-from services.api_process import ApiProcess
+from services.api_supervisor import ApiSupervisor
 from services.auth.tokens import ensure_admin_token
 from services.bootstrap import Parts, bootstrap, open_lease_store, open_token_store
 from services.config import ConfigError, Settings, default_consumer_name
 from services.logs import configure_logging
-from services.metrics import METRICS, share_between_processes
+from services.metrics import METRICS
 from services.redis_server import EmbeddedRedis
 from services.running import (
     RunningService,
-    hold_data_dir,
     http_url,
     publish_service,
     withdraw_service,
 )
-from services.write_channel import WriteChannelServer
 from services.writer import FastLane
 
 if TYPE_CHECKING:
@@ -77,15 +73,8 @@ HEARTBEAT_FILE: Final = "serve.heartbeat"
 
 TICK_INTERVAL_S: Final = 1.0
 """How often cycle starts and pack expiries that fell due are appended (the rule: within ~1 s)."""
-API_START_POLL_S: Final = 0.01
 WRITER_NICENESS: Final = 5
 """Added to the writer thread's nice value (see `Worker.open`)."""
-API_START_TIMEOUT_S: Final = 60.0
-"""Longest wait for the API process to load the balances and listen."""
-API_START_ATTEMPTS: Final = 20
-API_START_RETRY_S: Final = 0.25
-"""Pause between two attempts to start the API process (a port is freed within moments by a
-predecessor killed with its serve)."""
 
 log = structlog.get_logger("ledger.serve")
 
@@ -132,84 +121,6 @@ class Worker:
             self.parts.close()
 
 
-class ApiSupervisor:
-    """The HTTP API process and the write channel that serves it, (re)started from the main
-    thread (the parent-death signal is tied to the thread that starts a child).
-
-    The first process is spawned before the writer is open, so its interpreter starts while
-    this one starts Redis and opens the log; it reads the log once `writer_opened` says so."""
-
-    def __init__(self, settings: Settings, worker: Worker) -> None:
-        self.settings = settings
-        self.worker = worker
-        self._context = multiprocessing.get_context("spawn")
-        self._writer_open = self._context.Event()
-        self._process: ApiProcess | None = None
-        self._channel: Connection | None = None
-
-    def spawn(self) -> None:
-        """Start an API process (without waiting for it)."""
-        ours, theirs = self._context.Pipe()
-        self._ready = self._context.Event()
-        self._process = ApiProcess(self.settings, theirs, self._ready, self._writer_open)
-        self._process.start()
-        theirs.close()  # the child has its own end now
-        self._channel = ours
-        if self._writer_open.is_set():
-            self._serve_writes()
-
-    def writer_opened(self) -> None:
-        """The writer is open (and the admin token saved): serve the API process's writes and
-        let it load its balances from the log."""
-        self._serve_writes()
-        self._writer_open.set()
-
-    def _serve_writes(self) -> None:
-        assert self.worker.lane is not None and self._channel is not None
-        WriteChannelServer(self._channel, self.worker.lane).start()
-
-    async def start(self) -> None:
-        """Wait until the API process listens, spawning one unless one is starting; a port
-        still held by a predecessor that is going away is waited for, a port taken for good
-        is an error."""
-        for attempt in range(1, API_START_ATTEMPTS + 1):
-            if not self.alive:
-                self.spawn()
-            if await self._listening():
-                return
-            log.warning("api.start_failed", attempt=attempt, exitcode=self.exitcode)
-            await asyncio.sleep(API_START_RETRY_S)
-        raise OSError(
-            f"the HTTP API could not listen on {self.settings.host}:{self.settings.port}"
-            f" (exit {self.exitcode}); is another process using that port?"
-        )
-
-    async def _listening(self) -> bool:
-        assert self._process is not None
-        deadline = time.monotonic() + API_START_TIMEOUT_S
-        while not self._ready.is_set():
-            if not self._process.alive or time.monotonic() > deadline:
-                self.stop()
-                return False
-            await asyncio.sleep(API_START_POLL_S)
-        return True
-
-    @property
-    def alive(self) -> bool:
-        return self._process is not None and self._process.alive
-
-    @property
-    def exitcode(self) -> int | None:
-        return None if self._process is None else self._process.exitcode
-
-    def stop(self) -> None:
-        if self._process is not None:
-            self._process.stop()
-        if self._channel is not None:
-            self._channel.close()  # ends the channel's thread
-            self._channel = None
-
-
 @dataclass
 class Ingest:
     """What consumes the usage stream: every partition's consumer (role `all`), or the
@@ -227,19 +138,13 @@ class Ingest:
             await self.keeper.close()
 
 
-async def run(settings: Settings) -> None:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+async def run(settings: Settings, api: ApiSupervisor | None) -> None:
+    """Serve until SIGTERM or SIGINT, beside `api`, the API process already spawned (none for
+    role `ingest`)."""
     stop = _stop_on_signals()
     with ExitStack() as resources:
-        if settings.role == "all":  # the one process of its data dir
-            resources.enter_context(hold_data_dir(settings.data_dir))
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-writer")
         worker = Worker(settings, executor)
-        api: ApiSupervisor | None = None
-        if settings.role != "ingest":
-            api = ApiSupervisor(settings, worker)
-            resources.callback(api.stop)
-            api.spawn()  # its interpreter starts on the other core while this one goes on
         redis_url = _redis_url(settings, resources)
         resources.callback(executor.shutdown, wait=True)
         await asyncio.get_running_loop().run_in_executor(executor, worker.open)
@@ -247,7 +152,8 @@ async def run(settings: Settings) -> None:
         log.info("writer.opened")
         if api is not None:
             _install_admin_token(settings)
-            api.writer_opened()
+            assert worker.lane is not None
+            api.writer_opened(worker.lane)
             await api.start()
         ingest = await _start_ingest(settings, redis_url, worker, resources, stop)
         children: tuple[Projector | None, NotifierProcess | None] = (None, None)
@@ -441,7 +347,7 @@ async def _tick_forever(
             await asyncio.wait_for(stop.wait(), TICK_INTERVAL_S)
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Settings, api: ApiSupervisor | None) -> None:
+    """The rest of `ledger serve` once `services.launch` has spawned the API process."""
     configure_logging(settings.log_format)
-    share_between_processes(settings.data_dir)
-    asyncio.run(run(settings))
+    asyncio.run(run(settings, api))

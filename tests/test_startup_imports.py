@@ -44,6 +44,11 @@ def test_the_command_line_loads_no_command_until_one_runs() -> None:
     assert loaded_after("services.cli", COMMANDS_MODULES + WEB_STACK) == []
 
 
+def test_the_api_process_is_spawned_before_the_service_is_loaded() -> None:
+    # `services.launch` spawns the API process; `services.serve` is imported after.
+    assert loaded_after("services.cli, services.launch", COMMANDS_MODULES + WEB_STACK) == []
+
+
 @pytest.mark.parametrize("module", ["services.cli", "services.serve", "services.api_process"])
 def test_a_sqlite_deployment_imports_no_postgres_driver(module: str) -> None:
     assert loaded_after(module, POSTGRES) == []
