@@ -348,6 +348,7 @@ def _array_source(struct_type: type, value: str, depth: int) -> str:
     return f"_trim_{struct_type.__name__}([{', '.join(parts)}], {int(tag is not None)})"
 
 
+@functools.cache  # every converter's namespace holds every trimmer: build each once
 def _trimmer(struct_type: type) -> Callable[[list[Any], int], list[Any]]:
     """Drops the trailing fields of an array that hold their defaults (after `keep` leading
     items, the tag)."""
