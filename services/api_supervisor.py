@@ -4,7 +4,6 @@ rest of the service, so that child's start-up (the path to ready) begins at once
 
 from __future__ import annotations
 
-import asyncio
 import multiprocessing
 import time
 from multiprocessing.connection import Connection
@@ -88,6 +87,8 @@ class ApiSupervisor:
         """Wait until the API process listens, spawning one unless one is starting; a port
         still held by a predecessor that is going away is waited for, a port taken for good
         is an error."""
+        import asyncio  # here, not above: loaded by the time a loop runs, not before the spawn
+
         import structlog
 
         for attempt in range(1, API_START_ATTEMPTS + 1):
@@ -105,6 +106,8 @@ class ApiSupervisor:
         )
 
     async def _listening(self) -> bool:
+        import asyncio
+
         assert self._process is not None
         deadline = time.monotonic() + API_START_TIMEOUT_S
         while not self._ready.is_set():

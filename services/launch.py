@@ -9,7 +9,7 @@ from contextlib import ExitStack
 
 from services.api_supervisor import ApiSupervisor
 from services.config import Settings
-from services.metrics import share_between_processes
+from services.metrics_folder import make_shared_folder
 from services.running import hold_data_dir
 
 
@@ -19,7 +19,7 @@ def launch(settings: Settings) -> None:
     with ExitStack() as held:
         if settings.role == "all":  # the one process of its data dir
             held.enter_context(hold_data_dir(settings.data_dir))
-        share_between_processes(settings.data_dir)  # before any child: they inherit the folder
+        make_shared_folder(settings.data_dir)  # before any child: they inherit the folder
         api: ApiSupervisor | None = None
         if settings.role != "ingest":
             api = ApiSupervisor(settings)

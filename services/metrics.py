@@ -12,9 +12,7 @@ Values are float64, as Prometheus stores them: counts and micro-credits are exac
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
 import threading
 from pathlib import Path
 from typing import Final, Generic, TypeVar
@@ -30,14 +28,14 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from services.metrics_folder import METRICS_DIR as METRICS_DIR
+from services.metrics_folder import MULTIPROCESS_DIR_ENV as MULTIPROCESS_DIR_ENV
+from services.metrics_folder import SERVE_DIR_PREFIX as SERVE_DIR_PREFIX
+from services.metrics_folder import make_shared_folder
+
 MEDIA_TYPE: Final = "text/plain; version=0.0.4"
 """What `generate_latest` writes: the Prometheus text format 0.0.4, in UTF-8 (Litestar adds
 `charset=utf-8` to a text media type)."""
-MULTIPROCESS_DIR_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
-"""Where prometheus_client's multiprocess mode keeps every process's metric files."""
-METRICS_DIR: Final = "metrics"
-"""The data dir's folder of metric files: one folder per `ledger serve` (by its pid)."""
-SERVE_DIR_PREFIX: Final = "serve-"
 MAX_SERIES_PER_METRIC: Final = 1_000
 """Label combinations one metric keeps; later ones are counted under `OVERFLOW_LABEL`."""
 OVERFLOW_LABEL: Final = "_overflow"
@@ -199,31 +197,13 @@ def share_between_processes(data_dir: Path) -> Path:
     multiprocess mode: files in a folder of `data_dir` of this serve's own (made afresh, and
     those of serves that are gone removed). `METRICS` is made again, at zero, to write there.
     Returns the folder."""
-    metrics_dir = data_dir / METRICS_DIR
-    _remove_folders_of_gone_serves(metrics_dir)
-    directory = metrics_dir / f"{SERVE_DIR_PREFIX}{os.getpid()}"
-    shutil.rmtree(directory, ignore_errors=True)
-    directory.mkdir(parents=True)
-    os.environ[MULTIPROCESS_DIR_ENV] = str(directory)  # spawned children inherit it
-    # prometheus_client chose where values live when it was imported: choose again.
-    values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
-    METRICS.use(CollectorRegistry())
+    directory = make_shared_folder(data_dir)
+    use_shared_folder()
     return directory
 
 
-def _remove_folders_of_gone_serves(metrics_dir: Path) -> None:
-    for folder in metrics_dir.glob(f"{SERVE_DIR_PREFIX}*"):
-        pid = folder.name.removeprefix(SERVE_DIR_PREFIX)
-        if not pid.isdigit() or not _alive(int(pid)):
-            shutil.rmtree(folder, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # this serve's folder is made afresh
-    with contextlib.suppress(PermissionError):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-    return True
+def use_shared_folder() -> None:
+    """Write `METRICS` to the folder `make_shared_folder` named, made again at zero."""
+    # prometheus_client chose where values live when it was imported: choose again.
+    values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+    METRICS.use(CollectorRegistry())

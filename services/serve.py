@@ -52,7 +52,7 @@ from services.auth.tokens import ensure_admin_token
 from services.bootstrap import Parts, bootstrap, open_lease_store, open_token_store
 from services.config import ConfigError, Settings, default_consumer_name
 from services.logs import configure_logging
-from services.metrics import METRICS
+from services.metrics import METRICS, use_shared_folder
 from services.redis_server import EmbeddedRedis
 from services.running import (
     RunningService,
@@ -350,4 +350,5 @@ async def _tick_forever(
 def serve(settings: Settings, api: ApiSupervisor | None) -> None:
     """The rest of `ledger serve` once `services.launch` has spawned the API process."""
     configure_logging(settings.log_format)
+    use_shared_folder()
     asyncio.run(run(settings, api))
