@@ -21,7 +21,6 @@ from tests.test_holds_service import RACERS, check_race_answers, log_events, mos
 
 PARTITIONS: Final = 2
 ADMIN: Final = "crash-test-admin-token"
-START_TIMEOUT_S: Final = 30.0
 QUOTA_UCR: Final = 25_000_000_000
 
 
@@ -50,7 +49,7 @@ class Processes:
         (self.tmp_path / name).mkdir(parents=True, exist_ok=True)
         run = spawn_serve(env, self.tmp_path / f"{name}.log")
         self.runs.append(run)
-        run.wait_started(START_TIMEOUT_S)
+        run.wait_started()
         return env
 
     def stop(self) -> None:
