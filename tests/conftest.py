@@ -203,11 +203,13 @@ def embedded_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
         server.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def default_serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DefaultService]:
     """One `ledger serve` as a newcomer runs it: every default (data dir ./var of its workdir,
-    a private Redis, the system clock) but a free port. Shared by the tests of the commands
-    that find a running serve and of the README's walkthrough; it must exit 0 on SIGTERM."""
+    a private Redis, the system clock) but a free port; it must exit 0 on SIGTERM. Shared by
+    the tests of one module (the commands that find a running serve; the README's
+    walkthrough), and stopped when the module ends: even idle, a serve and its Redis take about
+    a tenth of a core, which the rest of the session would pay for."""
     missing = _missing_redis_binary()
     if missing is not None:
         no_service(f"no Redis binary for `ledger serve`'s private Redis: {missing}")
