@@ -20,7 +20,8 @@ PostgreSQL (real in every test of the PostgreSQL store):
   /usr/lib/postgresql/*/bin; as an unprivileged user when the tests run as root). With none,
   `no_service` as for Redis.
 - `postgres_schema` (function): a schema name unique to this test, dropped (CASCADE) when it
-  ends; the session server may be shared, so tests keep every table inside it.
+  ends; the session server may be shared, so tests keep every table inside it. A fixture of
+  wider scope takes one from `unique_postgres_schema`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
 
@@ -201,11 +203,13 @@ def embedded_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
         server.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def default_serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DefaultService]:
     """One `ledger serve` as a newcomer runs it: every default (data dir ./var of its workdir,
-    a private Redis, the system clock) but a free port. Shared by the tests of the commands
-    that find a running serve and of the README's walkthrough; it must exit 0 on SIGTERM."""
+    a private Redis, the system clock) but a free port; it must exit 0 on SIGTERM. Shared by
+    the tests of one module (the commands that find a running serve; the README's
+    walkthrough), and stopped when the module ends: even idle, a serve and its Redis take about
+    a tenth of a core, which the rest of the session would pay for."""
     missing = _missing_redis_binary()
     if missing is not None:
         no_service(f"no Redis binary for `ledger serve`'s private Redis: {missing}")
@@ -287,12 +291,21 @@ def postgres_url() -> Iterator[str]:
         server.stop()
 
 
+@contextmanager
+def unique_postgres_schema(postgres_url: str) -> Iterator[str]:
+    """A schema name no other test uses (created by whoever uses it), dropped at the end."""
+    schema = f"test_{uuid.uuid4().hex[:16]}"
+    try:
+        yield schema
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as connection:
+            connection.execute(
+                sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema))
+            )
+
+
 @pytest.fixture
 def postgres_schema(postgres_url: str) -> Iterator[str]:
     """A schema name for this test alone (created by whoever uses it), dropped at the end."""
-    schema = f"test_{uuid.uuid4().hex[:16]}"
-    yield schema
-    with psycopg.connect(postgres_url, autocommit=True) as connection:
-        connection.execute(
-            sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema))
-        )
+    with unique_postgres_schema(postgres_url) as schema:
+        yield schema

@@ -57,6 +57,7 @@ from tests.crash_support import (
     KILL_TIMEOUT_S,
     LEDGER_COMMAND,
     RETRYABLE,
+    START_TIMEOUT_S,
     STARTED_EVENT,
     STOP_TIMEOUT_S,
     TEST_RATE_CARD_VERSION,
@@ -79,7 +80,6 @@ LEASE_TTL_MS = 1_500
 CLAIM_IDLE_MS = 500
 FREEZE_S = 3 * LEASE_TTL_MS / 1000
 """How long the frozen worker stays stopped: three TTLs, so its leases are surely taken."""
-START_TIMEOUT_S = 30.0
 SHARE_TIMEOUT_S = 20.0
 """Every worker holds a partition within this (they start one by one and rebalance)."""
 TAKEOVER_TIMEOUT_S = 10.0

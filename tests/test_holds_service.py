@@ -17,6 +17,7 @@ from typing import Any, Final
 
 import pytest
 
+from tests.conftest import unique_postgres_schema
 from tests.service_support import (
     HttpClient,
     Response,
@@ -33,16 +34,38 @@ MAX_CHARGE_UCR: Final = 71_000_000_000
 """What `publish_max` charges (every token count at its bound)."""
 SMALL = {"input_tokens": 8_349, "cached_tokens": 40_794, "output_tokens": 573}
 SMALL_CREDITS: Final = "3.18"
+BACKENDS: Final = ("sqlite", "postgres")
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def service(request: pytest.FixtureRequest, tmp_path: Path, redis_url: str) -> Iterator[Service]:
+def _on_postgres(url: str, schema: str) -> dict[str, str]:
+    return {"LEDGER_DATABASE_URL": url, "LEDGER_DATABASE_SCHEMA": schema}
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def service(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, redis_url: str
+) -> Iterator[Service]:
+    """One `ledger serve` per backend for the tests that leave the clock alone: each opens a
+    subscription of its own and reads only that subscription's events from the shared log."""
+    work_dir = tmp_path_factory.mktemp(f"holds-{request.param}")
+    if request.param == "sqlite":
+        yield from start_service(work_dir, redis_url)
+        return
+    url = request.getfixturevalue("postgres_url")
+    with unique_postgres_schema(url) as schema:
+        yield from start_service(work_dir, redis_url, env_overrides=_on_postgres(url, schema))
+
+
+@pytest.fixture(params=BACKENDS)
+def own_service(
+    request: pytest.FixtureRequest, tmp_path: Path, redis_url: str
+) -> Iterator[Service]:
+    """A `ledger serve` of its own, for a test that moves the ledger clock."""
     overrides: dict[str, str] = {}
     if request.param == "postgres":
-        overrides = {
-            "LEDGER_DATABASE_URL": request.getfixturevalue("postgres_url"),
-            "LEDGER_DATABASE_SCHEMA": request.getfixturevalue("postgres_schema"),
-        }
+        overrides = _on_postgres(
+            request.getfixturevalue("postgres_url"), request.getfixturevalue("postgres_schema")
+        )
     yield from start_service(tmp_path, redis_url, env_overrides=overrides)
 
 
@@ -112,7 +135,8 @@ def check_race_answers(answers: list[Response]) -> None:
 def check_race(service: Service, answers: list[Response], sub: str, could_spend_ucr: int) -> None:
     check_race_answers(answers)
     events = log_events(service.api)
-    assert len([e for e in events if e["type"] == "hold.placed"]) == GRANTED
+    placed = [e for e in events if e["type"] == "hold.placed" and e["subscription_id"] == sub]
+    assert len(placed) == GRANTED
     assert most_ever_held(events, sub) == could_spend_ucr
 
 
@@ -190,33 +214,41 @@ def move_clock(service: Service, now: str) -> None:
     service.ok("POST", "/v1/clock", {"now": now})
 
 
-@pytest.mark.parametrize(("held", "left"), [("10", "0.00"), (SMALL_CREDITS, "0.00"), ("1", "0.00")])
+@pytest.mark.parametrize(
+    ("sub", "held", "left"),
+    [
+        ("settle-below", "10", "0.00"),
+        ("settle-equal", SMALL_CREDITS, "0.00"),
+        ("settle-above", "1", "0.00"),
+    ],
+)
 def test_usage_naming_a_hold_settles_it_below_equal_or_above_what_it_held(
-    service: Service, held: str, left: str
+    service: Service, sub: str, held: str, left: str
 ) -> None:
-    service.open("settle", {"alice": "standard"})
-    assert place(service.api, "settle", "alice", "h1", held).status == 201
-    publish_with_hold(service, "settle", "alice", "e1", "h1")
-    charge = charged(service, "e1")
+    service.open(sub, {"alice": "standard"})
+    assert place(service.api, sub, "alice", "h1", held).status == 201
+    publish_with_hold(service, sub, "alice", f"{sub}-e1", "h1")
+    charge = charged(service, f"{sub}-e1")
     assert (charge["hold_id"], charge["hold_status"]) == ("h1", "settled")
     assert charge["credits_ucr"] == 3_180_000
     assert charge["allocation"] == [{"source": "seat", "id": "alice", "credits_ucr": 3_180_000}]
     # The log has the charge before the API's live balances have folded it.
     hold = eventually(
-        lambda: hold_of(service, "settle", "alice", "h1"),
+        lambda: hold_of(service, sub, "alice", "h1"),
         lambda hold: hold["status"] != "active",
         "the API folding the settlement",
     )
-    assert (hold["status"], hold["settled_by"]) == ("settled", "e1")
-    seat = service.api.get("/v1/subscriptions/settle/seats/alice").body
+    assert (hold["status"], hold["settled_by"]) == ("settled", f"{sub}-e1")
+    seat = service.api.get(f"/v1/subscriptions/{sub}/seats/alice").body
     assert (seat["used"], seat["held"], seat["available"]) == (SMALL_CREDITS, left, "24996.82")
-    kinds = [e["type"] for e in log_events(service.api) if e.get("subscription_id") == "settle"]
+    kinds = [e["type"] for e in log_events(service.api) if e.get("subscription_id") == sub]
     assert kinds[-2:] == ["hold.settled", "usage.charged"]
 
 
 def test_usage_after_the_hold_expired_or_was_released_is_charged_and_says_not_active(
-    service: Service,
+    own_service: Service,
 ) -> None:
+    service = own_service
     service.open("late", {"alice": "standard"})
     assert place(service.api, "late", "alice", "short", "5", ttl_s=1).status == 201
     assert place(service.api, "late", "alice", "freed", "5").status == 201
@@ -243,8 +275,9 @@ def test_usage_after_the_hold_expired_or_was_released_is_charged_and_says_not_ac
 
 
 def test_a_hold_across_a_cycle_start_keeps_its_seat_part_and_loses_its_expired_pack_part(
-    service: Service,
+    own_service: Service,
 ) -> None:
+    service = own_service
     service.open("cycle", {"alice": "standard", "bob": "standard"}, packs=("p1",))
     service.publish_max("cycle", "alice")  # alice's quota spent: her holds take from p1
     eventually(

@@ -21,7 +21,6 @@ from tests.test_holds_service import RACERS, check_race_answers, log_events, mos
 
 PARTITIONS: Final = 2
 ADMIN: Final = "crash-test-admin-token"
-START_TIMEOUT_S: Final = 30.0
 QUOTA_UCR: Final = 25_000_000_000
 
 
@@ -48,10 +47,14 @@ class Processes:
             LEDGER_ROLE=role,
         )
         (self.tmp_path / name).mkdir(parents=True, exist_ok=True)
-        run = spawn_serve(env, self.tmp_path / f"{name}.log")
-        self.runs.append(run)
-        run.wait_started(START_TIMEOUT_S)
+        self.runs.append(spawn_serve(env, self.tmp_path / f"{name}.log"))
         return env
+
+    def wait_started(self) -> None:
+        """Until every process has started (they start side by side: the schema's migration
+        takes a PostgreSQL advisory lock)."""
+        for run in self.runs:
+            run.wait_started()
 
     def stop(self) -> None:
         for run in self.runs:
@@ -83,14 +86,13 @@ def processes(
 def test_holds_from_two_api_processes_and_settlements_from_two_workers_stay_within_the_seat(
     processes: Processes,
 ) -> None:
-    apis = []
-    for name in ("api-1", "api-2"):
-        env = processes.spawn(name, "api")
-        api = HttpClient(f"http://127.0.0.1:{env['LEDGER_PORT']}", ADMIN)
-        api.wait_ready()
-        apis.append(api)
+    api_envs = [processes.spawn(name, "api") for name in ("api-1", "api-2")]
     for name in ("worker-1", "worker-2"):
         processes.spawn(name, "ingest")
+    processes.wait_started()
+    apis = [HttpClient(f"http://127.0.0.1:{env['LEDGER_PORT']}", ADMIN) for env in api_envs]
+    for api in apis:
+        api.wait_ready()
     first = apis[0]
     assert first.request("POST", "/v1/subscriptions", {"subscription_id": "both"}).status == 201
     seat = {"seat_id": "alice", "tier": "standard"}

@@ -23,7 +23,6 @@ from tests.service_support import START, HttpClient, eventually
 from tests.support.webhook_receiver import Receiver
 
 ADMIN: Final = "notifier-pg-admin-token"
-START_TIMEOUT_S: Final = 30.0
 SEATS: Final = ("a", "b", "c")
 TO_52_PERCENT: Final = {"input_tokens": 5_000_000, "output_tokens": 10_000_000}
 TO_80_PERCENT: Final = {"input_tokens": 5_000_000, "output_tokens": 5_000_000}
@@ -61,7 +60,7 @@ class Deployment:
         (self.tmp_path / name).mkdir(parents=True, exist_ok=True)
         run = spawn_serve(env, self.tmp_path / f"{name}.log")
         self.runs[name] = run
-        run.wait_started(START_TIMEOUT_S)
+        run.wait_started()
         return HttpClient(f"http://127.0.0.1:{port}", ADMIN)
 
     def notifying(self) -> list[str]:
