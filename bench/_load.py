@@ -167,10 +167,14 @@ def wait_ready(port: int, timeout_s: float = READY_TIMEOUT_S) -> None:
     raise SystemExit(f"ledger serve not ready on port {port} within {timeout_s} s")
 
 
-def publish(redis_url: str, stream: str, rate: float, seconds: float, done: Any) -> None:
+def publish(
+    redis_url: str, stream: str, rate: float, seconds: float, done: Any, id_prefix: str = ""
+) -> None:
     """Publish `rate` usage events per second on the served ledger's seats for `seconds`, in a
     tick every 10 ms (open loop: a slow tick is made up by the next); `done.value` is set to
-    how many were published (a `multiprocessing.Value`: this runs in a process of its own)."""
+    how many were published (a `multiprocessing.Value`: this runs in a process of its own).
+    Event ids are `bench-<id_prefix><n>`: publishers with different prefixes never repeat one
+    another's ids (a repeat would be a duplicate, not a charge)."""
     client = redis.Redis.from_url(redis_url)
     rng = random.Random(3)
     started = time.perf_counter()
@@ -182,7 +186,7 @@ def publish(redis_url: str, stream: str, rate: float, seconds: float, done: Any)
         for i in range(sent, due):
             sub = rng.randrange(SUBSCRIPTIONS)
             event = {
-                "event_id": f"bench-{i}",
+                "event_id": f"bench-{id_prefix}{i}",
                 "subscription_id": f"sub-{sub}",
                 "seat_id": f"sub-{sub}-seat-{rng.randrange(SEATS)}",
                 "model": rng.choice(MODELS),

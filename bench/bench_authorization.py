@@ -4,6 +4,7 @@ real `ledger serve` process while usage is published to its stream at a fixed ev
 
     python bench/bench_authorization.py [--rate 1000] [--ingest-rate 10000] [--seconds 20]
         [--as-of-rate 10]
+    python bench/bench_authorization.py --ingest-rates 0,2000,5000,10000 [--seconds 10]
 
 The request load is open-loop: request i is due at start + i / rate whatever happened to the
 ones before, spread over several keep-alive connections, and its latency is counted from the
@@ -11,6 +12,11 @@ instant it was due (so a stall shows in every request it delays, not just one). 
 and the load generator are processes of their own, beside the service on the same 2 cores.
 With `--as-of-rate R`, a third process sends R reads of the past per second meanwhile (one
 subscription's overview at a random position of the log), open loop too.
+
+With `--ingest-rates`, one served ledger is measured at each ingest rate in turn (the log
+settles between two) and a curve is printed: the pre-check's percentiles from send and from
+due time, the ingest actually appended, and the load generator's own CPU per request (to tell
+a slow service from a slow client).
 """
 
 from __future__ import annotations
@@ -22,13 +28,18 @@ import multiprocessing
 import random
 import tempfile
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Final
 
+import uvloop
 from _load import (
     ADMIN_TOKEN,
     LEDGER,  # noqa: F401 (bench_holds.py imports it from here)
     SEATS,
     SUBSCRIPTIONS,
+    Served,
     http_json,
     percentile,
     publish,
@@ -38,6 +49,11 @@ from _load import (
 from _load import wait_ready as _wait_ready  # noqa: F401 (bench_holds.py imports it from here)
 
 CONNECTIONS = 8
+
+
+SETTLE_QUIET_S: Final = 1.0
+"""Between two ingest rates: the log's head stands still this long before the next starts."""
+SETTLE_TIMEOUT_S: Final = 120.0
 
 
 async def _load(
@@ -136,74 +152,134 @@ def as_of_load(
 
 
 def load(port: int, token: str, rate: float, seconds: float, out: str) -> None:
-    from_due, from_send, errors = asyncio.run(_load(port, token, rate, seconds))
-    Path(out).write_text(json.dumps({"due": from_due, "send": from_send, "errors": errors}))
+    """The load generator's process: uvloop (as the service), and its own CPU time noted."""
+    cpu_started = time.process_time()
+    from_due, from_send, errors = uvloop.run(_load(port, token, rate, seconds))
+    cpu_s = time.process_time() - cpu_started
+    Path(out).write_text(
+        json.dumps({"due": from_due, "send": from_send, "errors": errors, "cpu_s": cpu_s})
+    )
+
+
+@dataclass(frozen=True)
+class Step:
+    """One ingest rate's measurement."""
+
+    ingest_rate: float
+    published: int
+    appended_rate: float
+    elapsed: float
+    measured: dict[str, Any]
+    as_of: dict[str, Any] | None
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=1_000, help="pre-check requests/s")
     parser.add_argument("--ingest-rate", type=float, default=10_000, help="usage events/s")
+    parser.add_argument(
+        "--ingest-rates",
+        type=lambda text: [float(rate) for rate in text.split(",")],
+        help="a curve: these usage event rates in turn, comma separated (0: no ingest)",
+    )
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--as-of-rate", type=float, default=0, help="reads of the past/s")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="bench-authz-"))
     stream = "bench.usage"
     with served_ledger(folder, setup_jsonl(), LEDGER_USAGE_STREAM=stream) as served:
-        port = served.port
-        set_up = http_json(port, "GET", "/v1/audit/digest")["position"]
+        set_up = http_json(served.port, "GET", "/v1/audit/digest")["position"]
         gateway = http_json(
-            port,
+            served.port,
             "POST",
             "/v1/tokens",
             {"role": "gateway", "subscription_ids": [f"sub-{s}" for s in range(SUBSCRIPTIONS)]},
         )["token"]
-        context = multiprocessing.get_context("spawn")
-        published = context.Value("q", 0)
-        publisher = context.Process(
-            target=publish,
-            args=(served.redis_url, stream, args.ingest_rate, args.seconds + 2, published),
-        )
+        steps = []
+        for number, ingest_rate in enumerate(args.ingest_rates or [args.ingest_rate]):
+            if number:
+                _settle(served.port)
+            steps.append(
+                _step(args, served, folder, stream, gateway, set_up, ingest_rate, f"{number}-")
+            )
+    if args.ingest_rates:
+        _report_curve(args, steps)
+    else:
+        _report(args, steps[0])
+
+
+def _step(
+    args: argparse.Namespace,
+    served: Served,
+    folder: Path,
+    stream: str,
+    gateway: str,
+    set_up: int,
+    ingest_rate: float,
+    id_prefix: str,
+) -> Step:
+    """The pre-check (and reads of the past) measured while usage is published at this rate."""
+    port = served.port
+    context = multiprocessing.get_context("spawn")
+    published = context.Value("q", 0)
+    publisher = context.Process(
+        target=publish,
+        args=(served.redis_url, stream, ingest_rate, args.seconds + 2, published, id_prefix),
+    )
+    if ingest_rate:
         publisher.start()
         time.sleep(2)  # ingest reaches its steady rate before requests start
-        head_before = http_json(port, "GET", "/v1/audit/digest")["position"]
-        results = folder / "latencies.json"
-        loader = context.Process(
-            target=load, args=(port, gateway, args.rate, args.seconds, str(results))
-        )
-        as_of_results = folder / "as_of.json"
-        past = context.Process(
-            target=as_of_load,
-            args=(port, args.as_of_rate, args.seconds, (set_up, head_before), str(as_of_results)),
-        )
-        started = time.perf_counter()
-        loader.start()
-        if args.as_of_rate:
-            past.start()
-        loader.join()
-        if args.as_of_rate:
-            past.join()
-        elapsed = time.perf_counter() - started
-        head_after = http_json(port, "GET", "/v1/audit/digest")["position"]
+    head_before = http_json(port, "GET", "/v1/audit/digest")["position"]
+    results = folder / f"latencies-{id_prefix}.json"
+    loader = context.Process(
+        target=load, args=(port, gateway, args.rate, args.seconds, str(results))
+    )
+    as_of_results = folder / f"as_of-{id_prefix}.json"
+    past = context.Process(
+        target=as_of_load,
+        args=(port, args.as_of_rate, args.seconds, (set_up, head_before), str(as_of_results)),
+    )
+    started = time.perf_counter()
+    loader.start()
+    if args.as_of_rate:
+        past.start()
+    loader.join()
+    if args.as_of_rate:
+        past.join()
+    elapsed = time.perf_counter() - started
+    head_after = http_json(port, "GET", "/v1/audit/digest")["position"]
+    if ingest_rate:
         publisher.join()
-        measured = json.loads(results.read_text())
-        as_of = json.loads(as_of_results.read_text()) if args.as_of_rate else None
-    _report(args, measured, as_of, published.value, (head_after - head_before) / elapsed, elapsed)
+    return Step(
+        ingest_rate=ingest_rate,
+        published=published.value,
+        appended_rate=(head_after - head_before) / elapsed,
+        elapsed=elapsed,
+        measured=json.loads(results.read_text()),
+        as_of=json.loads(as_of_results.read_text()) if args.as_of_rate else None,
+    )
 
 
-def _report(
-    args: argparse.Namespace,
-    measured: dict,
-    as_of: dict | None,
-    published: int,
-    appended_rate: float,
-    elapsed: float,
-) -> None:
+def _settle(port: int) -> None:
+    """Wait until the log's head stands still (what the last rate published is appended)."""
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    head = http_json(port, "GET", "/v1/audit/digest")["position"]
+    while time.monotonic() < deadline:
+        time.sleep(SETTLE_QUIET_S)
+        now = http_json(port, "GET", "/v1/audit/digest")["position"]
+        if now == head:
+            return
+        head = now
+    raise SystemExit(f"the log still grew {SETTLE_TIMEOUT_S:g} s after the publisher stopped")
+
+
+def _report(args: argparse.Namespace, step: Step) -> None:
+    measured, elapsed = step.measured, step.elapsed
     from_due, from_send = measured["due"], measured["send"]
     print(
         f"\npre-check at {args.rate:,.0f} req/s for {args.seconds:g} s over {CONNECTIONS}"
-        f" connections, ingest published at {args.ingest_rate:,.0f} events/s"
-        f" ({published:,} events)"
+        f" connections, ingest published at {step.ingest_rate:,.0f} events/s"
+        f" ({step.published:,} events)"
     )
     print(f"{'latency (ms)':<28} {'p50':>7} {'p90':>7} {'p99':>7} {'p99.9':>7} {'max':>7}")
     for name, values in (("from due time (open loop)", from_due), ("from send", from_send)):
@@ -211,15 +287,56 @@ def _report(
         print(f"{name:<28} " + " ".join(f"{v:>7.2f}" for v in row))
     print(
         f"requests {len(from_due):,} ({len(from_due) / elapsed:,.0f}/s), errors"
-        f" {measured['errors']}; log appended {appended_rate:,.0f} records/s meanwhile"
+        f" {measured['errors']}; log appended {step.appended_rate:,.0f} records/s meanwhile;"
+        f" load generator CPU {_client_cpu_us(step):.0f} µs per request"
     )
-    if as_of is not None:
-        values = as_of["latencies"]
+    if step.as_of is not None:
+        values = step.as_of["latencies"]
         print(
             f"as_of at {args.as_of_rate:g}/s meanwhile: {len(values)} reads, p50"
             f" {percentile(values, 0.5):.1f} ms, p99 {percentile(values, 0.99):.1f} ms,"
-            f" statuses {as_of['statuses']}"
+            f" statuses {step.as_of['statuses']}"
         )
+
+
+def _report_curve(args: argparse.Namespace, steps: Sequence[Step]) -> None:
+    print(
+        f"\npre-check at {args.rate:,.0f} req/s for {args.seconds:g} s per ingest rate over"
+        f" {CONNECTIONS} connections; latency in ms"
+        + (f"; {args.as_of_rate:g} as_of reads/s meanwhile" if args.as_of_rate else "")
+    )
+    columns = (
+        "ingest/s",
+        "appended/s",
+        "served/s",
+        "send p50",
+        "send p99",
+        "send p99.9",
+        "due p50",
+        "due p99",
+        "due p99.9",
+        "errors",
+        "client µs/req",
+    )
+    print(" ".join(f"{c:>13}" for c in columns))
+    for step in steps:
+        send, due = step.measured["send"], step.measured["due"]
+        row = [
+            f"{step.ingest_rate:,.0f}",
+            f"{step.appended_rate:,.0f}",
+            f"{len(due) / step.elapsed:,.0f}",
+            *(f"{percentile(send, q):.2f}" for q in (0.5, 0.99, 0.999)),
+            *(f"{percentile(due, q):.2f}" for q in (0.5, 0.99, 0.999)),
+            str(step.measured["errors"]),
+            f"{_client_cpu_us(step):.0f}",
+        ]
+        print(" ".join(f"{cell:>13}" for cell in row))
+
+
+def _client_cpu_us(step: Step) -> float:
+    """The load generator's CPU time per request it sent (its own cost, not the service's)."""
+    cpu_s: float = step.measured["cpu_s"]
+    return cpu_s * 1e6 / max(1, len(step.measured["due"]))
 
 
 if __name__ == "__main__":
