@@ -5,9 +5,11 @@ percentiles of the latencies measured."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -102,6 +104,20 @@ STOP_TIMEOUT_S: Final = 30
 class Served:
     port: int
     redis_url: str
+    pid: int = 0
+    """`ledger serve`'s process id (its children are the API process, the projector...)."""
+    redis_pid: int = 0
+    log: Path | None = None
+    """Where `ledger serve` writes its log."""
+
+    def api_pid(self) -> int:
+        """The API process's id, as `ledger serve` logged it once listening."""
+        assert self.log is not None, "a served ledger has a log"
+        for line in self.log.read_text().splitlines():
+            found = re.search(r"\bpid\W+(\d+)", line) if "api.listening" in line else None
+            if found is not None:
+                return int(found.group(1))
+        raise SystemExit(f"no api.listening line in {self.log}")
 
 
 def setup_jsonl() -> str:
@@ -148,7 +164,8 @@ def served_ledger(folder: Path, setup: str, **env: str) -> Iterator[Served]:
             )
             try:
                 wait_ready(port)
-                yield Served(port, embedded.url)
+                redis_pid = embedded.process.pid if embedded.process else 0
+                yield Served(port, embedded.url, serve.pid, redis_pid, folder / "serve.log")
             finally:
                 serve.send_signal(signal.SIGTERM)
                 serve.wait(STOP_TIMEOUT_S)
@@ -215,6 +232,26 @@ def http_json(port: int, method: str, path: str, body: object = None) -> Any:
 
 
 # --- Reading the result ---------------------------------------------------------------------
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and every process descended from it (Linux: /proc's children lists)."""
+    found = [pid]
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            for child in (task / "children").read_text().split():
+                found += process_tree(int(child))
+    return found
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User plus system CPU time these processes have used so far (gone ones count 0)."""
+    total_ticks = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            total_ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return total_ticks / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], fraction: float) -> float:

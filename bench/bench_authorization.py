@@ -40,8 +40,10 @@ from _load import (
     SEATS,
     SUBSCRIPTIONS,
     Served,
+    cpu_seconds,
     http_json,
     percentile,
+    process_tree,
     publish,
     served_ledger,
     setup_jsonl,
@@ -171,6 +173,8 @@ class Step:
     elapsed: float
     measured: dict[str, Any]
     as_of: dict[str, Any] | None
+    cpu_percent: dict[str, float]
+    """CPU used during the requests, in % of one core, by who used it."""
 
 
 def main() -> None:
@@ -224,7 +228,8 @@ def _step(
     published = context.Value("q", 0)
     publisher = context.Process(
         target=publish,
-        args=(served.redis_url, stream, ingest_rate, args.seconds + 2, published, id_prefix),
+        # Publishing outlasts the requests by a second, so it is measured over all of them.
+        args=(served.redis_url, stream, ingest_rate, args.seconds + 3, published, id_prefix),
     )
     if ingest_rate:
         publisher.start()
@@ -239,6 +244,15 @@ def _step(
         target=as_of_load,
         args=(port, args.as_of_rate, args.seconds, (set_up, head_before), str(as_of_results)),
     )
+    api = [served.api_pid()]
+    service = [pid for pid in process_tree(served.pid) if pid not in api]
+    watched = {
+        "API": api,
+        "rest of serve": service,
+        "Redis": [served.redis_pid],
+        "publisher": [publisher.pid] if publisher.pid else [],
+    }
+    cpu_before = {name: cpu_seconds(pids) for name, pids in watched.items()}
     started = time.perf_counter()
     loader.start()
     if args.as_of_rate:
@@ -247,6 +261,10 @@ def _step(
     if args.as_of_rate:
         past.join()
     elapsed = time.perf_counter() - started
+    cpu_percent = {
+        name: (cpu_seconds(pids) - cpu_before[name]) * 100 / elapsed
+        for name, pids in watched.items()
+    }
     head_after = http_json(port, "GET", "/v1/audit/digest")["position"]
     if ingest_rate:
         publisher.join()
@@ -257,6 +275,7 @@ def _step(
         elapsed=elapsed,
         measured=json.loads(results.read_text()),
         as_of=json.loads(as_of_results.read_text()) if args.as_of_rate else None,
+        cpu_percent=cpu_percent,
     )
 
 
@@ -297,6 +316,7 @@ def _report(args: argparse.Namespace, step: Step) -> None:
             f" {percentile(values, 0.5):.1f} ms, p99 {percentile(values, 0.99):.1f} ms,"
             f" statuses {step.as_of['statuses']}"
         )
+    _report_cpu([step])
 
 
 def _report_curve(args: argparse.Namespace, steps: Sequence[Step]) -> None:
@@ -316,9 +336,8 @@ def _report_curve(args: argparse.Namespace, steps: Sequence[Step]) -> None:
         "due p99",
         "due p99.9",
         "errors",
-        "client µs/req",
     )
-    print(" ".join(f"{c:>13}" for c in columns))
+    print(" ".join(f"{c:>10}" for c in columns))
     for step in steps:
         send, due = step.measured["send"], step.measured["due"]
         row = [
@@ -328,9 +347,27 @@ def _report_curve(args: argparse.Namespace, steps: Sequence[Step]) -> None:
             *(f"{percentile(send, q):.2f}" for q in (0.5, 0.99, 0.999)),
             *(f"{percentile(due, q):.2f}" for q in (0.5, 0.99, 0.999)),
             str(step.measured["errors"]),
-            f"{_client_cpu_us(step):.0f}",
         ]
-        print(" ".join(f"{cell:>13}" for cell in row))
+        print(" ".join(f"{cell:>10}" for cell in row))
+    _report_cpu(steps)
+
+
+def _report_cpu(steps: Sequence[Step]) -> None:
+    """Where the 2 cores went during the requests: the service's processes, Redis, and the
+    benchmark's own publisher and load generator."""
+    names = [*steps[0].cpu_percent, "load generator"]
+    print("\nCPU during the requests, % of one core (the machine has 2 cores)")
+    per_request = ("API µs/req", "client µs/req")
+    print(f"{'ingest/s':>10} " + " ".join(f"{n:>14}" for n in [*names, *per_request]))
+    for step in steps:
+        shares = [*step.cpu_percent.values(), step.measured["cpu_s"] * 100 / step.elapsed]
+        requests = max(1, len(step.measured["due"]))
+        api_us = step.cpu_percent["API"] * step.elapsed * 1e4 / requests
+        print(
+            f"{step.ingest_rate:>10,.0f} "
+            + " ".join(f"{share:>14.0f}" for share in shares)
+            + f" {api_us:>14.0f} {_client_cpu_us(step):>14.0f}"
+        )
 
 
 def _client_cpu_us(step: Step) -> float:
