@@ -744,6 +744,27 @@ def test_every_v1_path_without_a_good_token_is_401(
     assert api.get("/v1/audit/digest").json() == head
 
 
+def test_options_on_a_v1_path_without_a_token_is_401_too(api: Api) -> None:
+    path = "/v1/subscriptions/team-1/seats/alice/authorization"
+    expect_problem(api.client.options(path), 401, "unauthorized")
+
+
+def test_each_v1_route_runs_one_guard_after_authentication(api: Api) -> None:
+    """Authentication is middleware: Litestar copies the route handler for every guard of every
+    request, and the pre-check, on the gateway's every call, pays for one guard (scope and
+    role), not two. Every /v1 path still answers 401 without a token (above)."""
+    v1_handlers = [
+        handler
+        for route in api.client.app.routes
+        if route.path.startswith("/v1/")
+        for handler in getattr(route, "route_handlers", [])
+        if handler.http_methods != {"OPTIONS"}
+    ]
+    assert v1_handlers
+    for handler in v1_handlers:
+        assert len(handler.resolve_guards()) == 1, handler
+
+
 def test_roles_that_may_not_are_403(api: Api) -> None:
     _, gateway = api.token("gateway", ["team-1"])
     _, viewer = api.token("viewer", ["team-1"])

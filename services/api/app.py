@@ -9,7 +9,7 @@ answers with the state that includes it. Every error is an RFC 9457 problem
 (services/api/problems.py); a subscription outside a token's scope answers exactly as an
 unknown one.
 
-This module only wires: one controller per resource under /v1 behind the bearer token guard,
+This module only wires: one controller per resource under /v1 behind bearer token authentication,
 the parts handed to the handlers as Litestar dependencies, the problem handlers, the strict
 reading of request bodies (services/api/decoding.py), the latency middleware and the OpenAPI
 document.
@@ -72,7 +72,7 @@ V1_CONTROLLERS: Final = (
     CorrectionController,
     HistoryController,
 )
-"""The resources under /v1, each behind the bearer token guard."""
+"""The resources under /v1, each behind bearer token authentication."""
 
 
 def create_app(
@@ -117,7 +117,7 @@ def create_app(
     }
     v1 = Router(
         path="/v1",
-        guards=[bearer_token(tokens)],
+        middleware=[bearer_token(tokens)],
         route_handlers=list(V1_CONTROLLERS),
         security=[{"bearer": []}],  # health, readiness and metrics need no token
     )

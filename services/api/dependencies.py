@@ -17,7 +17,7 @@ T = TypeVar("T")
 
 Injected = NamedDependency[SkipValidation[T]]
 """A handler parameter the app provides by its name. Not validated per request: every value
-is the app's own part (or the principal the bearer guard found)."""
+is the app's own part (or the principal bearer token authentication found)."""
 
 
 async def _provide_principal(request: Request[Any, Any, Any]) -> Principal:
@@ -35,5 +35,5 @@ def _the(part: object) -> Provide:
 
 def provided(parts: Mapping[str, object]) -> dict[str, Provide]:
     """The app's dependencies: each of `parts` by its name, and `principal`, who the request
-    acts as (on /v1 paths, behind the bearer guard)."""
+    acts as (on /v1 paths, behind bearer token authentication)."""
     return {"principal": Provide(_provide_principal), **{n: _the(p) for n, p in parts.items()}}

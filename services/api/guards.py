@@ -1,5 +1,5 @@
-"""Who may call what: the bearer token guard of every /v1 path, and the guards that check a
-token's subscription scope, then its role, before a handler runs."""
+"""Who may call what: the bearer token authentication of every /v1 path, and the guards that
+check a token's subscription scope, then its role, before a handler runs."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from typing import Any, Final
 
 from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler
+from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
+from litestar.types import ASGIApp
 
 from services.api.problems import Problem, no_subscription
 from services.auth.tokens import ROLES, Principal, Role, TokenStore
@@ -25,28 +27,49 @@ SUBSCRIPTION_PARAMETER: Final = "sub"
 """The path parameter that names the subscription a request is about."""
 
 
-def bearer_token(tokens: TokenStore) -> Guard:
-    """The guard of every /v1 path: the request's principal is its live bearer token.
+class NotAuthenticated(RuntimeError):
+    """A guard ran on a request the bearer token middleware did not authenticate (a route
+    wired outside /v1): refused, never served as nobody."""
 
-    It runs before the body is read, so a caller without a live token learns nothing, not
-    even what a body should look like. Async, so it runs on the event loop (one indexed
-    look-up) instead of hopping to a worker thread."""
 
-    async def authenticated(
-        connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler
-    ) -> None:
+class BearerAuthentication(AbstractAuthenticationMiddleware):
+    """Every /v1 path's authentication: the request's principal is its live bearer token.
+
+    Litestar's authentication middleware rather than one more guard: it runs before the
+    route's guards and before the body is read, so a caller without a live token learns
+    nothing, not even what a body should look like; and each guard costs a copy of the route
+    handler per request, which the gateway pre-check pays on every call. On the event loop:
+    one indexed look-up."""
+
+    def __init__(self, app: ASGIApp, tokens: TokenStore) -> None:
+        super().__init__(app, exclude_http_methods=())  # OPTIONS too: nothing without a token
+        self.tokens = tokens
+
+    async def authenticate_request(
+        self, connection: ASGIConnection[Any, Any, Any, Any]
+    ) -> AuthenticationResult:
         scheme, _, bearer = connection.headers.get("authorization", "").partition(" ")
-        principal = tokens.authenticate(bearer.strip()) if scheme.lower() == "bearer" else None
+        principal = self.tokens.authenticate(bearer.strip()) if scheme.lower() == "bearer" else None
         if principal is None:
             raise Problem("unauthorized", "send Authorization: Bearer <token> with a live token")
-        connection.state.principal = principal
+        return AuthenticationResult(user=principal, auth=None)
 
-    return authenticated
+
+def bearer_token(tokens: TokenStore) -> Callable[[ASGIApp], ASGIApp]:
+    """The middleware that authenticates every /v1 request by its bearer token (a closure, not
+    `DefineMiddleware(..., tokens=...)`: Litestar deep-copies a router's middleware arguments,
+    and the token store holds a connection and a lock)."""
+
+    def authenticating(app: ASGIApp) -> ASGIApp:
+        return BearerAuthentication(app, tokens)
+
+    return authenticating
 
 
 def principal_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:
-    principal = connection.state.principal
-    assert isinstance(principal, Principal), "the /v1 guard authenticated the request"
+    principal = connection.scope.get("user")
+    if not isinstance(principal, Principal):
+        raise NotAuthenticated("a /v1 request is authenticated before its guards run")
     return principal
 
 
