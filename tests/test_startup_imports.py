@@ -56,3 +56,19 @@ def test_a_sqlite_deployment_imports_no_postgres_driver(module: str) -> None:
 
 def test_the_watch_sees_a_module_that_is_loaded() -> None:
     assert loaded_after("services.api.app", WEB_STACK[:1]) == ["litestar"]
+
+
+def test_the_api_process_serves_without_a_websocket_protocol() -> None:
+    # uvicorn imports the protocol its configuration names when it starts (`Config.load`).
+    script = (
+        "import sys\n"
+        "from services.api_process import server_config\n"
+        "from services.config import Settings\n"
+        "async def app(scope, receive, send): ...\n"
+        "server_config(Settings(), app).load()\n"
+        "print(' '.join(m for m in ('wsproto', 'websockets') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.split() == []
