@@ -25,11 +25,14 @@ from services.bootstrap import open_event_store, open_read_store, open_snapshot_
 from services.children import ChildProcess, die_with_parent
 from services.config import Settings
 from services.logs import configure_logging
+from services.polling import IdleBackoff
 from services.single_writer import wait_for_writer_lock
 
 POLL_INTERVAL_S: Final = 0.02
 """Seconds between two catch-ups unless the last one was cut short by the batch bound (then
 it goes on at once): under a steady stream, one read-model commit folds tens of records."""
+IDLE_POLL_S: Final = 0.2
+"""The longest sleep once catch-ups keep finding nothing (an idle ledger)."""
 CATCH_UP_BATCH_EVENTS: Final = 20_000
 """Most events folded and committed in one read-model transaction."""
 PROJECTOR_NICENESS: Final = 10
@@ -75,10 +78,14 @@ def run_projector(settings: Settings, parent_pid: int) -> None:
             every_seconds=settings.snapshot_every_seconds,
         )
         log.info("projector.started", position=runner.position)
+        backoff = IdleBackoff(POLL_INTERVAL_S, IDLE_POLL_S)
         while wanted():
             before = runner.position
-            if runner.catch_up(batch_size=CATCH_UP_BATCH_EVENTS) - before < CATCH_UP_BATCH_EVENTS:
-                time.sleep(POLL_INTERVAL_S)
+            folded = runner.catch_up(batch_size=CATCH_UP_BATCH_EVENTS) - before
+            if folded:
+                backoff.found_work()
+            if folded < CATCH_UP_BATCH_EVENTS:
+                time.sleep(POLL_INTERVAL_S if folded else backoff.idle_sleep_s())
             _snapshot_if_due(snapshotter, runner)
         log.info("projector.stopped", position=runner.position)
     finally:

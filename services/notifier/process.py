@@ -26,10 +26,14 @@ from services.logs import configure_logging
 from services.notifier.delivery import DeliveryWorker
 from services.notifier.deriving import Notifier
 from services.notifier.stream import StreamPublisher
+from services.polling import IdleBackoff
 from services.single_writer import wait_for_writer_lock
 
 POLL_INTERVAL_S: Final = 0.01
-"""Seconds between two looks at the log when the last found nothing new."""
+"""Seconds between two looks at the log when the last found nothing new (doubling while
+nothing comes, up to `IDLE_POLL_S`)."""
+IDLE_POLL_S: Final = 0.1
+"""The longest sleep on an idle ledger: a notification after a quiet spell waits this at most."""
 
 log = structlog.get_logger("ledger.notifier")
 
@@ -91,6 +95,7 @@ def _derive(
     publisher: StreamPublisher | None,
     wanted: Callable[[], bool],
 ) -> None:
+    backoff = IdleBackoff(POLL_INTERVAL_S, IDLE_POLL_S)
     while wanted():
         step = notifier.step()
         published = 0
@@ -100,7 +105,9 @@ def _derive(
             except Exception as error:  # Redis away: the stream catches up when it is back
                 log.warning("notifier.publish_failed", error=str(error))
         if step is not None and step[0] == 0 and published == 0:
-            time.sleep(POLL_INTERVAL_S)
+            time.sleep(backoff.idle_sleep_s())
+        else:
+            backoff.found_work()
 
 
 def _delivering(delivery: DeliveryWorker) -> bool:
