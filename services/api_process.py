@@ -39,7 +39,6 @@ from services.bootstrap import (
 from services.children import die_with_parent
 from services.config import Settings
 from services.logs import configure_logging
-from services.polling import IdleBackoff
 from services.write_channel import RemoteWriter
 
 if TYPE_CHECKING:
@@ -47,11 +46,7 @@ if TYPE_CHECKING:
     from litestar import Litestar
 
 FOLLOW_INTERVAL_S: Final = 0.005
-"""Seconds between two looks at the log for records to fold into this process's balances,
-while records keep coming."""
-FOLLOW_IDLE_S: Final = 0.04
-"""The longest sleep between two looks once none found anything (an idle ledger): the first
-record after a quiet spell is folded within this."""
+"""Seconds between two looks at the log for records to fold into this process's balances."""
 GIL_SWITCH_INTERVAL_S: Final = 0.000_5
 """How long a thread holds the interpreter lock while another waits (the default is 5 ms)."""
 
@@ -92,21 +87,14 @@ class Follower:
         return await asyncio.get_running_loop().run_in_executor(self._thread, self.live.catch_up)
 
     async def follow(self) -> None:
-        backoff = IdleBackoff(FOLLOW_INTERVAL_S, FOLLOW_IDLE_S)
-        position = self.live.position
+        # A fixed short sleep, idle or not: the pre-check must see a suspension another
+        # process appended within milliseconds, even after a quiet spell.
         while True:
-            before = position
             try:
-                position = await self.catch_up()
+                await self.catch_up()
             except Exception:
                 log.exception("api.follow_failed")
-            if position > before:
-                backoff.found_work()
-                await asyncio.sleep(FOLLOW_INTERVAL_S)
-            else:
-                # This process's own writes fold what they appended at once (`catch_up` after
-                # the append): the longer sleep only delays what other processes append.
-                await asyncio.sleep(backoff.idle_sleep_s())
+            await asyncio.sleep(FOLLOW_INTERVAL_S)
 
     def close(self) -> None:
         if self._events is not None:
